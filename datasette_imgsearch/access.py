@@ -1,0 +1,23 @@
+"""Whether an actor may view a table, on both Datasette lines.
+
+Datasette does not protect plugin routes, so every imgsearch page, JSON endpoint and image route
+asks here first. 1.0a20+ has ``datasette.allowed()`` with resource objects; 0.65 has
+``check_visibility()``, which walks instance → database → table the way Datasette's own pages do.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+async def can_view_table(datasette: Any, actor: dict[str, Any] | None, database: str, table: str) -> bool:
+    if hasattr(datasette, "allowed"):
+        from datasette.resources import TableResource
+
+        return bool(
+            await datasette.allowed(action="view-table", resource=TableResource(database=database, table=table), actor=actor)
+        )
+    visible, _ = await datasette.check_visibility(
+        actor, permissions=[("view-table", (database, table)), ("view-database", database), "view-instance"]
+    )
+    return bool(visible)

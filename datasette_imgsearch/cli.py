@@ -1,0 +1,247 @@
+"""The ``datasette-imgsearch`` command line (also ``datasette imgsearch ...``): thin doors onto the library."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Iterator
+
+import click
+
+from . import pixels
+from .build import BuildOptions, build
+from .catalog import Catalog, CatalogError
+from .embed import DEVICES, PRECISIONS, ModelError
+from .index import INDEX_TYPES, index_state, write_index
+from .query import QueryError, check_k, searcher_for
+
+MAX_K = 10_000
+
+
+@contextlib.contextmanager
+def user_errors() -> Iterator[None]:
+    """Turn the library's errors into one-line messages instead of tracebacks."""
+    try:
+        yield
+    except (CatalogError, ModelError, QueryError) as error:
+        raise click.ClickException(str(error)) from None
+    except pixels.ImageError as error:
+        raise click.ClickException(f"{error.message} ({error.kind})") from None
+
+
+@click.group()
+@click.version_option(package_name="datasette-imgsearch")
+def cli() -> None:
+    """Semantic image search (CLIP + FAISS) in a SQLite catalog that Datasette serves.
+
+    \b
+        datasette-imgsearch build photos.db ./images
+        datasette-imgsearch search photos.db "a dog on a beach"
+        datasette photos.db
+    """
+
+
+@cli.command(name="build")
+@click.argument("database", type=click.Path(dir_okay=False))
+@click.argument("folder", required=False, type=click.Path(file_okay=False))
+@click.option("--model", help="sentence-transformers model name or local folder  [default: clip-ViT-B-32, or the catalog's]")
+@click.option("--text-model", help="a separate text encoder for queries, e.g. clip-ViT-B-32-multilingual-v1")
+@click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True)
+@click.option("--precision", type=click.Choice(PRECISIONS), default="fp32", show_default=True,
+              help="bf16 runs the model under CPU autocast (fp16 on CUDA): faster, near-identical vectors")
+@click.option("--batch-size", type=click.IntRange(1, 4096), default=32, show_default=True)
+@click.option("--workers", type=click.IntRange(1, 256), help="decoding threads  [default: one per CPU]")
+@click.option("--max-megapixels", type=click.FloatRange(min=0.01), default=pixels.DEFAULT_MAX_MEGAPIXELS,
+              show_default=True, help="larger images are recorded as errors, never decoded")
+@click.option("--thumbnail-size", type=click.IntRange(16, 2048), default=pixels.DEFAULT_THUMBNAIL_SIZE, show_default=True)
+@click.option("--no-thumbnails", is_flag=True, help="store no thumbnail BLOBs")
+@click.option("--reembed", is_flag=True, help="re-embed every image (with --model: switch the catalog to that model)")
+@click.option("--silent", is_flag=True, help="no progress bar")
+def build_command(
+    database: str, folder: str | None, model: str | None, text_model: str | None, device: str, precision: str,
+    batch_size: int, workers: int | None, max_megapixels: float, thumbnail_size: int, no_thumbnails: bool,
+    reembed: bool, silent: bool,
+) -> None:
+    """Catalog the images under FOLDER into DATABASE, with CLIP embeddings and a FAISS index.
+
+    Re-running it is incremental: unchanged files are skipped, moved files keep their rows, and an
+    interrupted run carries on where it stopped. FOLDER may be left out once the catalog knows it.
+
+    \b
+        datasette-imgsearch build photos.db ~/Pictures
+        datasette-imgsearch build photos.db ./images --model ./my-clip-folder --precision bf16
+    """
+    options = BuildOptions(
+        model=model, text_model=text_model, device=device, precision=precision, batch_size=batch_size,
+        max_megapixels=max_megapixels, thumbnail_size=None if no_thumbnails else thumbnail_size, reembed=reembed,
+    )
+    if workers:
+        options.workers = workers
+    show_progress = not silent and sys.stderr.isatty()
+    with user_errors(), _progress(show_progress) as progress:
+        try:
+            summary = build(database, folder, options, progress)
+        except KeyboardInterrupt:
+            raise click.ClickException(
+                "interrupted: every batch committed so far is kept; run the same command again to carry on"
+            ) from None
+    click.echo(summary.line())
+    if not silent:
+        click.echo(summary.index, err=True)
+
+
+@contextlib.contextmanager
+def _progress(enabled: bool) -> Iterator[object]:
+    """A progress bar with images/s, or nothing when output is not a terminal."""
+    if not enabled:
+        yield None
+        return
+    started = time.monotonic()
+    state = {"bar": None}
+
+    def update(done: int, total: int) -> None:
+        if state["bar"] is None:
+            state["bar"] = click.progressbar(
+                length=total, label="Cataloguing", file=sys.stderr, show_pos=True, show_eta=True,
+                item_show_func=lambda rate: rate,
+            ).__enter__()
+        bar = state["bar"]
+        rate = done / max(time.monotonic() - started, 1e-6)
+        bar.update(done - bar.pos, f"{rate:.1f} images/s")
+
+    try:
+        yield update
+    finally:
+        if state["bar"] is not None:
+            state["bar"].__exit__(None, None, None)
+
+
+@cli.command(name="index")
+@click.argument("database", type=click.Path(exists=True, dir_okay=False))
+@click.option("--type", "kind", type=click.Choice(list(INDEX_TYPES)), help="index type  [default: the catalog's, or flat]")
+def index_command(database: str, kind: str | None) -> None:
+    """Rebuild DATABASE's sibling FAISS index (DATABASE.faiss) from the stored embeddings.
+
+    \b
+        datasette-imgsearch index photos.db
+        datasette-imgsearch index photos.db --type hnsw
+    """
+    with user_errors():
+        catalog = Catalog(database)
+        try:
+            started = time.monotonic()
+            path = write_index(catalog, kind)
+            click.echo(f"wrote {path} ({catalog.meta('index_type')}, {catalog.meta('index_count')} vectors) "
+                       f"in {time.monotonic() - started:.1f}s")
+        finally:
+            catalog.close()
+
+
+@cli.command(name="search")
+@click.argument("database", type=click.Path(exists=True, dir_okay=False))
+@click.argument("query", required=False)
+@click.option("--image", "image_path", type=click.Path(dir_okay=False), help="search by a reference image instead")
+@click.option("-k", "k", default="10", show_default=True, help="how many results")
+@click.option("--min-score", type=float, help="leave out results scoring below this cosine similarity")
+@click.option("--json", "as_json", is_flag=True, help="print a JSON array of {id, path, score}")
+@click.option("--model", help="override the catalog's image model (a moved local folder, say)")
+@click.option("--text-model", help="override the catalog's text model")
+@click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True)
+def search_command(
+    database: str, query: str | None, image_path: str | None, k: str, min_score: float | None, as_json: bool,
+    model: str | None, text_model: str | None, device: str,
+) -> None:
+    """Search DATABASE by text QUERY, or by a reference image with --image.
+
+    QUERY may be plain text, row:ID for "more like this row", or a weighted mix such as
+    '2:dog + beach - night'.
+
+    \b
+        datasette-imgsearch search photos.db "a red bicycle"
+        datasette-imgsearch search photos.db --image holiday.jpg -k 5 --json
+    """
+    if (query is None) == (image_path is None):
+        raise click.UsageError("give either a QUERY or --image FILE")
+    with user_errors():
+        count = check_k(k, MAX_K)
+        searcher = searcher_for(database, model, text_model, device)
+        if image_path is not None:
+            hits = searcher.search_image_bytes(pixels.read_bytes(image_path), count, min_score)
+        else:
+            hits = searcher.search(query or "", count, min_score)
+        paths = _paths(database, [hit.id for hit in hits])
+    if as_json:
+        click.echo(json.dumps([{"id": h.id, "path": paths.get(h.id), "score": round(h.score, 6)} for h in hits], indent=2))
+        return
+    if not hits:
+        click.echo("no results", err=True)
+    for rank, hit in enumerate(hits, 1):
+        click.echo(f"{rank:4d}  {hit.score:.4f}  {paths.get(hit.id)}")
+
+
+def _paths(database: str, ids: list[int]) -> dict[int, str]:
+    catalog = Catalog(database)
+    try:
+        return {id_: path for id_, path in catalog.db.execute(
+            f"select id, path from images where id in ({', '.join('?' for _ in ids)})", ids)} if ids else {}
+    finally:
+        catalog.close()
+
+
+@cli.command(name="info")
+@click.argument("database", type=click.Path(exists=True, dir_okay=False))
+@click.option("--json", "as_json", is_flag=True)
+def info_command(database: str, as_json: bool) -> None:
+    """Show what DATABASE holds: images, model, index state and errors.
+
+    \b
+        datasette-imgsearch info photos.db
+    """
+    with user_errors():
+        catalog = Catalog(database)
+        try:
+            meta = catalog.all_meta()
+            state = index_state(catalog)
+            folder = catalog.image_folder()
+            facts = {
+                "images": catalog.count(),
+                "errors": catalog.error_count(),
+                "model": meta.get("model"),
+                "text_model": meta.get("text_model"),
+                "dimension": meta.get("dimension"),
+                "folder": str(folder) if folder else None,
+                "index": state.reason,
+                "index_fresh": state.fresh,
+                "last_build": meta.get("last_build"),
+            }
+        finally:
+            catalog.close()
+    if as_json:
+        click.echo(json.dumps(facts, indent=2))
+        return
+    for key, value in facts.items():
+        if key != "index_fresh" and value is not None:
+            click.echo(f"{key + ':':<12} {value}")
+
+
+@cli.command(name="toy-world")
+@click.argument("folder", type=click.Path(file_okay=False))
+@click.option("--count", type=click.IntRange(1, 1_000_000), default=120, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--size", type=click.IntRange(16, 4096), default=128, show_default=True, help="side in pixels")
+def toy_world_command(folder: str, count: int, seed: int, size: int) -> None:
+    """Write a folder of generated pictures of coloured shapes, to try everything offline.
+
+    Pair it with the small model in tests/fixtures/toy-clip, which understands this world.
+
+    \b
+        datasette-imgsearch toy-world ./shapes --count 200
+        datasette-imgsearch build shapes.db ./shapes --model tests/fixtures/toy-clip
+    """
+    from .toyworld import write_world
+
+    written = write_world(Path(folder), count=count, seed=seed, size=size)
+    click.echo(f"wrote {len(written)} images to {folder}")

@@ -1,0 +1,177 @@
+"""Loading a sentence-transformers CLIP model and turning images and text into unit vectors.
+
+Image embedding is split in two so a build can keep the model busy: :meth:`Embedder.preprocess`
+(resize, crop, normalise; pure CPU work on one PIL image) runs in worker threads, and
+:meth:`Embedder.encode_preprocessed` runs the network on a whole batch at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+from .pixels import DEFAULT_THUMBNAIL_SIZE
+
+DEFAULT_MODEL = "clip-ViT-B-32"
+DEVICES = ("auto", "cpu", "cuda", "mps")
+PRECISIONS = ("fp32", "bf16")
+
+
+class ModelError(Exception):
+    """A model that cannot be loaded or used; the message is one readable line."""
+
+
+def resolve_device(device: str) -> str:
+    import torch
+
+    if device == "auto":
+        if torch.cuda.is_available():
+            return "cuda"
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return "mps"
+        return "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ModelError("--device cuda was asked for, but torch sees no CUDA GPU on this machine")
+    if device == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ModelError("--device mps was asked for, but this torch build has no Apple MPS support")
+    return device
+
+
+def looks_like_path(name: str) -> bool:
+    return os.sep in name or name.startswith(".") or name.startswith("~") or Path(name).exists()
+
+
+def model_key(name: str) -> str:
+    """How a model is recorded in a catalog: hub names as given, local folders as absolute paths."""
+    return str(Path(name).expanduser().resolve()) if looks_like_path(name) else name
+
+
+def same_model(recorded: str, asked: str) -> bool:
+    """Whether ``asked`` names the model a catalog recorded (a folder may be given relative or absolute)."""
+    return model_key(asked) == recorded or asked == recorded
+
+
+class Embedder:
+    """One loaded sentence-transformers model, used for images, text or both."""
+
+    def __init__(self, name: str, device: str = "auto", precision: str = "fp32") -> None:
+        self.name = name
+        self.device = resolve_device(device)
+        if precision not in PRECISIONS:
+            raise ModelError(f"unknown precision {precision!r}: use one of {', '.join(PRECISIONS)}")
+        self.precision = precision
+        self.model = _load(name, self.device)
+        dimension = getattr(self.model, "get_embedding_dimension", None) or self.model.get_sentence_embedding_dimension
+        self.dimension = int(dimension() or 0)
+        first = self.model[0]
+        self.modalities: list[str] = list(getattr(first, "modalities", ["text"]))
+        self._lock = threading.Lock()
+
+    @property
+    def supports_images(self) -> bool:
+        return "image" in self.modalities
+
+    @property
+    def supports_text(self) -> bool:
+        return "text" in self.modalities
+
+    @property
+    def input_size(self) -> int:
+        """The side of the square the model sees; decoding may shrink a JPEG to twice this."""
+        processor = getattr(self.model[0], "processor", None)
+        size = getattr(getattr(processor, "image_processor", None), "size", None)
+        edge = getattr(size, "shortest_edge", None) or (size.get("shortest_edge") if isinstance(size, dict) else None)
+        return int(edge or 224)
+
+    def decode_side(self, thumbnail_size: int | None = DEFAULT_THUMBNAIL_SIZE) -> int:
+        """The smallest side a JPEG may be decoded at (``Image.draft``) without changing what the model sees."""
+        return max(2 * self.input_size, thumbnail_size or 0)
+
+    def _require(self, modality: str) -> None:
+        if modality not in self.modalities:
+            raise ModelError(f"the model {self.name!r} cannot encode {modality}s (it handles: {', '.join(self.modalities)})")
+
+    def preprocess(self, image: Any) -> dict[str, Any]:
+        """Resize, crop and normalise one PIL image; safe to call from many threads."""
+        self._require("image")
+        return self.model.preprocess([image])
+
+    def encode_preprocessed(self, batch: list[dict[str, Any]]) -> np.ndarray:
+        """Run the network on preprocessed images; returns L2-normalised float32 rows."""
+        import torch
+
+        features: dict[str, Any] = {}
+        for key, value in batch[0].items():
+            if isinstance(value, torch.Tensor):
+                features[key] = torch.cat([item[key] for item in batch]).to(self.device)
+            else:
+                features[key] = value
+        with self._lock, torch.inference_mode(), self._autocast():
+            output = self.model.forward(features)["sentence_embedding"]
+        return _normalise(output.float().cpu().numpy())
+
+    def encode_images(self, images: list[Any]) -> np.ndarray:
+        return self.encode_preprocessed([self.preprocess(image) for image in images])
+
+    def encode_texts(self, texts: list[str]) -> np.ndarray:
+        self._require("text")
+        with self._lock:
+            vectors = self.model.encode(texts, convert_to_numpy=True, show_progress_bar=False)
+        return _normalise(np.asarray(vectors, dtype=np.float32))
+
+    @contextlib.contextmanager
+    def _autocast(self) -> Iterator[None]:
+        import torch
+
+        if self.precision == "fp32" or self.device == "mps":
+            yield
+            return
+        dtype = torch.bfloat16 if self.device == "cpu" else torch.float16
+        with torch.autocast(self.device, dtype=dtype):
+            yield
+
+
+def _normalise(vectors: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    return (vectors / np.maximum(norms, 1e-12)).astype(np.float32)
+
+
+def _load(name: str, device: str) -> Any:
+    """Load a model, turning the many ways this fails into one line a person can act on."""
+    from sentence_transformers import SentenceTransformer
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.disable_progress_bar()  # "Loading weights" bars would garble the CLI and server logs
+    if looks_like_path(name):
+        folder = Path(name).expanduser()
+        if not folder.is_dir():
+            raise ModelError(f"no model folder at {folder}: --model takes a sentence-transformers model name or a local model folder")
+    try:
+        return SentenceTransformer(str(Path(name).expanduser()) if looks_like_path(name) else name, device=device)
+    except Exception as error:
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        if looks_like_path(name):
+            raise ModelError(f"{name} is not a usable sentence-transformers or Hugging Face CLIP folder: {first_line}") from None
+        raise ModelError(
+            f"cannot load the model {name!r}: it is not in the local cache and could not be downloaded "
+            f"({first_line[:160]}). Connect to the internet once to fetch it, check the spelling, "
+            "or pass --model PATH to a local model folder"
+        ) from None
+
+
+_cache: dict[tuple[str, str, str], Embedder] = {}
+_cache_lock = threading.Lock()
+
+
+def load_embedder(name: str, device: str = "auto", precision: str = "fp32") -> Embedder:
+    """A process-wide shared :class:`Embedder`: several catalogs on one server load a model once."""
+    key = (model_key(name), device, precision)
+    with _cache_lock:
+        if key not in _cache:
+            _cache[key] = Embedder(name, device, precision)
+        return _cache[key]

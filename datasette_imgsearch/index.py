@@ -1,0 +1,125 @@
+"""The sibling FAISS index: built from the catalog's embeddings, keyed by ``images.id``.
+
+The index is derived data. The catalog is the source of truth, and records the ``catalog_version`` an
+index was written at plus the file's SHA-256, so a reader can always tell a fresh index from a stale
+or foreign one and fall back to the stored embeddings instead of returning wrong rows.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .catalog import Catalog, index_path
+
+INDEX_TYPES: dict[str, str] = {
+    "flat": "exact inner product over every vector (the default; best for up to a few million images)",
+    "hnsw": "HNSW graph: approximate, about 1 ms a query at a million rows, more memory",
+    "ivf": "inverted lists over k-means cells: approximate, quick to build",
+    "sq8": "8-bit scalar quantised, exact scan: a quarter of the memory, approximate scores",
+}
+HNSW_EF_SEARCH = 128
+IVF_PROBES = 32
+
+
+def make_index(ids: np.ndarray, matrix: np.ndarray, kind: str = "flat"):  # -> faiss.Index
+    """A FAISS inner-product index holding ``matrix`` under the labels ``ids``."""
+    import faiss
+
+    if kind not in INDEX_TYPES:
+        raise ValueError(f"unknown index type {kind!r}: use one of {', '.join(INDEX_TYPES)}")
+    dimension = matrix.shape[1]
+    if kind == "ivf":
+        cells = max(1, min(int(4 * math.sqrt(len(ids))), len(ids) // 39))
+        index = faiss.index_factory(dimension, f"IVF{cells},Flat", faiss.METRIC_INNER_PRODUCT)
+    else:
+        factory = {"flat": "IDMap2,Flat", "hnsw": "IDMap2,HNSW32", "sq8": "IDMap2,SQ8"}[kind]
+        index = faiss.index_factory(dimension, factory, faiss.METRIC_INNER_PRODUCT)
+    if not index.is_trained and len(ids):
+        index.train(np.ascontiguousarray(matrix, dtype=np.float32))
+    if len(ids):
+        index.add_with_ids(np.ascontiguousarray(matrix, dtype=np.float32), np.ascontiguousarray(ids, dtype=np.int64))
+    return index
+
+
+def tune(index) -> None:  # index: faiss.Index
+    """Set the search-time knobs that trade speed for recall."""
+    import faiss
+
+    inner = faiss.downcast_index(index.index) if hasattr(index, "id_map") else faiss.downcast_index(index)
+    if isinstance(inner, faiss.IndexHNSW):
+        inner.hnsw.efSearch = HNSW_EF_SEARCH
+    elif isinstance(inner, faiss.IndexIVF):
+        inner.nprobe = min(IVF_PROBES, inner.nlist)
+
+
+def flat_vectors(index) -> tuple[np.ndarray, np.ndarray] | None:
+    """(ids, matrix) of an exact flat index, for the numpy fast path; ``None`` for other types."""
+    import faiss
+
+    if not hasattr(index, "id_map"):
+        return None
+    inner = faiss.downcast_index(index.index)
+    if type(inner) is not faiss.IndexFlatIP:
+        return None
+    ids = faiss.vector_to_array(index.id_map).astype(np.int64)
+    matrix = faiss.rev_swig_ptr(inner.get_xb(), inner.ntotal * inner.d).reshape(inner.ntotal, inner.d).copy()
+    return ids, matrix
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 22), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def write_index(catalog: Catalog, kind: str | None = None) -> Path:
+    """Rebuild the index file from the stored embeddings, atomically, and record its fingerprint."""
+    import faiss
+
+    kind = kind or catalog.meta("index_type") or "flat"
+    version = catalog.catalog_version
+    ids, matrix = catalog.embeddings()
+    index = make_index(ids, matrix, kind)
+    target = index_path(catalog.path)
+    temporary = target.with_name(target.name + ".tmp")
+    faiss.write_index(index, str(temporary))
+    with open(temporary, "rb+") as handle:
+        os.fsync(handle.fileno())
+    os.replace(temporary, target)
+    catalog.set_meta(index_type=kind, index_version=version, index_sha256=sha256_of(target), index_count=len(ids))
+    return target
+
+
+@dataclass(frozen=True)
+class IndexState:
+    """Whether the index file on disk matches the catalog's rows."""
+
+    fresh: bool
+    reason: str
+
+
+def index_state(catalog: Catalog, check_hash: bool = True) -> IndexState:
+    path = index_path(catalog.path)
+    if not path.exists():
+        return IndexState(False, f"missing: {path.name} does not exist")
+    if catalog.meta("index_version") != catalog.catalog_version:
+        return IndexState(False, "stale: the catalog changed after the index was written")
+    if check_hash and sha256_of(path) != catalog.meta("index_sha256"):
+        return IndexState(False, f"stale: {path.name} is not the file this catalog wrote")
+    return IndexState(True, f"fresh: {catalog.meta('index_type')} index of {catalog.meta('index_count')} vectors")
+
+
+def read_index(path: Path):  # -> faiss.Index
+    import faiss
+
+    index = faiss.read_index(str(path))
+    tune(index)
+    return index

@@ -1,0 +1,37 @@
+"""Plugin configuration, read from ``datasette.plugin_config("datasette-imgsearch", database=...)``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Any
+
+from .pixels import DEFAULT_MAX_MEGAPIXELS
+
+PLUGIN = "datasette-imgsearch"
+
+
+@dataclass(frozen=True)
+class Settings:
+    model: str | None = None  # overrides the model the catalog recorded (a moved local folder, say)
+    text_model: str | None = None  # overrides the catalog's text model
+    device: str = "auto"
+    max_upload_mb: float = 20.0
+    max_megapixels: float = DEFAULT_MAX_MEGAPIXELS
+    max_k: int = 1000
+    page_size: int = 24
+    sql_wait_seconds: float = 0.8  # how long a SQL call waits for a model still loading at startup
+
+    @property
+    def max_upload_bytes(self) -> int:
+        return int(self.max_upload_mb * 1_000_000)
+
+    @classmethod
+    def for_database(cls, datasette: Any, database: str) -> "Settings":
+        config = datasette.plugin_config(PLUGIN, database=database) or {}
+        known = {f.name: f.type for f in fields(cls)}
+        values: dict[str, Any] = {}
+        for key, value in config.items():
+            if key not in known:
+                raise ValueError(f"{PLUGIN}: unknown setting {key!r}; known settings: {', '.join(known)}")
+            values[key] = value
+        return cls(**values)

@@ -1,0 +1,302 @@
+"""The search page, its JSON API, and the thumbnail and original-image routes.
+
+Each view checks the actor may view the table, then calls the same :class:`~.query.Searcher` the
+CLI and the SQL functions use. Blocking work (the model, FAISS, file reads) runs in a thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import mimetypes
+import urllib.parse
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from datasette.utils import tilde_decode
+from datasette.utils.asgi import Response
+
+from . import pixels
+from .access import can_view_table
+from .catalog import BLOB_COLUMNS, COLUMNS, TABLE, Catalog, CatalogError, is_catalog
+from .embed import ModelError
+from .query import Hit, QueryError, check_k, searcher_for
+from .settings import Settings
+from .uploads import UploadError, read_upload
+
+PAGE_LOAD_TIMEOUT = 120.0  # a page may wait this long for a model still loading at startup
+ROW_COLUMNS = ["id"] + [c for c in COLUMNS if c not in BLOB_COLUMNS]
+IMAGE_TYPES = {".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".png": "image/png", ".webp": "image/webp", ".gif": "image/gif",
+               ".bmp": "image/bmp", ".tif": "image/tiff", ".tiff": "image/tiff", ".heic": "image/heic", ".heif": "image/heif"}
+
+
+class HTTPError(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+@dataclass
+class Target:
+    """The catalog a request is about, once it is known to exist and to be visible to the actor."""
+
+    database: str
+    table: str
+    path: str
+    settings: Settings
+
+
+async def resolve(datasette: Any, request: Any) -> Target:
+    """Find the catalog named in the URL; 404 if there is none, 403 if the actor may not view it."""
+    database = tilde_decode(request.url_vars["database"])
+    table = tilde_decode(request.url_vars["table"])
+    db = datasette.databases.get(database)
+    if db is None or table != TABLE or not db.path:
+        raise HTTPError(404, f"{database}/{table} is not an image catalog")
+    if not await can_view_table(datasette, request.actor, database, table):
+        raise HTTPError(403, "you do not have permission to view this table")
+    holds_catalog = await db.execute_fn(is_catalog)
+    if not holds_catalog:
+        raise HTTPError(404, f"{database} holds no imgsearch catalog")
+    return Target(database, table, db.path, Settings.for_database(datasette, database))
+
+
+async def in_thread(function: Callable[..., Any], *args: Any) -> Any:
+    return await asyncio.get_running_loop().run_in_executor(None, function, *args)
+
+
+def error_response(error: Exception, as_json: bool) -> Response:
+    status, message = _status_and_message(error)
+    if as_json:
+        return Response.json({"ok": False, "error": message}, status=status)
+    return Response.text(message, status=status)
+
+
+def _status_and_message(error: Exception) -> tuple[int, str]:
+    if isinstance(error, (HTTPError, UploadError)):
+        return error.status, error.message
+    if isinstance(error, pixels.ImageError):
+        return 400, f"the uploaded file cannot be used: {error.message}"
+    if isinstance(error, QueryError):
+        return 400, str(error)
+    if isinstance(error, (ModelError, CatalogError)):
+        return 503, str(error)
+    raise error
+
+
+# Searching -------------------------------------------------------------------------------------
+@dataclass
+class SearchRequest:
+    query: str
+    image: bytes | None
+    k: int
+    min_score: float | None
+
+
+async def read_search_request(request: Any, settings: Settings) -> SearchRequest:
+    """The query, k and min_score from the URL (GET) or from a multipart form with an image (POST)."""
+    values: dict[str, str] = {key: request.args.get(key) for key in ("q", "k", "min_score") if request.args.get(key)}
+    image = None
+    if request.method == "POST":
+        upload = await read_upload(request, settings.max_upload_bytes)
+        values.update({k: v for k, v in upload.fields.items() if k in ("q", "k", "min_score") and v})
+        image = upload.files.get("image") or None
+        if image is None and not values.get("q"):
+            raise UploadError(400, "choose an image to upload (a field named 'image'), or type a query")
+    k = check_k(values.get("k", settings.page_size), settings.max_k)
+    try:
+        min_score = float(values["min_score"]) if values.get("min_score") else None
+    except ValueError:
+        raise QueryError(f"min_score must be a number, not {values['min_score']!r}") from None
+    return SearchRequest(values.get("q", "").strip(), image, k, min_score)
+
+
+def run_search(target: Target, search: SearchRequest) -> list[Hit]:
+    settings = target.settings
+    searcher = searcher_for(target.path, settings.model, settings.text_model, settings.device)
+    searcher.wait_until_loaded(PAGE_LOAD_TIMEOUT)
+    if search.image is not None:
+        return searcher.search_image_bytes(search.image, search.k, search.min_score, settings.max_megapixels)
+    return searcher.search(search.query, search.k, search.min_score)
+
+
+async def rows_for(datasette: Any, target: Target, hits: list[Hit]) -> list[dict[str, Any]]:
+    """The hits joined to their rows (no BLOBs), in rank order, with links."""
+    if not hits:
+        return []
+    db = datasette.databases[target.database]
+    ids = [hit.id for hit in hits]
+    result = await db.execute(
+        f"select {', '.join(f'[{c}]' for c in ROW_COLUMNS)} from [{TABLE}] where id in ({', '.join('?' for _ in ids)})", ids
+    )
+    rows = {row["id"]: dict(zip(ROW_COLUMNS, row)) for row in result.rows}
+    base = image_routes_base(datasette, target.database, target.table)
+    results = []
+    for hit in hits:
+        row = rows.get(hit.id)
+        if row is None:  # removed between the search and this read
+            continue
+        results.append({
+            **row,
+            "score": round(hit.score, 6),
+            "row_url": datasette.urls.row(target.database, target.table, str(hit.id)),
+            "thumbnail_url": f"{base}/thumbnail/{hit.id}",
+            "more_like_this_url": f"{base}?{urllib.parse.urlencode({'q': f'row:{hit.id}'})}",
+        })
+    return results
+
+
+def image_routes_base(datasette: Any, database: str, table: str) -> str:
+    return datasette.urls.table(database, table) + "/-/imgsearch"
+
+
+SQL_RECIPE = (
+    "select hit.key + 1 as rank, json_extract(hit.value, '$.score') as score, {table}.*\n"
+    "from json_each(imgsearch(:q, :k)) as hit\n"
+    "join {table} on {table}.id = json_extract(hit.value, '$.id')\n"
+    "order by hit.key"
+)
+
+
+def sql_url(datasette: Any, target: Target, search: SearchRequest) -> str | None:
+    """A link to the same ranking as a Datasette SQL query, for facets, CSV export and sharing."""
+    if search.image is not None or not search.query:
+        return None
+    columns = ", ".join(f"{TABLE}.[{c}]" for c in ROW_COLUMNS + ["thumbnail"])
+    sql = SQL_RECIPE.format(table=TABLE).replace(f"{TABLE}.*", columns)
+    query = {"sql": sql, "q": search.query, "k": str(search.k)}
+    return datasette.urls.database(target.database) + "?" + urllib.parse.urlencode(query)
+
+
+async def search_json(datasette: Any, request: Any) -> Response:
+    """``/<db>/images/-/imgsearch.json?q=...`` and the multipart POST with an ``image`` field."""
+    try:
+        target = await resolve(datasette, request)
+        search = await read_search_request(request, target.settings)
+        if not search.query and search.image is None:
+            raise QueryError("add ?q=... to the URL, or POST an image in a field named 'image'")
+        hits = await in_thread(run_search, target, search)
+        results = await rows_for(datasette, target, hits)
+    except Exception as error:
+        return error_response(error, as_json=True)
+    return Response.json({
+        "ok": True,
+        "query": search.query if search.image is None else None,
+        "k": search.k,
+        "count": len(results),
+        "sql_url": sql_url(datasette, target, search),
+        "results": results,
+    })
+
+
+async def search_page(datasette: Any, request: Any) -> Response:
+    """The search page: a text box, an image upload and a grid of ranked thumbnails."""
+    try:
+        target = await resolve(datasette, request)
+    except HTTPError as error:
+        return error_response(error, as_json=False)
+    context: dict[str, Any] = {
+        "database": target.database,
+        "table": target.table,
+        "q": request.args.get("q", ""),
+        "k": request.args.get("k", str(target.settings.page_size)),
+        "min_score": request.args.get("min_score", ""),
+        "results": None,
+        "error": None,
+        "sql_url": None,
+        "uploaded": False,
+        "max_upload_mb": target.settings.max_upload_mb,
+        "json_url": image_routes_base(datasette, target.database, target.table) + ".json",
+        "page_url": image_routes_base(datasette, target.database, target.table),
+        "table_url": datasette.urls.table(target.database, target.table),
+        "database_url": datasette.urls.database(target.database),
+    }
+    status = 200
+    if request.method == "POST" or context["q"]:
+        try:
+            search = await read_search_request(request, target.settings)
+            context.update(q=search.query, k=str(search.k), uploaded=search.image is not None)
+            hits = await in_thread(run_search, target, search)
+            context["results"] = await rows_for(datasette, target, hits)
+            context["sql_url"] = sql_url(datasette, target, search)
+        except Exception as error:
+            status, context["error"] = _status_and_message(error)
+    html = await datasette.render_template("imgsearch.html", context, request=request)
+    return Response.html(html, status=status)
+
+
+# Images ----------------------------------------------------------------------------------------
+def _not_modified(request: Any, etag: str) -> bool:
+    return request.headers.get("if-none-match") == etag
+
+
+def _image_response(body: bytes, content_type: str, etag: str) -> Response:
+    return Response(
+        body,
+        content_type=content_type,
+        headers={"X-Content-Type-Options": "nosniff", "ETag": etag, "Cache-Control": "private, max-age=3600"},
+    )
+
+
+def _read_row(path: str, id_: int) -> dict[str, Any] | None:
+    catalog = Catalog(path)
+    try:
+        row = catalog.db.execute(f"select path, hash, thumbnail from [{TABLE}] where id = ?", [id_]).fetchone()
+        if row is None:
+            return None
+        return {"path": row[0], "hash": row[1], "thumbnail": row[2], "folder": catalog.image_folder()}
+    finally:
+        catalog.close()
+
+
+def original_file(folder: Path | None, relative: str) -> Path:
+    """The file a row points at, only if it still lies inside the catalogued folder."""
+    if folder is None:
+        raise HTTPError(404, "the catalog does not record its image folder")
+    root = folder.resolve()
+    candidate = (root / relative).resolve()
+    if not candidate.is_relative_to(root) or not candidate.is_file():
+        raise HTTPError(404, "the original file is no longer inside the catalogued folder")
+    return candidate
+
+
+async def thumbnail_view(datasette: Any, request: Any) -> Response:
+    """A row's stored thumbnail; made from the original when the catalog was built without thumbnails."""
+    try:
+        target = await resolve(datasette, request)
+        row = await in_thread(_read_row, target.path, int(request.url_vars["id"]))
+        if row is None:
+            raise HTTPError(404, "no such row")
+        etag = f'"{row["hash"]}-thumbnail"'
+        if _not_modified(request, etag):
+            return Response("", status=304, headers={"ETag": etag})
+        body = row["thumbnail"]
+        if body is None:
+            file = original_file(row["folder"], row["path"])
+            body = await in_thread(_thumbnail_from_file, file, target.settings.max_megapixels)
+        return _image_response(body, "image/jpeg", etag)
+    except Exception as error:
+        return error_response(error, as_json=False)
+
+
+def _thumbnail_from_file(file: Path, max_megapixels: float) -> bytes:
+    decoded = pixels.decode(pixels.read_bytes(file), max_megapixels, min_side=pixels.DEFAULT_THUMBNAIL_SIZE)
+    return pixels.thumbnail(decoded.image)
+
+
+async def original_view(datasette: Any, request: Any) -> Response:
+    """The original image file, served only from inside the catalogued folder."""
+    try:
+        target = await resolve(datasette, request)
+        row = await in_thread(_read_row, target.path, int(request.url_vars["id"]))
+        if row is None:
+            raise HTTPError(404, "no such row")
+        file = original_file(row["folder"], row["path"])
+        etag = f'"{row["hash"]}"'
+        if _not_modified(request, etag):
+            return Response("", status=304, headers={"ETag": etag})
+        content_type = IMAGE_TYPES.get(file.suffix.lower()) or mimetypes.guess_type(file.name)[0] or "application/octet-stream"
+        return _image_response(await in_thread(file.read_bytes), content_type, etag)
+    except Exception as error:
+        return error_response(error, as_json=False)

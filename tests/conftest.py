@@ -1,0 +1,67 @@
+"""Shared fixtures: the trained toy-world CLIP, generated image folders and catalogs built from them."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a hub name fails in seconds, not minutes of retries
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+import shutil
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from datasette_imgsearch.build import BuildOptions, build
+from datasette_imgsearch.cli import cli
+from datasette_imgsearch.toyworld import write_world
+
+TOY_MODEL = Path(__file__).parent / "fixtures" / "toy-clip"
+
+
+@pytest.fixture(scope="session")
+def toy_model() -> str:
+    return str(TOY_MODEL)
+
+
+@pytest.fixture(scope="session")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """60 toy-world JPEGs (five of each colour-and-shape class); never modified."""
+    folder = tmp_path_factory.mktemp("world")
+    write_world(folder, count=60, seed=7)
+    return folder
+
+
+@pytest.fixture
+def images(tmp_path: Path, world: Path) -> Path:
+    """A private copy of the toy world that a test may change."""
+    folder = tmp_path / "images"
+    shutil.copytree(world, folder)
+    return folder
+
+
+@pytest.fixture
+def catalog(tmp_path: Path, images: Path, toy_model: str) -> Path:
+    """A catalog freshly built from ``images``."""
+    path = tmp_path / "photos.db"
+    build(path, images, BuildOptions(model=toy_model, batch_size=16))
+    return path
+
+
+@pytest.fixture(scope="session")
+def shared_catalog(tmp_path_factory: pytest.TempPathFactory, world: Path, toy_model: str) -> Path:
+    """A catalog of the toy world for tests that only read it."""
+    folder = tmp_path_factory.mktemp("shared")
+    images = folder / "images"
+    shutil.copytree(world, images)
+    path = folder / "photos.db"
+    build(path, images, BuildOptions(model=toy_model, batch_size=16))
+    return path
+
+
+def run_cli(*args: str, expect: int = 0) -> str:
+    """Run the command line in-process; assert its exit code; return what it printed."""
+    result = CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
+    assert result.exit_code == expect, result.output
+    return result.output
