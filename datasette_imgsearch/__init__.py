@@ -12,7 +12,7 @@ from typing import Any
 from datasette import hookimpl
 from markupsafe import Markup, escape
 
-from . import web
+from . import csrf, web
 from .catalog import REMOVED_TABLE, TABLE, is_catalog
 from .query import searcher_for
 from .settings import Settings
@@ -92,6 +92,11 @@ def _has(row: Any, key: str) -> bool:
         return row[key] is not None
     except (KeyError, IndexError):
         return False
+
+
+@hookimpl
+def skip_csrf(scope: dict[str, Any]) -> bool | None:
+    return True if csrf.skip_asgi_csrf(scope) else None
 
 
 @hookimpl

@@ -24,7 +24,7 @@ from .pixels import DEFAULT_MAX_MEGAPIXELS, decode
 MAX_QUERY_LENGTH = 1000
 MAX_TERMS = 16
 
-_SIGN = re.compile(r"(?:^|\s)([+-])\s+")
+_SIGN = re.compile(r"(?:(?<=\s)|^)([+-])(?=\s|$)")
 _WEIGHT = re.compile(r"^(\d+(?:\.\d+)?|\.\d+)\s*:\s*(.*)$", re.S)
 _ROW = re.compile(r"^row:\s*(\S*)$", re.I)
 
@@ -58,7 +58,7 @@ def parse(query: str) -> list[Term]:
         raise QueryError("the query is empty: type what to look for, e.g. 'a dog on a beach' or 'row:12'")
     if len(query) > MAX_QUERY_LENGTH:
         raise QueryError(f"the query is {len(query)} characters long; the limit is {MAX_QUERY_LENGTH}")
-    pieces = _SIGN.split(" " + query)
+    pieces = _SIGN.split(query)
     chunks = [("+", pieces[0])] + list(zip(pieces[1::2], pieces[2::2]))
     terms = []
     for sign, chunk in chunks:
@@ -103,7 +103,8 @@ def top_k(ids: np.ndarray, scores: np.ndarray, k: int, exclude: set[int], min_sc
     if want == 0:
         return []
     if want < len(ids):
-        candidates = np.argpartition(-scores, want - 1)[:want]
+        cutoff = scores[np.argpartition(-scores, want - 1)[want - 1]]
+        candidates = np.flatnonzero(scores >= cutoff)  # every row tied at the cut-off too
     else:
         candidates = np.arange(len(ids))
     # Ties break on the lower id, so every door onto the same query lists the same rows.

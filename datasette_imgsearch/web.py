@@ -16,7 +16,7 @@ from typing import Any, Callable
 from datasette.utils import tilde_decode
 from datasette.utils.asgi import Response
 
-from . import pixels
+from . import csrf, pixels
 from .access import can_view_table
 from .catalog import BLOB_COLUMNS, COLUMNS, TABLE, Catalog, CatalogError, is_catalog
 from .embed import ModelError
@@ -94,12 +94,13 @@ class SearchRequest:
     min_score: float | None
 
 
-async def read_search_request(request: Any, settings: Settings) -> SearchRequest:
+async def read_search_request(datasette: Any, request: Any, settings: Settings) -> SearchRequest:
     """The query, k and min_score from the URL (GET) or from a multipart form with an image (POST)."""
     values: dict[str, str] = {key: request.args.get(key) for key in ("q", "k", "min_score") if request.args.get(key)}
     image = None
     if request.method == "POST":
         upload = await read_upload(request, settings.max_upload_bytes)
+        csrf.check(datasette, request, upload.fields)
         values.update({k: v for k, v in upload.fields.items() if k in ("q", "k", "min_score") and v})
         image = upload.files.get("image") or None
         if image is None and not values.get("q"):
@@ -173,7 +174,7 @@ async def search_json(datasette: Any, request: Any) -> Response:
     """``/<db>/images/-/imgsearch.json?q=...`` and the multipart POST with an ``image`` field."""
     try:
         target = await resolve(datasette, request)
-        search = await read_search_request(request, target.settings)
+        search = await read_search_request(datasette, request, target.settings)
         if not search.query and search.image is None:
             raise QueryError("add ?q=... to the URL, or POST an image in a field named 'image'")
         hits = await in_thread(run_search, target, search)
@@ -215,7 +216,7 @@ async def search_page(datasette: Any, request: Any) -> Response:
     status = 200
     if request.method == "POST" or context["q"]:
         try:
-            search = await read_search_request(request, target.settings)
+            search = await read_search_request(datasette, request, target.settings)
             context.update(q=search.query, k=str(search.k), uploaded=search.image is not None)
             hits = await in_thread(run_search, target, search)
             context["results"] = await rows_for(datasette, target, hits)

@@ -1,0 +1,104 @@
+"""The sibling FAISS index: keyed by row id, written atomically, and never trusted when stale."""
+
+from __future__ import annotations
+
+import shutil
+import sqlite3
+from pathlib import Path
+
+import faiss
+import numpy as np
+import pytest
+
+from datasette_imgsearch.catalog import Catalog, index_path
+from datasette_imgsearch.index import INDEX_TYPES, index_state, make_index, read_index, write_index
+from datasette_imgsearch.query import Searcher
+
+from .conftest import run_cli
+
+
+def unit_rows(count: int, dimension: int = 32, seed: int = 0) -> np.ndarray:
+    rows = np.random.default_rng(seed).normal(size=(count, dimension)).astype(np.float32)
+    return rows / np.linalg.norm(rows, axis=1, keepdims=True)
+
+
+@pytest.mark.parametrize("kind", list(INDEX_TYPES))
+def test_every_index_type_is_keyed_by_row_id(kind: str) -> None:
+    matrix = unit_rows(2000)
+    ids = np.arange(1000, 3000, dtype=np.int64)
+    index = make_index(ids, matrix, kind)
+    assert index.ntotal == 2000
+    _, found = index.search(matrix[:20], 1)
+    assert (found[:, 0] == ids[:20]).mean() >= 0.9  # approximate types may miss a few
+
+
+def test_the_index_file_holds_the_catalogs_ids(catalog: Path) -> None:
+    index = read_index(index_path(catalog))
+    conn = sqlite3.connect(catalog)
+    ids = sorted(r[0] for r in conn.execute("select id from images"))
+    conn.close()
+    assert sorted(faiss.vector_to_array(index.id_map).tolist()) == ids
+
+
+def test_a_catalog_change_makes_the_index_stale_until_rebuilt(catalog: Path) -> None:
+    opened = Catalog(catalog)
+    try:
+        assert index_state(opened).fresh
+        with opened.db.conn:
+            opened.db.conn.execute("delete from images where id = (select min(id) from images)")
+        state = index_state(opened)
+        assert not state.fresh and "catalog changed" in state.reason
+    finally:
+        opened.close()
+    assert "wrote" in run_cli("index", catalog)
+    assert "fresh" in run_cli("info", catalog)
+
+
+def test_a_foreign_index_file_is_detected(catalog: Path, tmp_path: Path, images: Path, toy_model: str) -> None:
+    other = tmp_path / "other.db"
+    shutil.copytree(images, tmp_path / "fewer")
+    for path in sorted((tmp_path / "fewer").iterdir())[:10]:
+        path.unlink()
+    run_cli("build", other, tmp_path / "fewer", "--model", toy_model, "--silent")
+    shutil.copy(index_path(other), index_path(catalog))
+    state = index_state(Catalog(catalog))
+    assert not state.fresh and "not the file this catalog wrote" in state.reason
+
+
+@pytest.mark.parametrize("kind", ["hnsw", "sq8", "ivf"])
+def test_index_types_can_be_chosen_and_are_remembered(catalog: Path, kind: str) -> None:
+    assert f"({kind}, 60 vectors)" in run_cli("index", catalog, "--type", kind)
+    assert Catalog(catalog).meta("index_type") == kind
+    searcher = Searcher(catalog)
+    hits = searcher.search("a red circle", 5)
+    assert f"({kind})" in searcher.source
+    assert len(hits) == 5 and searcher.size == 60
+
+
+def test_a_stale_or_missing_index_never_gives_wrong_rows(catalog: Path) -> None:
+    searcher = Searcher(catalog)
+    first = searcher.search("a red circle", 3)
+    gone = first[0].id
+    conn = sqlite3.connect(catalog)
+    with conn:
+        conn.execute("delete from images where id = ?", [gone])
+    conn.close()
+    after = searcher.search("a red circle", 3)
+    assert gone not in [hit.id for hit in after]
+    assert "stored embeddings" in searcher.source
+    index_path(catalog).unlink()
+    assert [h.id for h in Searcher(catalog).search("a red circle", 3)] == [h.id for h in after]
+
+
+def test_a_rebuilt_index_is_picked_up_without_a_restart(catalog: Path) -> None:
+    searcher = Searcher(catalog)
+    searcher.search("a square", 3)
+    assert "(exact)" in searcher.source
+    run_cli("index", catalog, "--type", "hnsw")
+    searcher.search("a square", 3)
+    assert "hnsw" in searcher.source
+
+
+def test_the_index_is_written_atomically(catalog: Path) -> None:
+    write_index(Catalog(catalog))
+    assert not Path(str(index_path(catalog)) + ".tmp").exists()

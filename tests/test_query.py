@@ -1,0 +1,143 @@
+"""The query language and the ranking shared by the CLI, SQL, the page and JSON."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from datasette_imgsearch.catalog import from_blob
+from datasette_imgsearch.query import QueryError, Searcher, Term, check_k, parse, top_k
+
+from .conftest import run_cli
+
+
+@pytest.mark.parametrize(
+    "query,terms",
+    [
+        ("a red circle", [Term(1.0, text="a red circle")]),
+        ("  padded  ", [Term(1.0, text="padded")]),
+        ("row:12", [Term(1.0, row=12)]),
+        ("ROW: 7", [Term(1.0, row=7)]),
+        ("2:dog + beach - night", [Term(2.0, text="dog"), Term(1.0, text="beach"), Term(-1.0, text="night")]),
+        ("red circle - red + blue", [Term(1.0, text="red circle"), Term(-1.0, text="red"), Term(1.0, text="blue")]),
+        ("0.5:row:3 + sea", [Term(0.5, row=3), Term(1.0, text="sea")]),
+        ("t-shirt + x+y", [Term(1.0, text="t-shirt"), Term(1.0, text="x+y")]),
+        ("- night", [Term(-1.0, text="night")]),
+        ("+ dog", [Term(1.0, text="dog")]),
+        ("a photo of 2 dogs", [Term(1.0, text="a photo of 2 dogs")]),
+    ],
+)
+def test_queries_parse_into_weighted_terms(query: str, terms: list[Term]) -> None:
+    assert parse(query) == terms
+
+
+@pytest.mark.parametrize(
+    "query,message",
+    [
+        ("", "the query is empty"),
+        ("   ", "the query is empty"),
+        ("dog +", "has no term after it"),
+        ("dog - + cat", "has no term after it"),
+        ("row:abc", "row: takes a row id"),
+        ("2:", "has no term after it"),
+        ("x" * 1001, "the limit is 1000"),
+        (" + ".join(["a"] * 17), "the limit is 16"),
+        (None, "the query must be text"),
+        (42, "the query must be text"),
+    ],
+)
+def test_bad_queries_say_what_is_wrong(query: object, message: str) -> None:
+    with pytest.raises(QueryError, match=message):
+        parse(query)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("k,expected", [(1, 1), ("5", 5), (1000, 1000)])
+def test_k_accepts_whole_numbers_in_range(k: object, expected: int) -> None:
+    assert check_k(k, 1000) == expected
+
+
+@pytest.mark.parametrize("k", [0, -3, 1001, "ten", None, 2.5j])
+def test_k_refuses_anything_else(k: object) -> None:
+    with pytest.raises(QueryError, match="k must be"):
+        check_k(k, 1000)
+
+
+def test_top_k_orders_by_score_then_id_and_honours_exclusions_and_min_score() -> None:
+    ids = np.array([10, 11, 12, 13, 14])
+    scores = np.array([0.5, 0.9, 0.5, 0.1, 0.7], dtype=np.float32)
+    best = top_k(ids, scores, 3, set(), None)
+    assert [h.id for h in best] == [11, 14, 10]
+    assert [h.score for h in best] == pytest.approx([0.9, 0.7, 0.5])
+    assert [h.id for h in top_k(ids, scores, 3, {11}, None)] == [14, 10, 12]
+    assert [h.id for h in top_k(ids, scores, 10, set(), 0.6)] == [11, 14]
+    assert top_k(ids[:0], scores[:0], 3, set(), None) == []
+
+
+def stored(db: Path) -> tuple[np.ndarray, np.ndarray, dict[int, str]]:
+    conn = sqlite3.connect(db)
+    rows = conn.execute("select id, path, embedding from images order by id").fetchall()
+    conn.close()
+    ids = np.array([r[0] for r in rows])
+    return ids, np.stack([from_blob(r[2]) for r in rows]), {r[0]: r[1] for r in rows}
+
+
+@pytest.mark.parametrize("query", ["a red circle", "something blue", "2:a triangle + green - yellow"])
+def test_search_json_ranks_exactly_as_brute_force_cosine(shared_catalog: Path, query: str) -> None:
+    searcher = Searcher(shared_catalog)
+    vector, _ = searcher.query_vector(query)
+    ids, matrix, paths = stored(shared_catalog)
+    scores = matrix @ vector
+    order = sorted(range(len(ids)), key=lambda i: (-scores[i], ids[i]))[:10]
+    output = json.loads(run_cli("search", shared_catalog, query, "-k", "10", "--json"))
+    assert [hit["id"] for hit in output] == [int(ids[i]) for i in order]
+    assert [hit["path"] for hit in output] == [paths[int(ids[i])] for i in order]
+    assert [hit["score"] for hit in output] == pytest.approx([float(scores[i]) for i in order], abs=1e-5)
+
+
+def test_an_image_query_returns_the_image_itself_first(shared_catalog: Path) -> None:
+    folder = shared_catalog.parent / "images"
+    for name in sorted(p.name for p in folder.iterdir())[:3]:
+        output = json.loads(run_cli("search", shared_catalog, "--image", folder / name, "-k", "3", "--json"))
+        assert output[0]["path"] == name
+        assert output[0]["score"] == pytest.approx(1.0, abs=1e-4)
+
+
+def test_row_queries_leave_the_row_out(shared_catalog: Path) -> None:
+    ids, _, _ = stored(shared_catalog)
+    output = json.loads(run_cli("search", shared_catalog, f"row:{ids[0]}", "-k", "59", "--json"))
+    assert len(output) == 59 and int(ids[0]) not in [hit["id"] for hit in output]
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["row:999999"], "row:999999 is not in the catalog"),
+        (["red - red"], "cancel each other out"),
+        (["red", "-k", "0"], "k must be between 1 and 10000"),
+        (["--image", "missing.jpg"], "unreadable"),
+    ],
+)
+def test_search_errors_are_one_line(shared_catalog: Path, args: list[str], message: str) -> None:
+    output = run_cli("search", shared_catalog, *args, expect=1)
+    assert message in output and "Traceback" not in output
+
+
+def test_search_by_a_file_that_is_not_an_image(shared_catalog: Path, tmp_path: Path) -> None:
+    fake = tmp_path / "fake.jpg"
+    fake.write_text("not an image")
+    assert "not a recognised image format" in run_cli("search", shared_catalog, "--image", fake, expect=1)
+
+
+def test_search_needs_a_query_or_an_image(shared_catalog: Path) -> None:
+    assert "give either a QUERY or --image FILE" in run_cli("search", shared_catalog, expect=2)
+
+
+def test_min_score_leaves_out_weak_matches(shared_catalog: Path) -> None:
+    everything = json.loads(run_cli("search", shared_catalog, "a red circle", "-k", "60", "--json"))
+    threshold = everything[4]["score"]
+    strong = json.loads(run_cli("search", shared_catalog, "a red circle", "-k", "60", "--min-score", threshold, "--json"))
+    assert [h["id"] for h in strong] == [h["id"] for h in everything if h["score"] >= threshold]
