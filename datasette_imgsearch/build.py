@@ -39,7 +39,10 @@ from .embed import DEFAULT_MODEL, Embedder, load_embedder, model_key, same_model
 from .index import index_state, write_index
 from .scan import FoundFile, scan
 
-REUSED_COLUMNS = ("format", "width", "height", "taken", "camera_make", "camera_model", "latitude", "longitude", "thumbnail", "embedding")
+# What a file with already-catalogued bytes takes over from the row that holds them.
+REUSED_COLUMNS = (
+    "format", "width", "height", "taken", "camera_make", "camera_model", "latitude", "longitude", "thumbnail", "embedding",
+)
 
 
 @dataclass
@@ -147,7 +150,9 @@ class Builder:
     def _choose_folder(self, folder: str | Path | None) -> Path:
         chosen = Path(folder) if folder is not None else self.catalog.image_folder()
         if chosen is None:
-            raise CatalogError(f"{self.catalog.path} is new: name the image folder to catalog, as in 'build {self.catalog.path} ./images'")
+            raise CatalogError(
+                f"{self.catalog.path} is new: name the image folder to catalog, as in 'build {self.catalog.path} ./images'"
+            )
         if not chosen.exists():
             raise CatalogError(f"the image folder {chosen} does not exist")
         if not chosen.is_dir():
@@ -169,7 +174,8 @@ class Builder:
                 recorded = self._recorded_dimension
                 if recorded and not self.options.reembed and int(recorded) != self._embedder.dimension:
                     raise CatalogError(
-                        f"{self.model_name!r} gives {self._embedder.dimension}-dimensional vectors but the catalog holds {recorded}"
+                        f"{self.model_name!r} gives {self._embedder.dimension}-dimensional vectors "
+                        f"but the catalog holds {recorded}-dimensional ones"
                     )
             return self._embedder
 
@@ -203,9 +209,9 @@ class Builder:
         self._moved_ids: set[int] = set()
         reusable = set() if self.options.reembed else set(sources)
 
-        pending: list[Change] = [
-            Failure(name, "bad-name", "the file name is not valid UTF-8; rename the file") for name in found.bad_names
-        ] + [Failure(path, "unreadable", reason) for path, reason in found.unreadable_files.items()]
+        pending: list[Change] = []
+        pending += [Failure(name, "bad-name", "the file name is not valid UTF-8; rename the file") for name in found.bad_names]
+        pending += [Failure(path, "unreadable", reason) for path, reason in found.unreadable_files.items()]
         self.summary.failed += len(found.bad_names) + len(found.unreadable_files)
         self._process(candidates, stored, sources, reusable, pending)
 

@@ -15,7 +15,7 @@ import os
 import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable
 
 import numpy as np
 import sqlite_utils
@@ -230,10 +230,6 @@ class Catalog:
             for change in changes:
                 change.apply(conn)
 
-    def iter_ids(self) -> Iterator[int]:
-        for (id_,) in self.db.execute(f"select id from [{TABLE}] order by id"):
-            yield id_
-
 
 class Change:
     """One write to the catalog; :meth:`Catalog.write` applies a batch of them atomically."""
@@ -287,7 +283,8 @@ class Remove(Change):
     def apply(self, conn: sqlite3.Connection) -> None:
         columns = ", ".join(f"[{n}]" for n in COLUMNS)
         conn.execute(
-            f"insert or replace into [{REMOVED_TABLE}] (id, {columns}, removed) select id, {columns}, ? from [{TABLE}] where id = ?",
+            f"insert or replace into [{REMOVED_TABLE}] (id, {columns}, removed) "
+            f"select id, {columns}, ? from [{TABLE}] where id = ?",
             [now(), self.id],
         )
         conn.execute(f"delete from [{TABLE}] where id = ?", [self.id])

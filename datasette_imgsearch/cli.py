@@ -7,7 +7,7 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import click
 
@@ -93,30 +93,39 @@ def build_command(
         click.echo(summary.index, err=True)
 
 
+class Progress:
+    """A progress bar with count, images/s and time left, drawn on stderr."""
+
+    def __init__(self) -> None:
+        self.started = time.monotonic()
+        self.bar: Any = None
+
+    def __call__(self, done: int, total: int) -> None:
+        if self.bar is None:
+            self.bar = click.progressbar(
+                length=total, label="Cataloguing", file=sys.stderr, show_pos=True, show_eta=True,
+                item_show_func=lambda rate: rate,
+            )
+            self.bar.__enter__()
+        rate = done / max(time.monotonic() - self.started, 1e-6)
+        self.bar.update(done - self.bar.pos, f"{rate:.1f} images/s")
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.__exit__(None, None, None)
+
+
 @contextlib.contextmanager
-def _progress(enabled: bool) -> Iterator[object]:
-    """A progress bar with images/s, or nothing when output is not a terminal."""
+def _progress(enabled: bool) -> Iterator[Progress | None]:
+    """A :class:`Progress` on a terminal, or nothing."""
     if not enabled:
         yield None
         return
-    started = time.monotonic()
-    state = {"bar": None}
-
-    def update(done: int, total: int) -> None:
-        if state["bar"] is None:
-            state["bar"] = click.progressbar(
-                length=total, label="Cataloguing", file=sys.stderr, show_pos=True, show_eta=True,
-                item_show_func=lambda rate: rate,
-            ).__enter__()
-        bar = state["bar"]
-        rate = done / max(time.monotonic() - started, 1e-6)
-        bar.update(done - bar.pos, f"{rate:.1f} images/s")
-
+    progress = Progress()
     try:
-        yield update
+        yield progress
     finally:
-        if state["bar"] is not None:
-            state["bar"].__exit__(None, None, None)
+        progress.close()
 
 
 @cli.command(name="index")

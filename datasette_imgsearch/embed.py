@@ -150,7 +150,9 @@ def _load(name: str, device: str) -> Any:
     if looks_like_path(name):
         folder = Path(name).expanduser()
         if not folder.is_dir():
-            raise ModelError(f"no model folder at {folder}: --model takes a sentence-transformers model name or a local model folder")
+            raise ModelError(
+                f"no model folder at {folder}: --model takes a sentence-transformers model name or a local model folder"
+            )
     try:
         return SentenceTransformer(str(Path(name).expanduser()) if looks_like_path(name) else name, device=device)
     except Exception as error:

@@ -96,8 +96,7 @@ def decode(data: bytes, max_megapixels: float = DEFAULT_MAX_MEGAPIXELS, min_side
         if min_side and image.format == "JPEG":
             image.draft("RGB", (min_side, min_side))
         image.load()
-        image = ImageOps.exif_transpose(image) or image
-        rgb = to_rgb(image)
+        rgb = to_rgb(ImageOps.exif_transpose(image) or image)
     except Exception as error:
         raise ImageError("corrupt", f"cannot decode the pixels: {error}") from None
     return Decoded(rgb, image_format, width, height, exif_facts(exif))

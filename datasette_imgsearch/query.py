@@ -60,7 +60,7 @@ def parse(query: str) -> list[Term]:
         raise QueryError(f"the query is {len(query)} characters long; the limit is {MAX_QUERY_LENGTH}")
     pieces = _SIGN.split(query)
     chunks = [("+", pieces[0])] + list(zip(pieces[1::2], pieces[2::2]))
-    terms = []
+    terms: list[Term] = []
     for sign, chunk in chunks:
         chunk = chunk.strip()
         if not chunk:
@@ -237,22 +237,21 @@ class Searcher:
             catalog = Catalog(self.db_path)
             try:
                 fresh = index_state(catalog)
-                faiss_index = None
+                ids, matrix, faiss_index = np.zeros(0, dtype=np.int64), None, None
                 if fresh.fresh:
                     faiss_index = read_index(index_path(self.db_path))
-                    vectors = flat_vectors(faiss_index)
-                    if vectors is not None:
-                        faiss_index = None
+                    flat = flat_vectors(faiss_index)
+                    if flat is not None:  # exact search is fastest as one BLAS matrix-vector product
+                        (ids, matrix), faiss_index = flat, None
                         self.source = f"{index_path(self.db_path).name} (exact)"
                     else:
-                        vectors = (np.zeros(0, dtype=np.int64), None)
                         self.source = f"{index_path(self.db_path).name} ({catalog.meta('index_type')})"
                 else:
-                    vectors = catalog.embeddings()
+                    ids, matrix = catalog.embeddings()
                     self.source = f"stored embeddings (exact; index {fresh.reason})"
             finally:
                 catalog.close()
-            self._ids, self._matrix = vectors
+            self._ids, self._matrix = ids, matrix
             self._faiss = faiss_index
             self._results.clear()
             self._state = state
@@ -277,7 +276,7 @@ class Searcher:
     def query_vector(self, query: str) -> tuple[np.ndarray, set[int]]:
         """The unit vector a query stands for, and the rows it names (left out of its results)."""
         terms = parse(query)
-        total = np.zeros(self.dimension or 1, dtype=np.float32)
+        total: np.ndarray = np.zeros(self.dimension or 1, dtype=np.float32)
         exclude = set()
         for term in terms:
             if term.row is not None:

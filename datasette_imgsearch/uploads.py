@@ -75,7 +75,7 @@ async def read_upload(request: Any, max_file_bytes: int) -> Upload:
         parser.finalize()
     except Exception as error:
         raise UploadError(400, f"the upload could not be parsed as multipart/form-data: {error}") from None
-    for name, data in upload.files.items():
+    for data in upload.files.values():
         if len(data) > max_file_bytes:
             raise _too_large(max_file_bytes)
     return upload

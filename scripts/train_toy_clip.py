@@ -129,10 +129,10 @@ def train(model: CLIPModel, tokenizer: CLIPTokenizer, pixels: torch.Tensor, clas
         chosen = [rng.choice([i for i, f in enumerate(facts) if _describes(f, classes[b])]) for b in batch]
         targets = torch.tensor([[float(_describes(facts[t], classes[b])) for t in chosen] for b in batch])
         images = F.normalize(model.get_image_features(pixel_values=pixels[batch]).pooler_output, dim=-1)
-        texts = F.normalize(
-            model.get_text_features(input_ids=tokens["input_ids"][chosen], attention_mask=tokens["attention_mask"][chosen]).pooler_output,
-            dim=-1,
+        text_output = model.get_text_features(
+            input_ids=tokens["input_ids"][chosen], attention_mask=tokens["attention_mask"][chosen]
         )
+        texts = F.normalize(text_output.pooler_output, dim=-1)
         logits = model.logit_scale.exp().clamp(max=100) * images @ texts.T
         loss = (F.cross_entropy(logits, targets / targets.sum(1, keepdim=True))
                 + F.cross_entropy(logits.T, targets.T / targets.T.sum(1, keepdim=True))) / 2
@@ -168,12 +168,12 @@ def precision_at_5(folder: Path, seed: int, count: int) -> dict[str, float]:
     figures = {}
     for colour in toyworld.COLOURS:
         for shape in toyworld.SHAPES:
-            figures[f"a {colour} {shape}"] = p5(text(f"a {colour} {shape}"), lambda l, c=colour, s=shape: l == (c, s))
+            figures[f"a {colour} {shape}"] = p5(text(f"a {colour} {shape}"), lambda label, c=colour, s=shape: label == (c, s))
     for colour in toyworld.COLOURS:
-        figures[f"something {colour}"] = p5(text(f"something {colour}"), lambda l, c=colour: l[0] == c)
+        figures[f"something {colour}"] = p5(text(f"something {colour}"), lambda label, c=colour: label[0] == c)
     for shape in toyworld.SHAPES:
-        figures[f"a {shape}"] = p5(text(f"a {shape}"), lambda l, s=shape: l[1] == s)
-    image_scores = [p5(vectors[i], lambda l, want=labels[i]: l == want, exclude=i) for i in range(len(labels))]
+        figures[f"a {shape}"] = p5(text(f"a {shape}"), lambda label, s=shape: label[1] == s)
+    image_scores = [p5(vectors[i], lambda label, want=labels[i]: label == want, exclude=i) for i in range(len(labels))]
     figures["image queries (mean)"] = float(np.mean(image_scores))
     return figures
 
@@ -182,8 +182,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output", default="tests/fixtures/toy-clip")
     parser.add_argument("--images", type=int, default=12000)
-    parser.add_argument("--steps", type=int, default=3000)
-    parser.add_argument("--batch-size", type=int, default=96)
+    parser.add_argument("--steps", type=int, default=3600)
+    parser.add_argument("--batch-size", type=int, default=112)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     random.seed(args.seed)

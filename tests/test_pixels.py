@@ -86,7 +86,10 @@ def test_the_first_frame_of_an_animation() -> None:
     assert np.allclose(decoded.image.getpixel((8, 8)), (0, 0, 255), atol=8)
 
 
-@pytest.mark.parametrize("orientation,size,top_left", [(1, (60, 20), (255, 0, 0)), (6, (20, 60), (255, 0, 0)), (8, (20, 60), (0, 0, 255)), (3, (60, 20), (0, 0, 255))])
+@pytest.mark.parametrize(
+    "orientation,size,top_left",
+    [(1, (60, 20), (255, 0, 0)), (6, (20, 60), (255, 0, 0)), (8, (20, 60), (0, 0, 255)), (3, (60, 20), (0, 0, 255))],
+)
 def test_exif_orientation_is_applied(orientation: int, size: tuple[int, int], top_left: tuple[int, int, int]) -> None:
     image = Image.new("RGB", (60, 20), (0, 0, 255))
     image.paste((255, 0, 0), (0, 0, 20, 20))  # red on the left as stored

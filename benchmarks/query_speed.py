@@ -1,0 +1,218 @@
+"""Query latency: SQL functions and the JSON endpoint at 100k rows, and index types at a million.
+
+    python benchmarks/query_speed.py                      # about 15 minutes on two cores
+    python benchmarks/query_speed.py --scale-rows 200000  # quicker
+
+Vectors are synthetic, clustered 512-d unit vectors (real CLIP embeddings cluster too; uniform random
+ones are the worst case for approximate indexes). Text queries go through the full-size ViT-B/32 text
+tower with random weights, so their cost is the real one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import socket
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from common import ROOT, percentiles, table, vit_b32
+
+DIMENSION = 512
+
+
+def clustered(rows: int, seed: int = 0, clusters: int = 2000) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(clusters, DIMENSION)).astype(np.float32)
+    matrix = centres[rng.integers(0, clusters, rows)] + 0.6 * rng.normal(size=(rows, DIMENSION)).astype(np.float32)
+    matrix /= np.linalg.norm(matrix, axis=1, keepdims=True)
+    return matrix
+
+
+def synthetic_catalog(rows: int, model: str) -> Path:
+    """A catalog in the product's schema holding ``rows`` synthetic embeddings, with a fresh flat index."""
+    from datasette_imgsearch.catalog import Catalog, to_blob
+    from datasette_imgsearch.embed import model_key
+    from datasette_imgsearch.index import write_index
+
+    folder = Path(tempfile.mkdtemp())
+    db = folder / "synthetic.db"
+    catalog = Catalog(db, create=True)
+    matrix = clustered(rows)
+    with catalog.db.conn:
+        catalog.db.conn.executemany(
+            "insert into images (path, name, folder, size, modified, mtime_ns, hash, taken, embedding) "
+            "values (?, ?, '', 1000, '2024-01-01T00:00:00+00:00', 0, ?, ?, ?)",
+            ((f"{i:07d}.jpg", f"{i:07d}.jpg", f"{i:032x}", f"20{10 + i % 15}-01-01", to_blob(matrix[i])) for i in range(rows)),
+        )
+    catalog.set_meta(model=model_key(model), dimension=DIMENSION, folder=str(folder), folder_relative=".")
+    write_index(catalog)
+    catalog.close()
+    return db
+
+
+def sql_latencies(db: Path, model: str, count: int) -> dict[str, tuple[float, float]]:
+    from datasette_imgsearch.query import searcher_for
+    from datasette_imgsearch.settings import Settings
+    from datasette_imgsearch.sql import register_functions
+
+    searcher_for(db).load()
+    conn = sqlite3.connect(db, check_same_thread=False)
+    register_functions(conn, str(db), Settings(sql_wait_seconds=600))
+
+    def run(sql: str, params) -> float:
+        started = time.perf_counter()
+        conn.execute(sql, params).fetchall()
+        return time.perf_counter() - started
+
+    fresh = [run("select imgsearch(?, 10)", [f"a photo number {i}"]) for i in range(count)]
+    repeated = [run("select imgsearch(?, 10)", ["a photo number 0"]) for _ in range(count)]
+    scored = [run("select id from images where taken >= '2018' order by imgsearch_score(embedding, ?) desc limit 20",
+                  [f"a filtered query {i}"]) for i in range(max(3, count // 10))]
+    conn.close()
+    return {"fresh": percentiles(fresh), "repeated": percentiles(repeated), "score": percentiles(scored)}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+async def json_load(url: str, clients: int, requests: int, distinct: bool) -> tuple[tuple[float, float], int, float]:
+    import httpx
+
+    latencies: list[float] = []
+    errors = 0
+
+    async def client(number: int) -> None:
+        nonlocal errors
+        async with httpx.AsyncClient(timeout=60) as http:
+            for i in range(requests):
+                query = f"client {number} query {i}" if distinct else f"pool query {i % 10}"
+                started = time.perf_counter()
+                response = await http.get(url, params={"q": query, "k": 10})
+                latencies.append(time.perf_counter() - started)
+                errors += response.status_code != 200
+
+    started = time.perf_counter()
+    await asyncio.gather(*(client(n) for n in range(clients)))
+    return percentiles(latencies), errors, len(latencies) / (time.perf_counter() - started)
+
+
+def json_latencies(db: Path, clients: int, requests: int) -> dict[str, tuple]:
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-m", "datasette", "serve", str(db), "--port", str(port), "--host", "127.0.0.1"],
+                              env={**os.environ, "HF_HUB_OFFLINE": "1"}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}/{db.stem}/images/-/imgsearch.json"
+    try:
+        import httpx
+
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(url, params={"q": "warm up"}, timeout=60).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        asyncio.run(json_load(url, clients, 5, distinct=False))  # warm the pool's text cache
+        return {
+            "pool": asyncio.run(json_load(url, clients, requests, distinct=False)),
+            "distinct": asyncio.run(json_load(url, clients, requests, distinct=True)),
+        }
+    finally:
+        server.terminate()
+        server.wait(10)
+
+
+def scale(rows: int, kinds: list[str], queries: int = 100) -> list[list[object]]:
+    """Exact and approximate search over ``rows`` vectors held in memory, with recall@10 against exact."""
+    import faiss
+
+    from datasette_imgsearch.index import make_index, tune
+    from datasette_imgsearch.query import top_k
+
+    matrix = clustered(rows, seed=1)
+    ids = np.arange(1, rows + 1, dtype=np.int64)
+    rng = np.random.default_rng(2)
+    probes = matrix[rng.integers(0, rows, queries)] + 0.3 * rng.normal(size=(queries, DIMENSION)).astype(np.float32)
+    probes /= np.linalg.norm(probes, axis=1, keepdims=True)
+
+    def exact(q: np.ndarray) -> list[int]:
+        return [h.id for h in top_k(ids, matrix @ q, 10, set(), None)]
+
+    truth = []
+    samples = []
+    for q in probes:
+        started = time.perf_counter()
+        truth.append(exact(q))
+        samples.append(time.perf_counter() - started)
+    p50, p95 = percentiles(samples)
+    results = [["exact, numpy matrix-vector (what `flat` uses)", "-", f"{p50:.1f}", f"{p95:.1f}", "1.000",
+                f"{matrix.nbytes / 1e9:.2f}"]]
+    for kind in kinds:
+        started = time.perf_counter()
+        index = make_index(ids, matrix, kind)
+        tune(index)
+        built = time.perf_counter() - started
+        samples, recall = [], []
+        for q, expected in zip(probes, truth):
+            started = time.perf_counter()
+            _, found = index.search(q.reshape(1, -1), 10)
+            samples.append(time.perf_counter() - started)
+            recall.append(len(set(found[0].tolist()) & set(expected)) / 10)
+        p50, p95 = percentiles(samples)
+        size = faiss.serialize_index(index).nbytes / 1e9
+        label = "FAISS flat, one query at a time" if kind == "flat" else f"`index --type {kind}`"
+        results.append([label, f"{built:.0f}", f"{p50:.1f}", f"{p95:.1f}", f"{np.mean(recall):.3f}", f"{size:.2f}"])
+        del index
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rows", type=int, default=100_000)
+    parser.add_argument("--queries", type=int, default=60)
+    parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument("--scale-rows", type=int, default=1_000_000)
+    parser.add_argument("--types", default="flat,hnsw,ivf,sq8")
+    args = parser.parse_args()
+
+    model = str(vit_b32())
+    db = synthetic_catalog(args.rows, model)
+    sql = sql_latencies(db, model, args.queries)
+    web = json_latencies(db, args.clients, args.queries // 2)
+    table(
+        f"Queries at {args.rows:,} rows, 512-d, ViT-B/32 text tower (random weights), warm",
+        ["query", "p50 ms", "p95 ms"],
+        [
+            ["`imgsearch(q, 10)`, a new query each time (text encoding included)", *[f"{v:.1f}" for v in sql["fresh"]]],
+            ["`imgsearch(q, 10)`, a repeated query", *[f"{v:.2f}" for v in sql["repeated"]]],
+            ["`order by imgsearch_score(embedding, q)` over a WHERE (about 80% of rows)", *[f"{v:.0f}" for v in sql["score"]]],
+            *[[f"JSON endpoint, {args.clients} concurrent clients, {name} queries ({rate:.0f} req/s, {errors} errors)",
+               f"{p50:.1f}", f"{p95:.1f}"]
+              for name, ((p50, p95), errors, rate) in (("repeated pool of 10", web["pool"]), ("all distinct", web["distinct"]))],
+        ],
+    )
+    rows = scale(args.scale_rows, args.types.split(","))
+    table(
+        f"Search at {args.scale_rows:,} vectors, 512-d, one query at a time, k=10",
+        ["method", "build s", "p50 ms", "p95 ms", "recall@10", "memory GB"],
+        rows,
+    )
+    out = ROOT / "benchmarks" / "results"
+    out.mkdir(exist_ok=True)
+    (out / "query.json").write_text(json.dumps({"sql": sql, "json": web, "scale": rows, "rows": args.rows,
+                                                "scale_rows": args.scale_rows}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

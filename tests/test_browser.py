@@ -1,0 +1,127 @@
+"""A person in headless Chromium: type a query, upload a picture, see ranked thumbnails.
+
+Needs Debian's ``chromium`` and ``chromium-driver`` and the ``selenium`` test extra; skipped without
+them. Set ``IMGSEARCH_SCREENSHOT=path.png`` to keep a screenshot of the page (the README's is made so).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from datasette_imgsearch.toyworld import draw_image, label_of
+
+webdriver = pytest.importorskip("selenium.webdriver")
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMEDRIVER = shutil.which("chromedriver")
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(not (CHROMIUM and CHROMEDRIVER), reason="needs chromium and chromium-driver"),
+]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(shared_catalog: Path) -> Iterator[str]:
+    """``datasette photos.db`` on a loopback port, as a person would start it."""
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "datasette", "serve", str(shared_catalog), "--host", "127.0.0.1", "--port", str(port)],
+        env={**os.environ, "HF_HUB_OFFLINE": "1"}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            urllib.request.urlopen(url + "/-/versions.json", timeout=2)
+            break
+        except OSError:
+            time.sleep(0.3)
+    try:
+        yield url
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[object]:
+    from selenium.webdriver.chrome.options import Options
+    from selenium.webdriver.chrome.service import Service
+
+    options = Options()
+    options.binary_location = CHROMIUM
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1200,1000",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    driver.set_page_load_timeout(60)
+    yield driver
+    driver.quit()
+
+
+def wait_for(condition, timeout: float = 60.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError("timed out waiting for the page")
+
+
+def result_names(driver) -> list[str]:
+    from selenium.webdriver.common.by import By
+
+    return [link.get_attribute("title") for link in driver.find_elements(By.CSS_SELECTOR, ".imgsearch-grid a.name")]
+
+
+def thumbnails_loaded(driver) -> bool:
+    return driver.execute_script(
+        "const images = [...document.querySelectorAll('.imgsearch-grid img')];"
+        "images.forEach(i => i.scrollIntoView());"
+        "return images.length > 0 && images.every(i => i.complete && i.naturalWidth > 0);"
+    )
+
+
+def test_typing_a_query_and_uploading_an_image(server: str, browser, tmp_path: Path) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    browser.get(server + "/photos/images")
+    menu_link = browser.find_element(By.CSS_SELECTOR, "a[href$='/photos/images/-/imgsearch']")
+    browser.get(menu_link.get_attribute("href"))
+
+    box = browser.find_element(By.NAME, "q")
+    box.send_keys("a red circle", Keys.ENTER)
+    wait_for(lambda: result_names(browser))
+    names = result_names(browser)
+    assert "results for" in browser.find_element(By.ID, "imgsearch-results").text
+    assert all(label_of(name) == ("red", "circle") for name in names[:4]), names
+    wait_for(lambda: thumbnails_loaded(browser))
+
+    picture = tmp_path / "reference.png"
+    draw_image("blue", "square", random.Random(4242)).save(picture)
+    browser.find_element(By.NAME, "image").send_keys(str(picture))  # the page uploads as soon as a file is chosen
+    wait_for(lambda: "for the uploaded image" in browser.find_element(By.ID, "imgsearch-results").text)
+    names = result_names(browser)
+    assert all(label_of(name) == ("blue", "square") for name in names[:4]), names
+    wait_for(lambda: thumbnails_loaded(browser))
+    browser.execute_script("window.scrollTo(0, 0)")
+    if os.environ.get("IMGSEARCH_SCREENSHOT"):
+        browser.save_screenshot(os.environ["IMGSEARCH_SCREENSHOT"])
