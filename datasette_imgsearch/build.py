@@ -272,7 +272,7 @@ class Builder:
             if result.hash in reusable:
                 return result
             embedder = self.embedder()
-            decoded = pixels.decode(data, self.options.max_megapixels, embedder.decode_side(self.options.thumbnail_size))
+            decoded = pixels.decode(data, self.options.max_megapixels, embedder.shrink_to(self.options.thumbnail_size))
             result.facts = {"format": decoded.format, "width": decoded.width, "height": decoded.height, **decoded.facts}
             if self.options.thumbnail_size:
                 result.facts["thumbnail"] = pixels.thumbnail(decoded.image, self.options.thumbnail_size)

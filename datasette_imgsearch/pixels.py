@@ -58,12 +58,14 @@ def read_bytes(path: Any) -> bytes:
     return data
 
 
-def decode(data: bytes, max_megapixels: float = DEFAULT_MAX_MEGAPIXELS, min_side: int | None = None) -> Decoded:
+def decode(
+    data: bytes, max_megapixels: float = DEFAULT_MAX_MEGAPIXELS, shrink_to: tuple[int, int] | None = None
+) -> Decoded:
     """Decode ``data`` into an upright RGB image.
 
-    ``min_side`` lets a JPEG decode at a reduced scale (``Image.draft``) as long as both sides stay at
-    least that large: a 12-megapixel photo then decodes several times faster, and the model, which
-    sees 224 pixels, cannot tell the difference.
+    ``shrink_to`` (shortest side, longest side) lets a JPEG decode at a reduced scale (``Image.draft``,
+    1/2 to 1/8 in the DCT) as long as both sides stay at least that large: a 12-megapixel photo decodes
+    twice as fast, and a model that sees 224 pixels cannot tell the difference.
     """
     if not data:
         raise ImageError("empty", "the file is empty (0 bytes)")
@@ -93,8 +95,10 @@ def decode(data: bytes, max_megapixels: float = DEFAULT_MAX_MEGAPIXELS, min_side
         width, height = height, width
     image_format = image.format
     try:
-        if min_side and image.format == "JPEG":
-            image.draft("RGB", (min_side, min_side))
+        if shrink_to and image.format == "JPEG":
+            shortest, longest = shrink_to
+            stored_width, stored_height = image.size
+            image.draft("RGB", (longest, shortest) if stored_width >= stored_height else (shortest, longest))
         image.load()
         rgb = to_rgb(ImageOps.exif_transpose(image) or image)
     except Exception as error:
@@ -126,9 +130,9 @@ def to_rgb(image: Image.Image) -> Image.Image:
 def thumbnail(image: Image.Image, size: int = DEFAULT_THUMBNAIL_SIZE) -> bytes:
     """A JPEG that fits in ``size`` × ``size``: small enough to store in every row."""
     small = image.copy()
-    small.thumbnail((size, size), Image.Resampling.LANCZOS, reducing_gap=3.0)
+    small.thumbnail((size, size), Image.Resampling.BICUBIC, reducing_gap=2.0)
     buffer = io.BytesIO()
-    small.save(buffer, format="JPEG", quality=80, optimize=True)
+    small.save(buffer, format="JPEG", quality=82)
     return buffer.getvalue()
 
 

@@ -313,7 +313,7 @@ class Searcher:
     ) -> list[Hit]:
         """Rank the catalog against a reference image or an upload, decoded exactly as ``build`` decodes files."""
         embedder = self.image_embedder()
-        decoded = decode(data, max_megapixels, min_side=embedder.decode_side())
+        decoded = decode(data, max_megapixels, shrink_to=embedder.shrink_to())
         return self.search_vector(embedder.encode_images([decoded.image])[0], k, set(), min_score)
 
     def search_vector(self, vector: np.ndarray, k: int, exclude: set[int], min_score: float | None) -> list[Hit]:

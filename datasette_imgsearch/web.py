@@ -282,7 +282,7 @@ async def thumbnail_view(datasette: Any, request: Any) -> Response:
 
 
 def _thumbnail_from_file(file: Path, max_megapixels: float) -> bytes:
-    decoded = pixels.decode(pixels.read_bytes(file), max_megapixels, min_side=pixels.DEFAULT_THUMBNAIL_SIZE)
+    decoded = pixels.decode(pixels.read_bytes(file), max_megapixels, shrink_to=(1, pixels.DEFAULT_THUMBNAIL_SIZE))
     return pixels.thumbnail(decoded.image)
 
 

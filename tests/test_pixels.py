@@ -156,12 +156,13 @@ def test_a_decompression_bomb_is_refused_from_its_header() -> None:
     assert "144 megapixels, above the 50 megapixel cap" in raised.value.message
 
 
-def test_draft_decoding_keeps_both_sides_at_least_min_side() -> None:
-    data = encode(Image.new("RGB", (4000, 3000), (200, 10, 10)), "JPEG")
-    decoded = pixels.decode(data, min_side=448)
-    assert min(decoded.image.size) >= 448
-    assert decoded.image.size[0] < 4000  # decoded at a reduced scale
-    assert (decoded.width, decoded.height) == (4000, 3000)  # the facts keep the real size
+@pytest.mark.parametrize("size,shrunk", [((4000, 3000), (500, 375)), ((3000, 4000), (375, 500)), ((640, 480), (320, 240)),
+                                          ((300, 200), (300, 200))])
+def test_draft_decoding_keeps_the_shortest_and_longest_sides_large_enough(size, shrunk) -> None:
+    data = encode(Image.new("RGB", size, (200, 10, 10)), "JPEG")
+    decoded = pixels.decode(data, shrink_to=(224, 256))
+    assert decoded.image.size == shrunk
+    assert (decoded.width, decoded.height) == size  # the facts keep the real size
 
 
 def test_thumbnail_fits_the_box_and_is_a_jpeg() -> None:
