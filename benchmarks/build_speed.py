@@ -186,7 +186,7 @@ def main() -> None:
         "Faithfulness of the fast paths",
         ["check", "result"],
         [
-            ["bf16 vs fp32, toy model: lowest cosine between the two catalogs' vectors", f"{results['toy_cosine_bf16']:.5f}"],
+            ["bf16 vs fp32, toy model: lowest cosine of the two catalogs' vectors", f"{results['toy_cosine_bf16']:.5f}"],
             ["bf16 vs fp32, toy model: relevance at every rank of 19 captions' top 10",
              "identical" if results["toy_same_relevance"] else "DIFFERENT"],
             ["bf16 vs fp32, toy model: top-10 id overlap (near-ties within a class may swap)", f"{results['toy_overlap']:.2f}"],

@@ -138,7 +138,7 @@ def scale(rows: int, kinds: list[str], queries: int = 100) -> list[list[object]]
     import faiss
 
     from datasette_imgsearch.index import make_index, tune
-    from datasette_imgsearch.query import top_k
+    from datasette_imgsearch.query import exact_scores, top_k
 
     matrix = clustered(rows, seed=1)
     ids = np.arange(1, rows + 1, dtype=np.int64)
@@ -147,7 +147,7 @@ def scale(rows: int, kinds: list[str], queries: int = 100) -> list[list[object]]
     probes /= np.linalg.norm(probes, axis=1, keepdims=True)
 
     def exact(q: np.ndarray) -> list[int]:
-        return [h.id for h in top_k(ids, matrix @ q, 10, set(), None)]
+        return [h.id for h in top_k(ids, exact_scores(matrix, q), 10, set(), None)]
 
     truth = []
     samples = []
@@ -156,7 +156,7 @@ def scale(rows: int, kinds: list[str], queries: int = 100) -> list[list[object]]
         truth.append(exact(q))
         samples.append(time.perf_counter() - started)
     p50, p95 = percentiles(samples)
-    results = [["exact, numpy matrix-vector (what `flat` uses)", "-", f"{p50:.1f}", f"{p95:.1f}", "1.000",
+    results = [["exact, one matrix-vector product (what `flat` uses)", "-", f"{p50:.1f}", f"{p95:.1f}", "1.000",
                 f"{matrix.nbytes / 1e9:.2f}"]]
     for kind in kinds:
         started = time.perf_counter()

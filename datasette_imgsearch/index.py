@@ -25,6 +25,7 @@ INDEX_TYPES: dict[str, str] = {
 }
 HNSW_EF_SEARCH = 128
 IVF_PROBES = 32
+TRAINING_SAMPLE = 131_072
 
 
 def make_index(ids: np.ndarray, matrix: np.ndarray, kind: str = "flat"):  # -> faiss.Index
@@ -41,7 +42,9 @@ def make_index(ids: np.ndarray, matrix: np.ndarray, kind: str = "flat"):  # -> f
         factory = {"flat": "IDMap2,Flat", "hnsw": "IDMap2,HNSW32", "sq8": "IDMap2,SQ8"}[kind]
         index = faiss.index_factory(dimension, factory, faiss.METRIC_INNER_PRODUCT)
     if not index.is_trained and len(ids):
-        index.train(np.ascontiguousarray(matrix, dtype=np.float32))
+        # k-means needs a few dozen points a cell, not millions: train on a fixed sample.
+        sample = np.random.default_rng(0).permutation(len(ids))[:TRAINING_SAMPLE] if len(ids) > TRAINING_SAMPLE else slice(None)
+        index.train(np.ascontiguousarray(matrix[sample], dtype=np.float32))
     if len(ids):
         index.add_with_ids(np.ascontiguousarray(matrix, dtype=np.float32), np.ascontiguousarray(ids, dtype=np.int64))
     return index

@@ -122,6 +122,14 @@ def top_k(ids: np.ndarray, scores: np.ndarray, k: int, exclude: set[int], min_sc
     return hits
 
 
+def exact_scores(matrix: np.ndarray, vector: np.ndarray) -> np.ndarray:
+    """``matrix @ vector`` on torch's thread pool: numpy's BLAS threads would spin against the model's
+    threads on the same cores and slow the text encoder down by half."""
+    import torch
+
+    return torch.mv(torch.from_numpy(matrix), torch.from_numpy(np.ascontiguousarray(vector, dtype=np.float32))).numpy()
+
+
 class Searcher:
     """Ranks one catalog's rows against queries, keeping its vectors in step with the file on disk.
 
@@ -160,7 +168,6 @@ class Searcher:
         self._text_vectors: OrderedDict[str, np.ndarray] = OrderedDict()
         self._results: OrderedDict[tuple[Any, ...], list[Hit]] = OrderedDict()
         self._cache_size = cache_size
-        self._scorers: OrderedDict[tuple[Any, ...], Callable[[bytes], float]] = OrderedDict()
         self._local = threading.local()
         self._loaded = threading.Event()
         self._loader: threading.Thread | None = None
@@ -266,7 +273,7 @@ class Searcher:
     def text_vector(self, text: str) -> np.ndarray:
         vector = self._text_vectors.get(text)
         if vector is None:
-            vector = self.text_embedder().encode_texts([text])[0]
+            vector = self.text_embedder().encode_text(text)
             with self._lock:
                 self._text_vectors[text] = vector
                 if len(self._text_vectors) > self._cache_size:
@@ -327,26 +334,19 @@ class Searcher:
             return top_k(ids[0][keep], scores[0][keep], k, exclude, min_score)
         if self._matrix is None or len(self._ids) == 0:
             return []
-        return top_k(self._ids, self._matrix @ vector, k, exclude, min_score)
+        return top_k(self._ids, exact_scores(self._matrix, vector), k, exclude, min_score)
 
     def scorer(self, query: str) -> Callable[[bytes], float]:
-        """A per-row scoring function for ``imgsearch_score(embedding, query)``, cached per query."""
-        key = (query, self._current_state())
-        cached = self._scorers.get(key)
-        if cached is not None:
-            return cached
+        """A per-row scoring function for ``imgsearch_score(embedding, query)``."""
         vector, _ = self.query_vector(query)
+        dimension = vector.shape[0]
 
         def score(blob: bytes) -> float:
-            row = from_blob(blob)
-            if row.shape != vector.shape:
-                raise QueryError(f"an embedding of {row.shape[0]} values does not match the query's {vector.shape[0]}")
-            return float(row @ vector)
+            row = np.frombuffer(blob, dtype="<f4")
+            if row.shape[0] != dimension:
+                raise QueryError(f"an embedding of {row.shape[0]} values does not match the query's {dimension}")
+            return float(np.dot(row, vector))
 
-        with self._lock:
-            self._scorers[key] = score
-            if len(self._scorers) > 64:
-                self._scorers.popitem(last=False)
         return score
 
     @property
