@@ -30,7 +30,7 @@ def main() -> None:
     left.set_title("Build throughput, ViT-B/32, 640x480 JPEGs, 2 CPU cores")
 
     sql, web = query["sql"], query["json"]
-    names = ["imgsearch()\nnew query", "imgsearch()\nrepeated", "imgsearch_score\nover WHERE", "JSON, 8 clients\nrepeated pool",
+    names = ["imgsearch()\nnew query", "imgsearch()\nrepeated", "score over\na WHERE", "JSON, 8 clients\nrepeated pool",
              "JSON, 8 clients\ndistinct"]
     p50 = [sql["fresh"][0], sql["repeated"][0], sql["score"][0], web["pool"][0][0], web["distinct"][0][0]]
     bars = right.bar(names, p50, color=["#2563eb", "#93c5fd", "#f59e0b", "#16a34a", "#86efac"], edgecolor="#374151")

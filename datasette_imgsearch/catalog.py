@@ -220,7 +220,7 @@ class Catalog:
         ids = np.fromiter((r[0] for r in rows), dtype="int64", count=len(rows))
         if not rows:
             return ids, np.zeros((0, int(self.meta("dimension") or 0)), dtype="float32")
-        matrix = np.frombuffer(b"".join(r[1] for r in rows), dtype="<f4").reshape(len(rows), -1)
+        matrix = np.frombuffer(bytearray(b"".join(r[1] for r in rows)), dtype="<f4").reshape(len(rows), -1)
         return ids, matrix.astype("float32", copy=False)
 
     def write(self, changes: Iterable["Change"]) -> None:

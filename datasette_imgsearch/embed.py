@@ -179,13 +179,13 @@ class Batcher:
     Whoever finds the model idle encodes everything queued so far, its own item included; the others
     wait and wake with their result, or take the next turn."""
 
-    def __init__(self, function: Callable[[list[Any]], np.ndarray]) -> None:
+    def __init__(self, function: Callable[[list[Any]], Any]) -> None:
         self.function = function
         self.condition = threading.Condition()
         self.queue: list[_Pending] = []
         self.busy = False
 
-    def __call__(self, item: Any) -> np.ndarray:
+    def __call__(self, item: Any) -> Any:
         pending = _Pending(item)
         with self.condition:
             self.queue.append(pending)
@@ -203,7 +203,7 @@ class Batcher:
                     self.condition.notify_all()
         if pending.error is not None:
             raise pending.error
-        return pending.result  # type: ignore[return-value]
+        return pending.result
 
     def _run(self, batch: list["_Pending"]) -> None:
         try:
@@ -219,7 +219,7 @@ class Batcher:
 class _Pending:
     def __init__(self, item: Any) -> None:
         self.item = item
-        self.result: np.ndarray | None = None
+        self.result: Any = None
         self.error: Exception | None = None
         self.done = False
 

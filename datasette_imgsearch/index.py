@@ -23,9 +23,9 @@ INDEX_TYPES: dict[str, str] = {
     "ivf": "inverted lists over k-means cells: approximate, quick to build",
     "sq8": "8-bit scalar quantised, exact scan: a quarter of the memory, approximate scores",
 }
-HNSW_EF_SEARCH = 128
+HNSW_EF_SEARCH = 512
 IVF_PROBES = 32
-TRAINING_SAMPLE = 131_072
+TRAINING_POINTS_PER_CELL = 64
 
 
 def make_index(ids: np.ndarray, matrix: np.ndarray, kind: str = "flat"):  # -> faiss.Index
@@ -43,7 +43,8 @@ def make_index(ids: np.ndarray, matrix: np.ndarray, kind: str = "flat"):  # -> f
         index = faiss.index_factory(dimension, factory, faiss.METRIC_INNER_PRODUCT)
     if not index.is_trained and len(ids):
         # k-means needs a few dozen points a cell, not millions: train on a fixed sample.
-        sample = np.random.default_rng(0).permutation(len(ids))[:TRAINING_SAMPLE] if len(ids) > TRAINING_SAMPLE else slice(None)
+        wanted = TRAINING_POINTS_PER_CELL * getattr(faiss.extract_index_ivf(index), "nlist", 1) if kind == "ivf" else len(ids)
+        sample = np.random.default_rng(0).permutation(len(ids))[:wanted] if len(ids) > wanted else slice(None)
         index.train(np.ascontiguousarray(matrix[sample], dtype=np.float32))
     if len(ids):
         index.add_with_ids(np.ascontiguousarray(matrix, dtype=np.float32), np.ascontiguousarray(ids, dtype=np.int64))

@@ -141,3 +141,37 @@ def test_min_score_leaves_out_weak_matches(shared_catalog: Path) -> None:
     threshold = everything[4]["score"] - 1e-6  # scores are printed rounded to six places
     strong = json.loads(run_cli("search", shared_catalog, "a red circle", "-k", "60", "--min-score", threshold, "--json"))
     assert [h["id"] for h in strong] == [h["id"] for h in everything if h["score"] >= threshold]
+
+
+def test_the_bfloat16_first_pass_never_changes_the_exact_top_k() -> None:
+    import torch
+
+    from datasette_imgsearch.query import FIRST_PASS_MARGIN, exact_scores, rescored_top_k
+
+    rng = np.random.default_rng(3)
+    centres = rng.normal(size=(50, 64)).astype(np.float32)
+    matrix = centres[rng.integers(0, 50, 20_000)] + 0.3 * rng.normal(size=(20_000, 64)).astype(np.float32)
+    matrix /= np.linalg.norm(matrix, axis=1, keepdims=True)
+    ids = np.arange(100, 20_100)
+    rough_table = torch.from_numpy(matrix).bfloat16()
+    for seed in range(25):
+        vector = matrix[seed * 7] + 0.05 * np.random.default_rng(seed).normal(size=64).astype(np.float32)
+        vector /= np.linalg.norm(vector)
+        rough = exact_scores(rough_table, [vector])[0]
+        exact = matrix @ vector
+        assert float(np.abs(rough - exact).max()) < FIRST_PASS_MARGIN
+        for k, exclude in ((1, set()), (10, set()), (50, {int(ids[seed * 7])})):
+            found = rescored_top_k(ids, matrix, vector, rough, k, exclude, None)
+            assert [h.id for h in found] == [h.id for h in top_k(ids, exact, k, exclude, None)]
+
+
+def test_a_large_catalog_searches_through_the_first_pass_and_ranks_exactly(shared_catalog: Path) -> None:
+    ids, matrix, _ = stored(shared_catalog)
+    searcher = Searcher(shared_catalog)
+    searcher.first_pass_rows = 1  # as if it held millions of rows
+    vector, _ = searcher.query_vector("a red circle")
+    hits = searcher.search_vector(vector, 10, set(), None)
+    assert searcher._first_pass is not None
+    expected = top_k(ids, matrix @ vector, 10, set(), None)
+    assert [h.id for h in hits] == [h.id for h in expected]
+    assert [h.score for h in hits] == pytest.approx([h.score for h in expected], abs=1e-5)
