@@ -11,7 +11,7 @@ import mimetypes
 import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Awaitable, Callable
 
 from datasette.utils import tilde_decode
 from datasette.utils.asgi import Response
@@ -228,18 +228,6 @@ async def search_page(datasette: Any, request: Any) -> Response:
 
 
 # Images ----------------------------------------------------------------------------------------
-def _not_modified(request: Any, etag: str) -> bool:
-    return request.headers.get("if-none-match") == etag
-
-
-def _image_response(body: bytes, content_type: str, etag: str) -> Response:
-    return Response(
-        body,
-        content_type=content_type,
-        headers={"X-Content-Type-Options": "nosniff", "ETag": etag, "Cache-Control": "private, max-age=3600"},
-    )
-
-
 def _read_row(path: str, id_: int) -> dict[str, Any] | None:
     catalog = Catalog(path)
     try:
@@ -262,23 +250,38 @@ def original_file(folder: Path | None, relative: str) -> Path:
     return candidate
 
 
-async def thumbnail_view(datasette: Any, request: Any) -> Response:
-    """A row's stored thumbnail; made from the original when the catalog was built without thumbnails."""
+async def _row_image(
+    datasette: Any, request: Any, etag_suffix: str, body_of: Callable[[Target, dict[str, Any]], Awaitable[tuple[bytes, str]]]
+) -> Response:
+    """Serve one row's picture after the permission check, answering 304 when the browser has it."""
     try:
         target = await resolve(datasette, request)
         row = await in_thread(_read_row, target.path, int(request.url_vars["id"]))
         if row is None:
             raise HTTPError(404, "no such row")
-        etag = f'"{row["hash"]}-thumbnail"'
-        if _not_modified(request, etag):
+        etag = f'"{row["hash"]}{etag_suffix}"'
+        if request.headers.get("if-none-match") == etag:
             return Response("", status=304, headers={"ETag": etag})
-        body = row["thumbnail"]
-        if body is None:
-            file = original_file(row["folder"], row["path"])
-            body = await in_thread(_thumbnail_from_file, file, target.settings.max_megapixels)
-        return _image_response(body, "image/jpeg", etag)
+        body, content_type = await body_of(target, row)
+        return Response(
+            body,
+            content_type=content_type,
+            headers={"X-Content-Type-Options": "nosniff", "ETag": etag, "Cache-Control": "private, max-age=3600"},
+        )
     except Exception as error:
         return error_response(error, as_json=False)
+
+
+async def thumbnail_view(datasette: Any, request: Any) -> Response:
+    """A row's stored thumbnail; made from the original when the catalog was built without thumbnails."""
+
+    async def body(target: Target, row: dict[str, Any]) -> tuple[bytes, str]:
+        if row["thumbnail"] is not None:
+            return row["thumbnail"], "image/jpeg"
+        file = original_file(row["folder"], row["path"])
+        return await in_thread(_thumbnail_from_file, file, target.settings.max_megapixels), "image/jpeg"
+
+    return await _row_image(datasette, request, "-thumbnail", body)
 
 
 def _thumbnail_from_file(file: Path, max_megapixels: float) -> bytes:
@@ -288,16 +291,10 @@ def _thumbnail_from_file(file: Path, max_megapixels: float) -> bytes:
 
 async def original_view(datasette: Any, request: Any) -> Response:
     """The original image file, served only from inside the catalogued folder."""
-    try:
-        target = await resolve(datasette, request)
-        row = await in_thread(_read_row, target.path, int(request.url_vars["id"]))
-        if row is None:
-            raise HTTPError(404, "no such row")
+
+    async def body(target: Target, row: dict[str, Any]) -> tuple[bytes, str]:
         file = original_file(row["folder"], row["path"])
-        etag = f'"{row["hash"]}"'
-        if _not_modified(request, etag):
-            return Response("", status=304, headers={"ETag": etag})
         content_type = IMAGE_TYPES.get(file.suffix.lower()) or mimetypes.guess_type(file.name)[0] or "application/octet-stream"
-        return _image_response(await in_thread(file.read_bytes), content_type, etag)
-    except Exception as error:
-        return error_response(error, as_json=False)
+        return await in_thread(file.read_bytes), content_type
+
+    return await _row_image(datasette, request, "", body)

@@ -331,3 +331,22 @@ def test_a_database_that_is_not_a_catalog(tmp_path: Path) -> None:
 def test_catalog_error_is_raised_by_the_library_too(tmp_path: Path) -> None:
     with pytest.raises(CatalogError, match="name the image folder"):
         build(tmp_path / "new.db", None)
+
+
+def test_the_same_commands_run_as_datasette_imgsearch(catalog: Path) -> None:
+    from click.testing import CliRunner
+    from datasette.cli import cli as datasette_cli
+
+    result = CliRunner().invoke(datasette_cli, ["imgsearch", "info", str(catalog)])
+    assert result.exit_code == 0, result.output
+    assert "images:      60" in result.output
+
+
+def test_toy_world_writes_labelled_pictures(tmp_path: Path) -> None:
+    from datasette_imgsearch.toyworld import COLOURS, SHAPES, label_of
+
+    assert run_cli("toy-world", tmp_path / "shapes", "--count", "24", "--seed", "3").strip().startswith("wrote 24 images")
+    files = sorted((tmp_path / "shapes").iterdir())
+    assert len(files) == 24
+    assert {label_of(f) for f in files} == {(c, s) for c in COLOURS for s in SHAPES}
+    assert Image.open(files[0]).size == (128, 128)

@@ -104,6 +104,7 @@ async def test_bad_sql_calls_are_clear_sql_errors(ds: Datasette, query: str, mes
 
 
 @pytest.mark.asyncio
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # sqlite3 reports the traceback too
 @pytest.mark.parametrize("query", [
     "select imgsearch_score(path, 'dog') from images",
     "select imgsearch_score(embedding, '') from images",
