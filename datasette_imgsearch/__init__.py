@@ -13,7 +13,7 @@ from datasette import hookimpl
 from markupsafe import Markup, escape
 
 from . import csrf, web
-from .catalog import REMOVED_TABLE, TABLE, is_catalog
+from .catalog import REMOVED_TABLE, TABLE, has_embeddings, is_catalog
 from .query import searcher_for
 from .settings import Settings
 from .sql import register_functions
@@ -38,16 +38,9 @@ def startup(datasette: Any) -> None:
     """Start loading each catalog's model and vectors in the background, so the first query is fast."""
     for name in list(datasette.databases):
         path = _catalog_path(datasette, name)
-        if not path:
-            continue
-        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-        try:
-            if not is_catalog(conn) or conn.execute("select value from imgsearch_meta where key = 'model'").fetchone() is None:
-                continue
-        finally:
-            conn.close()
-        settings = Settings.for_database(datasette, name)
-        searcher_for(path, settings.model, settings.text_model, settings.device).start_loading()
+        if path and has_embeddings(path):
+            settings = Settings.for_database(datasette, name)
+            searcher_for(path, settings.model, settings.text_model, settings.device).start_loading()
 
 
 @hookimpl

@@ -118,6 +118,17 @@ def is_catalog(conn: sqlite3.Connection) -> bool:
     return row is not None
 
 
+def has_embeddings(path: str | Path) -> bool:
+    """Whether ``path`` holds a catalog that a build has written embeddings into (opened read-only)."""
+    conn = sqlite3.connect(f"file:{Path(path).as_posix()}?mode=ro", uri=True)
+    try:
+        return is_catalog(conn) and conn.execute(f"select 1 from [{META_TABLE}] where key = 'model'").fetchone() is not None
+    except sqlite3.DatabaseError:
+        return False
+    finally:
+        conn.close()
+
+
 @dataclass(frozen=True)
 class StoredFile:
     """What the catalog knows about a file, enough to tell whether it changed."""

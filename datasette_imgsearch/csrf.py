@@ -17,7 +17,7 @@ from typing import Any
 
 from datasette.version import __version__ as datasette_version
 
-from .uploads import UploadError
+from .uploads import RequestError
 
 
 def uses_asgi_csrf(version: str) -> bool:
@@ -49,4 +49,4 @@ def check(datasette: Any, request: Any, fields: dict[str, str]) -> None:
         cookie = ""
     sent = request.headers.get("x-csrftoken") or fields.get("csrftoken", "")
     if not cookie or not secrets.compare_digest(sent, cookie):
-        raise UploadError(403, "the form's CSRF token is missing or out of date: reload the page and try again")
+        raise RequestError(403, "the form's CSRF token is missing or out of date: reload the page and try again")

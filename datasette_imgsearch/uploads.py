@@ -15,8 +15,8 @@ from python_multipart.multipart import FormParser, parse_options_header
 MULTIPART_OVERHEAD = 64 * 1024  # room for the boundaries, headers and the other small fields
 
 
-class UploadError(Exception):
-    """An upload to refuse, with the HTTP status and a message for the person who sent it."""
+class RequestError(Exception):
+    """A request to refuse, with the HTTP status and a message for the person who sent it."""
 
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
@@ -30,8 +30,8 @@ class Upload:
     files: dict[str, bytes] = field(default_factory=dict)
 
 
-def _too_large(limit: int) -> UploadError:
-    return UploadError(413, f"the upload is larger than the {limit / 1e6:g} MB limit; send a smaller image")
+def _too_large(limit: int) -> RequestError:
+    return RequestError(413, f"the upload is larger than the {limit / 1e6:g} MB limit; send a smaller image")
 
 
 async def read_body(request: Any, limit: int) -> bytes:
@@ -53,7 +53,7 @@ async def read_upload(request: Any, max_file_bytes: int) -> Upload:
     """Parse a ``multipart/form-data`` POST into its text fields and in-memory files."""
     content_type, options = parse_options_header(request.headers.get("content-type", ""))
     if content_type != b"multipart/form-data" or b"boundary" not in options:
-        raise UploadError(400, "send the image as multipart/form-data, in a field named 'image'")
+        raise RequestError(400, "send the image as multipart/form-data, in a field named 'image'")
     body = await read_body(request, max_file_bytes + MULTIPART_OVERHEAD)
     upload = Upload()
 
@@ -74,7 +74,7 @@ async def read_upload(request: Any, max_file_bytes: int) -> Upload:
         parser.write(body)
         parser.finalize()
     except Exception as error:
-        raise UploadError(400, f"the upload could not be parsed as multipart/form-data: {error}") from None
+        raise RequestError(400, f"the upload could not be parsed as multipart/form-data: {error}") from None
     for data in upload.files.values():
         if len(data) > max_file_bytes:
             raise _too_large(max_file_bytes)

@@ -22,19 +22,12 @@ from .catalog import BLOB_COLUMNS, COLUMNS, TABLE, Catalog, CatalogError, is_cat
 from .embed import ModelError
 from .query import Hit, QueryError, check_k, searcher_for
 from .settings import Settings
-from .uploads import UploadError, read_upload
+from .uploads import RequestError, read_upload
 
 PAGE_LOAD_TIMEOUT = 120.0  # a page may wait this long for a model still loading at startup
 ROW_COLUMNS = ["id"] + [c for c in COLUMNS if c not in BLOB_COLUMNS]
 IMAGE_TYPES = {".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".png": "image/png", ".webp": "image/webp", ".gif": "image/gif",
                ".bmp": "image/bmp", ".tif": "image/tiff", ".tiff": "image/tiff", ".heic": "image/heic", ".heif": "image/heif"}
-
-
-class HTTPError(Exception):
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
 
 
 @dataclass
@@ -53,12 +46,12 @@ async def resolve(datasette: Any, request: Any) -> Target:
     table = tilde_decode(request.url_vars["table"])
     db = datasette.databases.get(database)
     if db is None or table != TABLE or not db.path:
-        raise HTTPError(404, f"{database}/{table} is not an image catalog")
+        raise RequestError(404, f"{database}/{table} is not an image catalog")
     if not await can_view_table(datasette, request.actor, database, table):
-        raise HTTPError(403, "you do not have permission to view this table")
+        raise RequestError(403, "you do not have permission to view this table")
     holds_catalog = await db.execute_fn(is_catalog)
     if not holds_catalog:
-        raise HTTPError(404, f"{database} holds no imgsearch catalog")
+        raise RequestError(404, f"{database} holds no imgsearch catalog")
     return Target(database, table, db.path, Settings.for_database(datasette, database))
 
 
@@ -74,7 +67,7 @@ def error_response(error: Exception, as_json: bool) -> Response:
 
 
 def _status_and_message(error: Exception) -> tuple[int, str]:
-    if isinstance(error, (HTTPError, UploadError)):
+    if isinstance(error, RequestError):
         return error.status, error.message
     if isinstance(error, pixels.ImageError):
         return 400, f"the uploaded file cannot be used: {error.message}"
@@ -104,7 +97,7 @@ async def read_search_request(datasette: Any, request: Any, settings: Settings) 
         values.update({k: v for k, v in upload.fields.items() if k in ("q", "k", "min_score") and v})
         image = upload.files.get("image") or None
         if image is None and not values.get("q"):
-            raise UploadError(400, "choose an image to upload (a field named 'image'), or type a query")
+            raise RequestError(400, "choose an image to upload (a field named 'image'), or type a query")
     k = check_k(values.get("k", settings.page_size), settings.max_k)
     try:
         min_score = float(values["min_score"]) if values.get("min_score") else None
@@ -195,7 +188,7 @@ async def search_page(datasette: Any, request: Any) -> Response:
     """The search page: a text box, an image upload and a grid of ranked thumbnails."""
     try:
         target = await resolve(datasette, request)
-    except HTTPError as error:
+    except RequestError as error:
         return error_response(error, as_json=False)
     context: dict[str, Any] = {
         "database": target.database,
@@ -242,11 +235,11 @@ def _read_row(path: str, id_: int) -> dict[str, Any] | None:
 def original_file(folder: Path | None, relative: str) -> Path:
     """The file a row points at, only if it still lies inside the catalogued folder."""
     if folder is None:
-        raise HTTPError(404, "the catalog does not record its image folder")
+        raise RequestError(404, "the catalog does not record its image folder")
     root = folder.resolve()
     candidate = (root / relative).resolve()
     if not candidate.is_relative_to(root) or not candidate.is_file():
-        raise HTTPError(404, "the original file is no longer inside the catalogued folder")
+        raise RequestError(404, "the original file is no longer inside the catalogued folder")
     return candidate
 
 
@@ -258,7 +251,7 @@ async def _row_image(
         target = await resolve(datasette, request)
         row = await in_thread(_read_row, target.path, int(request.url_vars["id"]))
         if row is None:
-            raise HTTPError(404, "no such row")
+            raise RequestError(404, "no such row")
         etag = f'"{row["hash"]}{etag_suffix}"'
         if request.headers.get("if-none-match") == etag:
             return Response("", status=304, headers={"ETag": etag})
