@@ -221,13 +221,10 @@ async def search_page(datasette: Any, request: Any) -> Response:
 
 
 # Images ----------------------------------------------------------------------------------------
-def _read_row(path: str, id_: int) -> dict[str, Any] | None:
+def _image_folder(path: str) -> Path | None:
     catalog = Catalog(path)
     try:
-        row = catalog.db.execute(f"select path, hash, thumbnail from [{TABLE}] where id = ?", [id_]).fetchone()
-        if row is None:
-            return None
-        return {"path": row[0], "hash": row[1], "thumbnail": row[2], "folder": catalog.image_folder()}
+        return catalog.image_folder()
     finally:
         catalog.close()
 
@@ -249,9 +246,12 @@ async def _row_image(
     """Serve one row's picture after the permission check, answering 304 when the browser has it."""
     try:
         target = await resolve(datasette, request)
-        row = await in_thread(_read_row, target.path, int(request.url_vars["id"]))
-        if row is None:
+        found = await datasette.databases[target.database].execute(
+            f"select path, hash, thumbnail from [{TABLE}] where id = ?", [int(request.url_vars["id"])]
+        )
+        if not found.rows:
             raise RequestError(404, "no such row")
+        row = dict(found.rows[0])
         etag = f'"{row["hash"]}{etag_suffix}"'
         if request.headers.get("if-none-match") == etag:
             return Response("", status=304, headers={"ETag": etag})
@@ -271,7 +271,7 @@ async def thumbnail_view(datasette: Any, request: Any) -> Response:
     async def body(target: Target, row: dict[str, Any]) -> tuple[bytes, str]:
         if row["thumbnail"] is not None:
             return row["thumbnail"], "image/jpeg"
-        file = original_file(row["folder"], row["path"])
+        file = original_file(await in_thread(_image_folder, target.path), row["path"])
         return await in_thread(_thumbnail_from_file, file, target.settings.max_megapixels), "image/jpeg"
 
     return await _row_image(datasette, request, "-thumbnail", body)
@@ -286,7 +286,7 @@ async def original_view(datasette: Any, request: Any) -> Response:
     """The original image file, served only from inside the catalogued folder."""
 
     async def body(target: Target, row: dict[str, Any]) -> tuple[bytes, str]:
-        file = original_file(row["folder"], row["path"])
+        file = original_file(await in_thread(_image_folder, target.path), row["path"])
         content_type = IMAGE_TYPES.get(file.suffix.lower()) or mimetypes.guess_type(file.name)[0] or "application/octet-stream"
         return await in_thread(file.read_bytes), content_type
 
