@@ -65,3 +65,24 @@ def run_cli(*args: str, expect: int = 0) -> str:
     result = CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
     assert result.exit_code == expect, result.output
     return result.output
+
+
+@pytest.fixture(scope="session")
+def other_dimension_model(tmp_path_factory: pytest.TempPathFactory, toy_model: str) -> Path:
+    """A random tiny CLIP with 16-dimensional vectors (the toy model has 32)."""
+    from transformers import CLIPConfig, CLIPModel, CLIPProcessor
+
+    processor = CLIPProcessor.from_pretrained(toy_model)
+    tokenizer = processor.tokenizer
+    config = CLIPConfig(
+        text_config=dict(vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                         num_attention_heads=2, max_position_embeddings=77, bos_token_id=tokenizer.bos_token_id,
+                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id),
+        vision_config=dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+                           image_size=64, patch_size=16),
+        projection_dim=16,
+    )
+    folder = tmp_path_factory.mktemp("other-dimension")
+    CLIPModel(config).save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return folder

@@ -350,3 +350,22 @@ def test_toy_world_writes_labelled_pictures(tmp_path: Path) -> None:
     assert len(files) == 24
     assert {label_of(f) for f in files} == {(c, s) for c in COLOURS for s in SHAPES}
     assert Image.open(files[0]).size == (128, 128)
+
+
+def test_an_interrupted_reembed_must_be_finished_with_its_model(
+    catalog: Path, images: Path, toy_model: str, other_dimension_model: Path, tmp_path: Path
+) -> None:
+    from datasette_imgsearch.embed import model_key
+
+    opened = Catalog(catalog)
+    opened.set_meta(reembedding=model_key(str(other_dimension_model)), reembed_next_id=0)  # as a killed run leaves it
+    opened.close()
+    third = tmp_path / "third-model"
+    shutil.copytree(toy_model, third)
+    assert "an interrupted --reembed" in run_cli("build", catalog, "--model", third, expect=1)
+    output = run_cli("build", catalog, "--silent")  # carries on with the half-done model
+    assert output.strip() == "60 images: 0 added, 0 moved, 60 updated, 0 removed, 0 failed, 0 unchanged"
+    assert {len(from_blob(r["embedding"])) for r in rows(catalog)} == {16}
+    finished = Catalog(catalog)
+    assert finished.meta("model") == model_key(str(other_dimension_model)) and finished.meta("dimension") == 16
+    assert finished.meta("reembedding") is None

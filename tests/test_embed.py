@@ -104,27 +104,6 @@ def test_a_separate_text_model_is_recorded_and_used(tmp_path: Path, images: Path
     assert len(searcher.search("a red circle", 3)) == 3
 
 
-@pytest.fixture(scope="session")
-def other_dimension_model(tmp_path_factory: pytest.TempPathFactory, toy_model: str) -> Path:
-    """A random tiny CLIP with 16-dimensional vectors (the toy model has 32)."""
-    from transformers import CLIPConfig, CLIPModel, CLIPProcessor
-
-    processor = CLIPProcessor.from_pretrained(toy_model)
-    tokenizer = processor.tokenizer
-    config = CLIPConfig(
-        text_config=dict(vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                         num_attention_heads=2, max_position_embeddings=77, bos_token_id=tokenizer.bos_token_id,
-                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id),
-        vision_config=dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
-                           image_size=64, patch_size=16),
-        projection_dim=16,
-    )
-    folder = tmp_path_factory.mktemp("other-dimension")
-    CLIPModel(config).save_pretrained(folder)
-    processor.save_pretrained(folder)
-    return folder
-
-
 def test_querying_with_a_model_of_another_dimension_says_so(shared_catalog: Path, other_dimension_model: Path) -> None:
     output = run_cli("search", shared_catalog, "a red circle", "--text-model", other_dimension_model, expect=1)
     assert "gives 16-dimensional vectors, but this catalog holds 32-dimensional ones" in output
