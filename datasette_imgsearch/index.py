@@ -35,16 +35,16 @@ def make_index(ids: np.ndarray, matrix: np.ndarray, kind: str = "flat"):  # -> f
     if kind not in INDEX_TYPES:
         raise ValueError(f"unknown index type {kind!r}: use one of {', '.join(INDEX_TYPES)}")
     dimension = matrix.shape[1]
+    training_size = len(ids)
     if kind == "ivf":
         cells = max(1, min(int(4 * math.sqrt(len(ids))), len(ids) // 39))
         index = faiss.index_factory(dimension, f"IVF{cells},Flat", faiss.METRIC_INNER_PRODUCT)
+        training_size = TRAINING_POINTS_PER_CELL * cells  # k-means needs a few dozen points a cell, not millions
     else:
         factory = {"flat": "IDMap2,Flat", "hnsw": "IDMap2,HNSW32", "sq8": "IDMap2,SQ8"}[kind]
         index = faiss.index_factory(dimension, factory, faiss.METRIC_INNER_PRODUCT)
     if not index.is_trained and len(ids):
-        # k-means needs a few dozen points a cell, not millions: train on a fixed sample.
-        wanted = TRAINING_POINTS_PER_CELL * getattr(faiss.extract_index_ivf(index), "nlist", 1) if kind == "ivf" else len(ids)
-        sample = np.random.default_rng(0).permutation(len(ids))[:wanted] if len(ids) > wanted else slice(None)
+        sample = np.random.default_rng(0).permutation(len(ids))[:training_size] if len(ids) > training_size else slice(None)
         index.train(np.ascontiguousarray(matrix[sample], dtype=np.float32))
     if len(ids):
         index.add_with_ids(np.ascontiguousarray(matrix, dtype=np.float32), np.ascontiguousarray(ids, dtype=np.int64))

@@ -48,8 +48,7 @@ def register_functions(conn: sqlite3.Connection, db_path: str, settings: Setting
             raise QueryError("imgsearch_score() takes the embedding BLOB column first, as in imgsearch_score(embedding, 'a dog')")
         now = time.monotonic()
         if query != last["query"] or now - last["checked"] > SCORER_RECHECK_SECONDS:
-            last.update(query=None, score=searcher().scorer(query), checked=now)
-            last["query"] = query
+            last.update(score=searcher().scorer(query), query=query, checked=now)
         score: Callable[[bytes], float] = last["score"]
         return score(embedding)
 

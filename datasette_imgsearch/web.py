@@ -229,6 +229,11 @@ def _image_folder(path: str) -> Path | None:
         catalog.close()
 
 
+async def _original_of(target: Target, row: dict[str, Any]) -> Path:
+    """The file behind a row (see :func:`original_file`), with the folder read from the catalog."""
+    return original_file(await in_thread(_image_folder, target.path), row["path"])
+
+
 def original_file(folder: Path | None, relative: str) -> Path:
     """The file a row points at, only if it still lies inside the catalogued folder."""
     if folder is None:
@@ -271,7 +276,7 @@ async def thumbnail_view(datasette: Any, request: Any) -> Response:
     async def body(target: Target, row: dict[str, Any]) -> tuple[bytes, str]:
         if row["thumbnail"] is not None:
             return row["thumbnail"], "image/jpeg"
-        file = original_file(await in_thread(_image_folder, target.path), row["path"])
+        file = await _original_of(target, row)
         return await in_thread(_thumbnail_from_file, file, target.settings.max_megapixels), "image/jpeg"
 
     return await _row_image(datasette, request, "-thumbnail", body)
@@ -286,7 +291,7 @@ async def original_view(datasette: Any, request: Any) -> Response:
     """The original image file, served only from inside the catalogued folder."""
 
     async def body(target: Target, row: dict[str, Any]) -> tuple[bytes, str]:
-        file = original_file(await in_thread(_image_folder, target.path), row["path"])
+        file = await _original_of(target, row)
         content_type = IMAGE_TYPES.get(file.suffix.lower()) or mimetypes.guess_type(file.name)[0] or "application/octet-stream"
         return await in_thread(file.read_bytes), content_type
 
