@@ -6,7 +6,7 @@ The hook functions here are thin: each hands over to plain library code in this 
 from __future__ import annotations
 
 import base64
-import sqlite3
+import weakref
 from typing import Any
 
 from datasette import hookimpl
@@ -19,28 +19,40 @@ from .settings import Settings
 from .sql import register_functions
 
 _ROUTE = r"^/(?P<database>[^/]+)/(?P<table>[^/]+)/-/imgsearch"
+# Per Datasette instance, the databases found to hold a catalog when their first connection opened:
+# the table action and the cell links appear only there, never on any other table called images.
+_catalogs: weakref.WeakKeyDictionary[Any, set[str]] = weakref.WeakKeyDictionary()
 
 
-def _catalog_path(datasette: Any, database: str) -> str | None:
+def _catalog_file(datasette: Any, database: str) -> tuple[str, bool] | None:
+    """(path, immutable) of a file-backed database; None for in-memory ones."""
     db = datasette.databases.get(database)
-    return db.path if db is not None and getattr(db, "path", None) and not db.is_memory else None
+    if db is None or not getattr(db, "path", None) or db.is_memory:
+        return None
+    return db.path, not db.is_mutable
+
+
+def _is_catalog(datasette: Any, database: str) -> bool:
+    return database in _catalogs.get(datasette, ())
 
 
 @hookimpl
-def prepare_connection(conn: sqlite3.Connection, database: str, datasette: Any) -> None:
-    path = _catalog_path(datasette, database)
-    if path and is_catalog(conn):
-        register_functions(conn, path, Settings.for_database(datasette, database))
+def prepare_connection(conn: Any, database: str, datasette: Any) -> None:
+    found = _catalog_file(datasette, database)
+    if found and is_catalog(conn):
+        _catalogs.setdefault(datasette, set()).add(database)
+        path, immutable = found
+        register_functions(conn, path, Settings.for_database(datasette, database), immutable)
 
 
 @hookimpl
 def startup(datasette: Any) -> None:
     """Start loading each catalog's model and vectors in the background, so the first query is fast."""
     for name in list(datasette.databases):
-        path = _catalog_path(datasette, name)
-        if path and has_embeddings(path):
+        found = _catalog_file(datasette, name)
+        if found and has_embeddings(*found):
             settings = Settings.for_database(datasette, name)
-            searcher_for(path, settings.model, settings.text_model, settings.device).start_loading()
+            searcher_for(found[0], settings.model, settings.text_model, settings.device, found[1]).start_loading()
 
 
 @hookimpl
@@ -55,7 +67,7 @@ def register_routes() -> list[tuple[str, Any]]:
 
 @hookimpl
 def table_actions(datasette: Any, database: str, table: str) -> list[dict[str, str]] | None:
-    if table != TABLE or not _catalog_path(datasette, database):
+    if table != TABLE or not _is_catalog(datasette, database):
         return None
     return [{
         "href": web.image_routes_base(datasette, database, table),
@@ -67,7 +79,7 @@ def table_actions(datasette: Any, database: str, table: str) -> list[dict[str, s
 @hookimpl
 def render_cell(value: Any, column: str, table: str | None, database: str, datasette: Any, row: Any) -> Markup | None:
     """Show thumbnails as pictures and link paths to the original files."""
-    if table not in (TABLE, REMOVED_TABLE, None) or not _catalog_path(datasette, database):
+    if table not in (TABLE, REMOVED_TABLE, None) or not _is_catalog(datasette, database):
         return None
     if column == "thumbnail" and isinstance(value, bytes) and value[:2] == b"\xff\xd8":
         source = f"data:image/jpeg;base64,{base64.b64encode(value).decode()}"

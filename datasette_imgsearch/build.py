@@ -17,27 +17,30 @@ import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from . import pixels
 from .catalog import (
     REMOVED_TABLE,
     TABLE,
     Catalog,
-    CatalogError,
     Change,
     Failure,
     Remove,
     Revive,
+    SetMeta,
+    StageEmbedding,
     StoredFile,
     Upsert,
     catalog_files,
-    clear_errors_not_in,
+    now,
     to_blob,
 )
 from .embed import DEFAULT_MODEL, Embedder, load_embedder, model_key, same_model
+from .errors import CatalogError
 from .index import index_state, write_index
-from .scan import FoundFile, scan
+from .plan import plan_reembed, plan_update
+from .scan import FoundFile, ScanResult, scan
 
 # What a file with already-catalogued bytes takes over from the row that holds them.
 REUSED_COLUMNS = (
@@ -67,6 +70,7 @@ class Summary:
     failed: int = 0
     unchanged: int = 0
     index: str = ""
+    notes: list[str] = field(default_factory=list)
 
     @property
     def total(self) -> int:
@@ -117,16 +121,30 @@ class Builder:
     ) -> None:
         self.options = options
         self.progress = progress
+        self.created = not Path(db_path).exists()
+        if self.created:
+            self.folder = _existing_folder(
+                folder, f"{db_path} is new: name the image folder to catalog, as in 'build {db_path} ./images'"
+            )
         self.catalog = Catalog(db_path, create=True)
-        self.model_name = self._choose_model()
-        self.folder = self._choose_folder(folder)
+        try:
+            self.model_name, self.reembed = self._choose_model()
+            if not self.created:
+                self.folder = _existing_folder(
+                    Path(folder) if folder is not None else self.catalog.image_folder(),
+                    f"{db_path} does not record its image folder: name it, as in 'build {db_path} ./images'",
+                )
+        except BaseException:
+            self.catalog.close()
+            raise
         self.summary = Summary()
         self._recorded_dimension = self.catalog.meta("dimension")
         self._embedder: Embedder | None = None
         self._embedder_lock = threading.Lock()
 
     # Set-up ------------------------------------------------------------------------------------
-    def _choose_model(self) -> str:
+    def _choose_model(self) -> tuple[str, bool]:
+        """The model this run embeds with, and whether it re-embeds every row (switching models)."""
         recorded = self.catalog.meta("model")
         pending = self.catalog.meta("reembedding")
         asked = self.options.model
@@ -135,29 +153,16 @@ class Builder:
                 raise CatalogError(
                     f"an interrupted --reembed with {pending!r} is half done: finish it with --model {pending!r} --reembed"
                 )
-            self.options.reembed = True
-            return asked or pending
+            return asked or pending, True
         if recorded and asked and not same_model(recorded, asked):
             if not self.options.reembed:
                 raise CatalogError(
                     f"{self.catalog.path} was built with the model {recorded!r}, not {asked!r}: leave out --model to "
                     f"update it with {recorded!r}, or add --reembed to re-embed every image with {asked!r} (row ids are kept)"
                 )
-        elif self.options.reembed and (not asked or same_model(recorded or "", asked)):
-            self.options.reembed = bool(recorded)  # re-embedding with the same model is allowed: a clean slate
-        return asked or recorded or DEFAULT_MODEL
-
-    def _choose_folder(self, folder: str | Path | None) -> Path:
-        chosen = Path(folder) if folder is not None else self.catalog.image_folder()
-        if chosen is None:
-            raise CatalogError(
-                f"{self.catalog.path} is new: name the image folder to catalog, as in 'build {self.catalog.path} ./images'"
-            )
-        if not chosen.exists():
-            raise CatalogError(f"the image folder {chosen} does not exist")
-        if not chosen.is_dir():
-            raise CatalogError(f"{chosen} is not a folder: build takes the folder that holds the images")
-        return chosen.resolve()
+            return asked, True
+        # Re-embedding with the same model is allowed (a clean slate); a new catalog has nothing to re-embed.
+        return asked or recorded or DEFAULT_MODEL, self.options.reembed and bool(recorded)
 
     @property
     def model_loaded(self) -> bool:
@@ -168,100 +173,131 @@ class Builder:
         """The model, loaded the first time a file actually needs it (so a no-op run never loads it)."""
         with self._embedder_lock:
             if self._embedder is None:
-                self._embedder = load_embedder(self.model_name, self.options.device, self.options.precision)
-                if not self._embedder.supports_images:
+                embedder = load_embedder(self.model_name, self.options.device, self.options.precision)
+                if not embedder.supports_images:
                     raise CatalogError(f"the model {self.model_name!r} cannot encode images; use a CLIP model")
                 recorded = self._recorded_dimension
-                if recorded and not self.options.reembed and int(recorded) != self._embedder.dimension:
+                if recorded and not self.reembed and int(recorded) != embedder.dimension:
                     raise CatalogError(
-                        f"{self.model_name!r} gives {self._embedder.dimension}-dimensional vectors "
+                        f"{self.model_name!r} gives {embedder.dimension}-dimensional vectors "
                         f"but the catalog holds {recorded}-dimensional ones"
                     )
+                self._embedder = embedder
             return self._embedder
+
+    def _model_facts(self) -> dict[str, Any]:
+        """What the catalog records about the model it holds vectors of."""
+        embedder = self.embedder()
+        text_model = model_key(self.options.text_model) if self.options.text_model else None
+        if text_model is None and same_model(self.catalog.meta("model") or "", self.model_name):
+            text_model = self.catalog.meta("text_model")  # re-embedding with the same model keeps its text model
+        return {
+            "model": model_key(self.model_name),
+            "text_model": text_model,
+            "dimension": embedder.dimension,
+            "precision": self.options.precision,
+        }
 
     # The run -----------------------------------------------------------------------------------
     def run(self) -> Summary:
-        found = scan(self.folder, skip=catalog_files(self.catalog.path))
-        stored = self.catalog.stored_files()
-        sources = self.catalog.embedding_sources()
-        done_through = int(self.catalog.meta("reembed_next_id", 0)) if self.options.reembed else 0
-        if self.options.reembed:
-            self.catalog.set_meta(reembedding=model_key(self.model_name), reembed_next_id=done_through)
-
-        seen = {f.path for f in found.files}
-        candidates = []
-        for item in found.files:
-            known = stored.get(item.path)
-            stale = self.options.reembed and known is not None and known.id >= done_through
-            if known and known.size == item.size and known.mtime_ns == item.mtime_ns and not stale:
-                self.summary.unchanged += 1
-            else:
-                candidates.append(item)
-        if self.options.reembed:  # re-embed in id order, so progress can be recorded as one number
-            candidates.sort(key=lambda f: stored[f.path].id if f.path in stored else 1 << 62)
-        vanished = [
-            row for path, row in stored.items()
-            if path not in seen and path not in found.unreadable_files and not found.covers(path)
-        ]
-        self._moves: dict[str, list[StoredFile]] = collections.defaultdict(list)
-        for row in vanished:
-            self._moves[row.hash].append(row)
-        self._moved_ids: set[int] = set()
-        reusable = set() if self.options.reembed else set(sources)
-
-        pending: list[Change] = []
-        pending += [Failure(name, "bad-name", "the file name is not valid UTF-8; rename the file") for name in found.bad_names]
-        pending += [Failure(path, "unreadable", reason) for path, reason in found.unreadable_files.items()]
-        self.summary.failed += len(found.bad_names) + len(found.unreadable_files)
-        self._process(candidates, stored, sources, reusable, pending)
-
-        leaving = [row for row in vanished if row.id not in self._moved_ids]
-        self.catalog.write(Remove(row.id) for row in leaving)
-        self.summary.removed += len(leaving)
-        clear_errors_not_in(self.catalog, seen | set(found.bad_names) | set(found.unreadable_files))
-        self._record_meta()
-        self.summary.index = self._refresh_index()
+        with self.catalog.exclusive():
+            # Recorded before the first image, so an interrupted first build still knows what it is.
+            if self.reembed:
+                self.catalog.set_meta(reembedding=model_key(self.model_name))
+            elif not self.catalog.meta("model"):
+                self.catalog.set_meta(model=model_key(self.model_name))
+            if self.options.text_model and not self.reembed:
+                self.catalog.set_meta(text_model=model_key(self.options.text_model))
+            self.catalog.set_image_folder(self.folder)
+            found = scan(self.folder, skip=catalog_files(self.catalog.path))
+            reembedded = self._reembed(found) if self.reembed else set()
+            self._update(found, reembedded)
+            self.catalog.set_meta(last_build=now())
+            self.summary.index = self._refresh_index()
+            if not self.catalog.settle():
+                self.summary.notes.append(
+                    "the catalog stays in WAL mode while another program has it open; "
+                    "run build again with nothing serving it before copying it to read-only storage"
+                )
         return self.summary
 
-    def _process(
-        self,
-        candidates: list[FoundFile],
-        stored: dict[str, StoredFile],
-        sources: dict[str, tuple[str, int]],
-        reusable: set[str],
-        pending: list[Change],
-    ) -> None:
-        """Feed candidates through the worker threads and commit their changes batch by batch."""
+    def _reembed(self, found: ScanResult) -> set[str]:
+        """Stage every row's vector from the new model, then switch the catalog to it in one transaction.
+
+        Until the switch the catalog answers with the old model; a killed run resumes from the
+        staged rows. Returns the paths of the re-embedded rows."""
+        stored = self.catalog.stored_files()
+        staged = self.catalog.reembedded_ids()
+        todo = plan_reembed(found, stored, staged)
+        facts = self._model_facts()
         batch: list[Inspected] = []
-        next_id = 0  # with --reembed: every stored row below this id is committed
+        for result in self._inspected(todo, reusable=set()):
+            if result.features is not None:
+                batch.append(result)
+            if len(batch) >= self.options.batch_size:
+                self.catalog.write(self._stage(batch, stored))
+                batch = []
+        self.catalog.write(self._stage(batch, stored))
+        staged = self.catalog.reembedded_ids()
+        self.catalog.switch_model(**facts)
+        reembedded = {path for path, row in stored.items() if row.id in staged}
+        self.summary.updated += len(reembedded)
+        return reembedded
+
+    def _stage(self, batch: list[Inspected], stored: dict[str, StoredFile]) -> list[Change]:
+        if not batch:
+            return []
+        vectors = self.embedder().encode_preprocessed([item.features for item in batch])
+        return [StageEmbedding(stored[item.found.path].id, to_blob(vector)) for item, vector in zip(batch, vectors)]
+
+    def _update(self, found: ScanResult, reembedded: set[str]) -> None:
+        """Bring the rows in line with the folder, committing batch by batch."""
+        stored = self.catalog.stored_files()
+        sources = self.catalog.embedding_sources()
+        plan = plan_update(found, stored)
+        self.summary.unchanged += sum(1 for path in plan.unchanged if path not in reembedded)
+        self.summary.failed += len(plan.failures)
+        self._moves: dict[str, list[StoredFile]] = collections.defaultdict(list)
+        for row in plan.vanished:
+            self._moves[row.hash].append(row)
+        self._moved_ids: set[int] = set()
+
+        pending: list[Change] = list(plan.failures)
+        batch: list[Inspected] = []
+        for result in self._inspected(plan.to_read, reusable=set(sources)):
+            if result.features is not None:
+                batch.append(result)
+            else:
+                pending += self._reuse_or_fail(result, stored, sources)
+            # Commit only when nothing read earlier is still waiting for the model.
+            if len(batch) >= self.options.batch_size or (not batch and len(pending) >= self.options.batch_size):
+                self._commit(pending + self._embed(batch, stored))
+                pending, batch = [], []
+        self._commit(pending + self._embed(batch, stored))
+
+        leaving = [row for row in plan.vanished if row.id not in self._moved_ids]
+        self.catalog.write(Remove(row.id) for row in leaving)
+        self.summary.removed += len(leaving)
+        self.catalog.clear_errors_not_in(plan.present)
+
+    def _inspected(self, items: list[FoundFile], reusable: set[str]) -> Iterator[Inspected]:
+        """Read, hash, decode and preprocess ``items`` in worker threads; yield the results in order."""
         with ThreadPoolExecutor(max_workers=max(1, self.options.workers)) as pool:
             in_flight: collections.deque[Future[Inspected]] = collections.deque()
-            queue = iter(candidates)
+            queue = iter(items)
             try:
-                for finished in range(1, len(candidates) + 1):
+                for finished in range(1, len(items) + 1):
                     while len(in_flight) < max(4, self.options.batch_size * 3):
                         item = next(queue, None)
                         if item is None:
                             break
                         in_flight.append(pool.submit(self._inspect, item, reusable))
-                    result = in_flight.popleft().result()
-                    if result.found.path in stored:
-                        next_id = max(next_id, stored[result.found.path].id + 1)
-                    if result.features is not None:
-                        batch.append(result)
-                    else:
-                        pending += self._reuse_or_fail(result, stored, sources)
-                    # Commit only when nothing read earlier is still waiting for the model.
-                    if len(batch) >= self.options.batch_size or (not batch and len(pending) >= self.options.batch_size):
-                        self._commit(pending + self._embed(batch, stored), next_id)
-                        pending, batch = [], []
+                    yield in_flight.popleft().result()
                     if self.progress:
-                        self.progress(finished, len(candidates))
-                self._commit(pending + self._embed(batch, stored), next_id)
-            except BaseException:
+                        self.progress(finished, len(items))
+            finally:
                 for future in in_flight:
                     future.cancel()
-                raise
 
     def _inspect(self, item: FoundFile, reusable: set[str]) -> Inspected:
         """Worker thread: read and hash the file; decode and preprocess it only when its bytes are new."""
@@ -326,23 +362,11 @@ class Builder:
             return [Revive(source_id, facts)]
         return [Upsert(values)]
 
-    def _commit(self, changes: list[Change], next_id: int) -> None:
+    def _commit(self, changes: list[Change]) -> None:
+        if changes and self._embedder is not None and not self.catalog.meta("dimension"):
+            # The first vectors and the dimension they must all share land in one transaction.
+            changes = [SetMeta(self._model_facts())] + changes
         self.catalog.write(changes)
-        if self.options.reembed:  # an interrupted --reembed resumes here instead of mixing two models
-            self.catalog.set_meta(reembed_next_id=next_id)
-
-    def _record_meta(self) -> None:
-        values: dict[str, Any] = {"model": model_key(self.model_name), "last_build": _now()}
-        if self._embedder is not None:
-            values["dimension"] = self._embedder.dimension
-            values["precision"] = self.options.precision
-        if self.options.text_model:
-            values["text_model"] = model_key(self.options.text_model)
-        self.catalog.set_meta(**values)
-        self.catalog.set_image_folder(self.folder)
-        if self.options.reembed:
-            with self.catalog.db.conn:
-                self.catalog.db.conn.execute("delete from imgsearch_meta where key in ('reembedding', 'reembed_next_id')")
 
     def _refresh_index(self) -> str:
         state = index_state(self.catalog)
@@ -352,15 +376,31 @@ class Builder:
         return f"index written to {path.name}"
 
 
-def _now() -> str:
-    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+def _existing_folder(folder: str | Path | None, missing_message: str) -> Path:
+    if folder is None:
+        raise CatalogError(missing_message)
+    chosen = Path(folder)
+    if not chosen.exists():
+        raise CatalogError(f"the image folder {chosen} does not exist")
+    if not chosen.is_dir():
+        raise CatalogError(f"{chosen} is not a folder: build takes the folder that holds the images")
+    return chosen.resolve()
 
 
 def build(db_path: str | Path, folder: str | Path | None, options: BuildOptions | None = None,
           progress: Callable[[int, int], None] | None = None) -> Summary:
-    """Build or update the catalog at ``db_path`` from ``folder``; see :class:`Builder`."""
+    """Build or update the catalog at ``db_path`` from ``folder``; see :class:`Builder`.
+
+    A first build that fails before it catalogued anything leaves no file behind."""
     builder = Builder(db_path, folder, options or BuildOptions(), progress)
     try:
         return builder.run()
+    except BaseException:
+        empty = builder.created and builder.catalog.count() == 0 and builder.catalog.error_count() == 0
+        builder.catalog.close()
+        if empty:
+            for path in catalog_files(db_path):
+                path.unlink(missing_ok=True)
+        raise
     finally:
         builder.catalog.close()

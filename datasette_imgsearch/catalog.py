@@ -1,30 +1,37 @@
-"""The catalog's schema and the small set of reads and writes everything else goes through.
+"""The catalog's schema, its migrations, and the one place that reads and writes its SQL.
 
 A catalog is a plain SQLite file. ``images`` holds one row per image with the facts people filter on
 and the L2-normalised CLIP embedding as a little-endian float32 BLOB (the format llm and sqlite-vec
 use). ``imgsearch_meta`` records what built it, ``imgsearch_errors`` the files that could not be
 catalogued and ``imgsearch_removed`` the rows of files that left the folder, so that a file that comes
-back keeps its id and embedding. Triggers bump ``catalog_version`` on every change of an embedding,
-whoever makes it, so any reader can tell whether the sibling FAISS index still matches.
+back keeps its id and embedding. ``imgsearch_reembed`` holds the new model's vectors while a
+``--reembed`` runs, so the catalog keeps answering with the old model until the switch. Triggers bump
+``catalog_version`` on every change of an embedding, whoever makes it, so any reader can tell whether
+the sibling FAISS index still matches, and refuse any embedding whose length is not the catalog's
+dimension, whichever program writes it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
-import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 import sqlite_utils
+from sqlite_utils.utils import sqlite3  # pysqlite3 where sqlite-utils picked it, so its errors are the ones raised
 
-SCHEMA_VERSION = 1
+from .errors import CatalogError
+
 TABLE = "images"
 META_TABLE = "imgsearch_meta"
 ERRORS_TABLE = "imgsearch_errors"
 REMOVED_TABLE = "imgsearch_removed"
+REEMBED_TABLE = "imgsearch_reembed"
+CATALOG_SUFFIXES = ("", "-wal", "-shm", "-journal", ".faiss", ".faiss.tmp")
 
 # Every column of an image row except ``id``, in table order, with its SQL type.
 COLUMNS: dict[str, str] = {
@@ -47,8 +54,10 @@ COLUMNS: dict[str, str] = {
     "embedding": "BLOB NOT NULL",
 }
 BLOB_COLUMNS = ("thumbnail", "embedding")
+# What a build records about the model; a re-embed replaces all of them at once.
+MODEL_KEYS = ("model", "text_model", "dimension", "precision")
 
-_SCHEMA = f"""
+_VERSION_1 = f"""
 CREATE TABLE IF NOT EXISTS [{TABLE}] (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     {", ".join(f"[{name}] {kind}{' UNIQUE' if name == 'path' else ''}" for name, kind in COLUMNS.items())}
@@ -67,11 +76,6 @@ CREATE TABLE IF NOT EXISTS [{ERRORS_TABLE}] (
     message TEXT NOT NULL,
     at TEXT NOT NULL
 );
-CREATE TABLE IF NOT EXISTS [{META_TABLE}] (
-    key TEXT PRIMARY KEY,
-    value
-);
-INSERT OR IGNORE INTO [{META_TABLE}] (key, value) VALUES ('schema_version', {SCHEMA_VERSION});
 INSERT OR IGNORE INTO [{META_TABLE}] (key, value) VALUES ('catalog_version', 0);
 CREATE TRIGGER IF NOT EXISTS [{TABLE}_inserted] AFTER INSERT ON [{TABLE}] BEGIN
     UPDATE [{META_TABLE}] SET value = value + 1 WHERE key = 'catalog_version';
@@ -84,9 +88,56 @@ CREATE TRIGGER IF NOT EXISTS [{TABLE}_embedding_changed] AFTER UPDATE OF id, emb
 END;
 """
 
+_WRONG_LENGTH = (
+    "length(NEW.embedding) != 4 * coalesce((SELECT value FROM [{meta}] WHERE key = 'dimension'), length(NEW.embedding) / 4)"
+).format(meta=META_TABLE)
+_DIMENSION_MESSAGE = "imgsearch: an embedding of another length than the catalog''s dimension cannot be stored"
 
-class CatalogError(Exception):
-    """A catalog that cannot be used as asked; the message says what to do about it."""
+_VERSION_2 = f"""
+CREATE TABLE IF NOT EXISTS [{REEMBED_TABLE}] (
+    id INTEGER PRIMARY KEY,
+    embedding BLOB NOT NULL
+);
+CREATE TRIGGER IF NOT EXISTS [{TABLE}_embedding_length_on_insert] BEFORE INSERT ON [{TABLE}]
+WHEN {_WRONG_LENGTH} BEGIN SELECT RAISE(ABORT, '{_DIMENSION_MESSAGE}'); END;
+CREATE TRIGGER IF NOT EXISTS [{TABLE}_embedding_length_on_update] BEFORE UPDATE OF embedding ON [{TABLE}]
+WHEN {_WRONG_LENGTH} BEGIN SELECT RAISE(ABORT, '{_DIMENSION_MESSAGE}'); END;
+"""
+
+
+def _run_script(script: str) -> Callable[[sqlite3.Connection], None]:
+    """A migration that runs ``script`` statement by statement inside the caller's transaction
+    (``executescript`` would commit first)."""
+    statements, current = [], ""
+    for line in script.splitlines(keepends=True):
+        current += line
+        if sqlite3.complete_statement(current):
+            statements.append(current)
+            current = ""
+
+    def run(conn: sqlite3.Connection) -> None:
+        for statement in statements:
+            conn.execute(statement)
+
+    return run
+
+
+# Migration N brings a catalog from schema N-1 to N; each runs in its own transaction. Never edit a
+# released migration: add the next one (the way sqlite-utils and llm do it).
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_run_script(_VERSION_1), _run_script(_VERSION_2)]
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+def migrate(conn: sqlite3.Connection) -> int:
+    """Bring a catalog's schema up to :data:`SCHEMA_VERSION` in place; returns the version it had."""
+    conn.execute(f"CREATE TABLE IF NOT EXISTS [{META_TABLE}] (key TEXT PRIMARY KEY, value)")
+    row = conn.execute(f"select value from [{META_TABLE}] where key = 'schema_version'").fetchone()
+    found = int(row[0]) if row else 0
+    for number in range(found + 1, SCHEMA_VERSION + 1):
+        with conn:
+            MIGRATIONS[number - 1](conn)
+            conn.execute(f"insert or replace into [{META_TABLE}] (key, value) values ('schema_version', ?)", [number])
+    return found
 
 
 def index_path(db_path: str | Path) -> Path:
@@ -97,7 +148,7 @@ def index_path(db_path: str | Path) -> Path:
 def catalog_files(db_path: str | Path) -> set[Path]:
     """Every file a catalog owns, so the folder scan never catalogues them."""
     base = str(Path(db_path).resolve())
-    return {Path(base + suffix) for suffix in ("", "-wal", "-shm", "-journal", ".faiss", ".faiss.tmp")}
+    return {Path(base + suffix) for suffix in CATALOG_SUFFIXES}
 
 
 def to_blob(vector: np.ndarray) -> bytes:
@@ -112,18 +163,28 @@ def now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
 
-def is_catalog(conn: sqlite3.Connection) -> bool:
-    """Whether a database holds an imgsearch catalog (cheap: one lookup in sqlite_master)."""
-    row = conn.execute("select 1 from sqlite_master where type = 'table' and name = ?", (META_TABLE,)).fetchone()
-    return row is not None
+def is_catalog(conn: Any) -> bool:
+    """Whether a database holds an imgsearch catalog: an ``imgsearch_meta`` table beside ``images``."""
+    names = {row[0] for row in conn.execute(
+        "select name from sqlite_master where type = 'table' and name in (?, ?)", (META_TABLE, TABLE)
+    )}
+    return names == {META_TABLE, TABLE}
 
 
-def has_embeddings(path: str | Path) -> bool:
+def read_only_uri(path: str | Path, immutable: bool = False) -> str:
+    """A URI that opens ``path`` without ever creating or writing a file beside it."""
+    return Path(path).resolve().as_uri() + ("?immutable=1" if immutable else "?mode=ro")
+
+
+def has_embeddings(path: str | Path, immutable: bool = False) -> bool:
     """Whether ``path`` holds a catalog that a build has written embeddings into (opened read-only)."""
-    conn = sqlite3.connect(f"file:{Path(path).as_posix()}?mode=ro", uri=True)
     try:
-        return is_catalog(conn) and conn.execute(f"select 1 from [{META_TABLE}] where key = 'model'").fetchone() is not None
-    except sqlite3.DatabaseError:
+        conn = sqlite3.connect(read_only_uri(path, immutable), uri=True)
+    except sqlite3.Error:
+        return False
+    try:
+        return is_catalog(conn) and conn.execute(f"select 1 from [{META_TABLE}] where key = 'dimension'").fetchone() is not None
+    except sqlite3.Error:
         return False
     finally:
         conn.close()
@@ -141,29 +202,49 @@ class StoredFile:
 
 
 class Catalog:
-    """A catalog file opened for reading and writing (the builder) or reading only (the plugin's helpers)."""
+    """A catalog file, opened for writing (``build``, ``index``) or for reading only (searches, pages).
 
-    def __init__(self, path: str | Path, create: bool = False) -> None:
+    Use it as a context manager. Opening for writing applies any pending migrations; opening for
+    reading never writes, never creates a ``-wal``/``-shm``/``-journal`` file, and works on
+    read-only storage (``immutable=True`` for files Datasette serves with ``-i``).
+    """
+
+    def __init__(self, path: str | Path, *, create: bool = False, write: bool = False, immutable: bool = False) -> None:
         self.path = Path(path)
+        self.writable = create or write
         if not create and not self.path.exists():
             raise CatalogError(f"{self.path} does not exist: build it first with 'datasette-imgsearch build {self.path} FOLDER'")
+        if self.path.is_dir():
+            raise CatalogError(f"{self.path} is a folder: give the catalog's file name, such as photos.db")
         try:
-            self.db = sqlite_utils.Database(self.path)
-            if create:
-                self.db.conn.execute("PRAGMA journal_mode = WAL")
-                self.db.conn.executescript(_SCHEMA)
-            elif not is_catalog(self.db.conn):
-                raise CatalogError(f"{self.path} is not an imgsearch catalog (it has no {META_TABLE} table)")
+            if self.writable:
+                conn = sqlite3.connect(str(self.path))
+            else:
+                conn = sqlite3.connect(read_only_uri(self.path, immutable), uri=True)
+            self.db = sqlite_utils.Database(conn)
+            if not create and not is_catalog(conn):
+                raise CatalogError(f"{self.path} is not an imgsearch catalog (it has no {META_TABLE} table beside {TABLE})")
+            version = int(self.meta("schema_version", 0) or 0) if is_catalog(conn) else 0
+            if version > SCHEMA_VERSION:
+                raise CatalogError(
+                    f"{self.path} was written by a newer datasette-imgsearch (schema {version}); upgrade to read it"
+                )
+            if self.writable:
+                conn.execute("PRAGMA busy_timeout = 5000")
+                if create:
+                    conn.execute("PRAGMA journal_mode = WAL")  # readers keep reading while a build writes
+                migrate(conn)
         except sqlite3.DatabaseError as error:
             raise CatalogError(f"{self.path} is not a usable SQLite database: {error}") from error
-        version = int(self.meta("schema_version") or 0)
-        if version > SCHEMA_VERSION:
-            raise CatalogError(
-                f"{self.path} was written by a newer datasette-imgsearch (schema {version}); upgrade to read it"
-            )
 
     def close(self) -> None:
         self.db.close()
+
+    def __enter__(self) -> "Catalog":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     # Metadata -----------------------------------------------------------------------------------
     def meta(self, key: str, default: Any = None) -> Any:
@@ -178,6 +259,10 @@ class Catalog:
             self.db.conn.executemany(
                 f"insert or replace into [{META_TABLE}] (key, value) values (?, ?)", list(values.items())
             )
+
+    def delete_meta(self, *keys: str) -> None:
+        with self.db.conn:
+            self.db.conn.executemany(f"delete from [{META_TABLE}] where key = ?", [(key,) for key in keys])
 
     @property
     def catalog_version(self) -> int:
@@ -225,6 +310,17 @@ class Catalog:
         names = [d[0] for d in cursor.description]
         return dict(zip(names, cursor.fetchone()))
 
+    def paths(self, ids: list[int]) -> dict[int, str]:
+        """id → path for the rows in ``ids`` that exist."""
+        if not ids:
+            return {}
+        placeholders = ", ".join("?" for _ in ids)
+        return dict(self.db.execute(f"select id, path from [{TABLE}] where id in ({placeholders})", ids).fetchall())
+
+    def embedding(self, id_: int) -> np.ndarray | None:
+        row = self.db.execute(f"select embedding from [{TABLE}] where id = ?", [id_]).fetchone()
+        return None if row is None else from_blob(row[0])
+
     def embeddings(self) -> tuple[np.ndarray, np.ndarray]:
         """All (ids, matrix) in id order, read straight from the BLOBs."""
         rows = self.db.execute(f"select id, embedding from [{TABLE}] order by id").fetchall()
@@ -240,6 +336,71 @@ class Catalog:
         with conn:
             for change in changes:
                 change.apply(conn)
+
+    def clear_errors_not_in(self, paths: set[str]) -> None:
+        """Forget errors for files that are no longer in the folder."""
+        stale = [p for (p,) in self.db.execute(f"select path from [{ERRORS_TABLE}]") if p not in paths]
+        with self.db.conn:
+            self.db.conn.executemany(f"delete from [{ERRORS_TABLE}] where path = ?", [(p,) for p in stale])
+
+    # Re-embedding --------------------------------------------------------------------------------
+    def reembedded_ids(self) -> set[int]:
+        """Rows whose new vector a running ``--reembed`` has already staged."""
+        return {id_ for (id_,) in self.db.execute(f"select id from [{REEMBED_TABLE}]")}
+
+    def switch_model(self, **model: Any) -> int:
+        """Finish a ``--reembed`` in one transaction: the staged vectors replace the old ones (ids kept),
+        the model's facts are replaced, rows that could not be re-embedded leave (their files are gone
+        or unreadable; the next pass records why), and removed rows' old-model vectors are forgotten.
+        Returns how many rows left."""
+        conn = self.db.conn
+        with conn:
+            conn.executemany(f"delete from [{META_TABLE}] where key = ?", [(key,) for key in MODEL_KEYS])
+            conn.executemany(
+                f"insert into [{META_TABLE}] (key, value) values (?, ?)",
+                [(key, value) for key, value in model.items() if value is not None],
+            )
+            left = conn.execute(f"delete from [{TABLE}] where id not in (select id from [{REEMBED_TABLE}])").rowcount
+            conn.execute(
+                f"update [{TABLE}] set embedding = (select embedding from [{REEMBED_TABLE}] where id = [{TABLE}].id)"
+            )
+            conn.execute(f"delete from [{REMOVED_TABLE}]")
+            conn.execute(f"delete from [{REEMBED_TABLE}]")
+            conn.execute(f"delete from [{META_TABLE}] where key = 'reembedding'")
+        return left
+
+    # Writing safely ----------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def exclusive(self) -> Iterator[None]:
+        """Hold the catalog for one writer (a build): a second build is told, not left to collide."""
+        try:
+            import fcntl
+        except ImportError:  # no advisory locks here (Windows): SQLite's own locking still keeps the file whole
+            yield
+            return
+        with open(self.path, "rb") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                raise CatalogError(
+                    f"another build is writing {self.path} right now: wait for it to finish, then run this again"
+                ) from None
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def settle(self) -> bool:
+        """Leave the catalog in rollback-journal mode, so readers on read-only storage can open it.
+
+        SQLite refuses while another connection (a running Datasette) has it open; then it stays in
+        WAL mode, which readers on writable storage read as well. Returns whether it settled."""
+        try:
+            self.db.conn.execute("PRAGMA busy_timeout = 0")
+            mode = self.db.conn.execute("PRAGMA journal_mode = DELETE").fetchone()[0]
+        except sqlite3.OperationalError:
+            return False
+        return str(mode).lower() == "delete"
 
 
 class Change:
@@ -316,8 +477,25 @@ class Failure(Change):
         )
 
 
-def clear_errors_not_in(catalog: Catalog, paths: set[str]) -> None:
-    """Forget errors for files that are no longer in the folder."""
-    stale = [p for (p,) in catalog.db.execute(f"select path from [{ERRORS_TABLE}]") if p not in paths]
-    with catalog.db.conn:
-        catalog.db.conn.executemany(f"delete from [{ERRORS_TABLE}] where path = ?", [(p,) for p in stale])
+@dataclass
+class SetMeta(Change):
+    """Record facts about the catalog in the same transaction as the rows they describe."""
+
+    values: dict[str, Any]
+
+    def apply(self, conn: sqlite3.Connection) -> None:
+        conn.executemany(
+            f"insert or replace into [{META_TABLE}] (key, value) values (?, ?)",
+            [(key, value) for key, value in self.values.items() if value is not None],
+        )
+
+
+@dataclass
+class StageEmbedding(Change):
+    """Keep a re-embedded vector aside until :meth:`Catalog.switch_model` swaps them all in."""
+
+    id: int
+    embedding: bytes
+
+    def apply(self, conn: sqlite3.Connection) -> None:
+        conn.execute(f"insert or replace into [{REEMBED_TABLE}] (id, embedding) values (?, ?)", [self.id, self.embedding])

@@ -7,18 +7,20 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator, TypeVar
 
 import click
 
 from . import pixels
 from .build import BuildOptions, build
-from .catalog import Catalog, CatalogError
-from .embed import DEVICES, PRECISIONS, ModelError
+from .catalog import SCHEMA_VERSION, Catalog
+from .embed import DEVICES, PRECISIONS
+from .errors import ImgsearchError
 from .index import INDEX_TYPES, index_state, write_index
-from .query import QueryError, check_k, searcher_for
+from .query import check_k, check_min_score, searcher_for
 
 MAX_K = 10_000
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 @contextlib.contextmanager
@@ -26,10 +28,21 @@ def user_errors() -> Iterator[None]:
     """Turn the library's errors into one-line messages instead of tracebacks."""
     try:
         yield
-    except (CatalogError, ModelError, QueryError) as error:
+    except ImgsearchError as error:
         raise click.ClickException(str(error)) from None
-    except pixels.ImageError as error:
-        raise click.ClickException(f"{error.message} ({error.kind})") from None
+
+
+def model_options(model_help: str) -> Callable[[F], F]:
+    """--model, --text-model and --device, the same on every command that loads a model."""
+
+    def decorate(command: F) -> F:
+        command = click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True,
+                               help="where the model runs")(command)
+        text_help = "a separate text encoder for queries, e.g. clip-ViT-B-32-multilingual-v1"
+        command = click.option("--text-model", help=text_help)(command)
+        return click.option("--model", help=model_help)(command)
+
+    return decorate
 
 
 @click.group()
@@ -47,9 +60,7 @@ def cli() -> None:
 @cli.command(name="build")
 @click.argument("database", type=click.Path(dir_okay=False))
 @click.argument("folder", required=False, type=click.Path(file_okay=False))
-@click.option("--model", help="sentence-transformers model name or local folder  [default: clip-ViT-B-32, or the catalog's]")
-@click.option("--text-model", help="a separate text encoder for queries, e.g. clip-ViT-B-32-multilingual-v1")
-@click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True)
+@model_options("sentence-transformers model name or local folder  [default: clip-ViT-B-32, or the catalog's]")
 @click.option("--precision", type=click.Choice(PRECISIONS), default="fp32", show_default=True,
               help="bf16 runs the model under CPU autocast (fp16 on CUDA): faster, near-identical vectors")
 @click.option("--batch-size", type=click.IntRange(1, 4096), default=32, show_default=True)
@@ -77,9 +88,8 @@ def build_command(
     options = BuildOptions(
         model=model, text_model=text_model, device=device, precision=precision, batch_size=batch_size,
         max_megapixels=max_megapixels, thumbnail_size=None if no_thumbnails else thumbnail_size, reembed=reembed,
+        **({"workers": workers} if workers else {}),
     )
-    if workers:
-        options.workers = workers
     show_progress = not silent and sys.stderr.isatty()
     with user_errors(), _progress(show_progress) as progress:
         try:
@@ -89,6 +99,8 @@ def build_command(
                 "interrupted: every batch committed so far is kept; run the same command again to carry on"
             ) from None
     click.echo(summary.line())
+    for note in summary.notes:
+        click.echo(f"note: {note}", err=True)
     if not silent:
         click.echo(summary.index, err=True)
 
@@ -138,15 +150,11 @@ def index_command(database: str, kind: str | None) -> None:
         datasette-imgsearch index photos.db
         datasette-imgsearch index photos.db --type hnsw
     """
-    with user_errors():
-        catalog = Catalog(database)
-        try:
-            started = time.monotonic()
-            path = write_index(catalog, kind)
-            click.echo(f"wrote {path} ({catalog.meta('index_type')}, {catalog.meta('index_count')} vectors) "
-                       f"in {time.monotonic() - started:.1f}s")
-        finally:
-            catalog.close()
+    with user_errors(), Catalog(database, write=True) as catalog:
+        started = time.monotonic()
+        path = write_index(catalog, kind)
+        click.echo(f"wrote {path} ({catalog.meta('index_type')}, {catalog.meta('index_count')} vectors) "
+                   f"in {time.monotonic() - started:.1f}s")
 
 
 @cli.command(name="search")
@@ -154,13 +162,11 @@ def index_command(database: str, kind: str | None) -> None:
 @click.argument("query", required=False)
 @click.option("--image", "image_path", type=click.Path(dir_okay=False), help="search by a reference image instead")
 @click.option("-k", "k", default="10", show_default=True, help="how many results")
-@click.option("--min-score", type=float, help="leave out results scoring below this cosine similarity")
+@click.option("--min-score", help="leave out results scoring below this cosine similarity (-1 to 1)")
 @click.option("--json", "as_json", is_flag=True, help="print a JSON array of {id, path, score}")
-@click.option("--model", help="override the catalog's image model (a moved local folder, say)")
-@click.option("--text-model", help="override the catalog's text model")
-@click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True)
+@model_options("override the catalog's image model (a moved local folder, say)")
 def search_command(
-    database: str, query: str | None, image_path: str | None, k: str, min_score: float | None, as_json: bool,
+    database: str, query: str | None, image_path: str | None, k: str, min_score: str | None, as_json: bool,
     model: str | None, text_model: str | None, device: str,
 ) -> None:
     """Search DATABASE by text QUERY, or by a reference image with --image.
@@ -175,13 +181,14 @@ def search_command(
     if (query is None) == (image_path is None):
         raise click.UsageError("give either a QUERY or --image FILE")
     with user_errors():
-        count = check_k(k, MAX_K)
+        count, cutoff = check_k(k, MAX_K), check_min_score(min_score)
         searcher = searcher_for(database, model, text_model, device)
         if image_path is not None:
-            hits = searcher.search_image_bytes(pixels.read_bytes(image_path), count, min_score)
+            hits = searcher.search_image_bytes(pixels.read_bytes(image_path), count, cutoff)
         else:
-            hits = searcher.search(query or "", count, min_score)
-        paths = _paths(database, [hit.id for hit in hits])
+            hits = searcher.search(query or "", count, cutoff)
+        with Catalog(database) as catalog:
+            paths = catalog.paths([hit.id for hit in hits])
     if as_json:
         click.echo(json.dumps([{"id": h.id, "path": paths.get(h.id), "score": round(h.score, 6)} for h in hits], indent=2))
         return
@@ -189,15 +196,6 @@ def search_command(
         click.echo("no results", err=True)
     for rank, hit in enumerate(hits, 1):
         click.echo(f"{rank:4d}  {hit.score:.4f}  {paths.get(hit.id)}")
-
-
-def _paths(database: str, ids: list[int]) -> dict[int, str]:
-    catalog = Catalog(database)
-    try:
-        return {id_: path for id_, path in catalog.db.execute(
-            f"select id, path from images where id in ({', '.join('?' for _ in ids)})", ids)} if ids else {}
-    finally:
-        catalog.close()
 
 
 @cli.command(name="info")
@@ -209,25 +207,23 @@ def info_command(database: str, as_json: bool) -> None:
     \b
         datasette-imgsearch info photos.db
     """
-    with user_errors():
-        catalog = Catalog(database)
-        try:
-            meta = catalog.all_meta()
-            state = index_state(catalog)
-            folder = catalog.image_folder()
-            facts = {
-                "images": catalog.count(),
-                "errors": catalog.error_count(),
-                "model": meta.get("model"),
-                "text_model": meta.get("text_model"),
-                "dimension": meta.get("dimension"),
-                "folder": str(folder) if folder else None,
-                "index": state.reason,
-                "index_fresh": state.fresh,
-                "last_build": meta.get("last_build"),
-            }
-        finally:
-            catalog.close()
+    with user_errors(), Catalog(database) as catalog:
+        meta = catalog.all_meta()
+        state = index_state(catalog)
+        folder = catalog.image_folder()
+        facts = {
+            "images": catalog.count(),
+            "errors": catalog.error_count(),
+            "model": meta.get("model"),
+            "text_model": meta.get("text_model"),
+            "dimension": meta.get("dimension"),
+            "folder": str(folder) if folder else None,
+            "index": state.reason,
+            "index_fresh": state.fresh,
+            "last_build": meta.get("last_build"),
+            "reembedding": meta.get("reembedding"),
+            "schema": f"{meta.get('schema_version')} (this datasette-imgsearch writes {SCHEMA_VERSION})",
+        }
     if as_json:
         click.echo(json.dumps(facts, indent=2))
         return

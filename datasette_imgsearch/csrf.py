@@ -1,12 +1,16 @@
-"""CSRF for upload POSTs on Datasette 0.65, where asgi-csrf cannot read our multipart forms.
+"""CSRF for upload POSTs where asgi-csrf guards Datasette (0.65), since it cannot read our multipart forms.
 
 asgi-csrf 0.11 with python-multipart >= 0.0.25 answers 500 to a multipart POST that carries the token
 as a form field (asgi-csrf issue #38), which is exactly what the search page's upload form sends
-without JavaScript. So on 0.65 the plugin asks asgi-csrf to skip its own two POST routes and applies
-the same double-submit rule itself, after parsing the form: the ``csrftoken`` field or the
-``x-csrftoken`` header must equal the signed ``ds_csrftoken`` cookie. Requests with no cookies (API
-clients) and ``Authorization: Bearer`` requests pass, as under asgi-csrf. Datasette 1.0a27+ checks
-``Sec-Fetch-Site``/``Origin`` instead, needs none of this, and never calls the hook.
+without JavaScript. So the plugin's ``skip_csrf`` hook asks asgi-csrf to step aside for its own two
+POST routes, marks the request's scope when it does, and the view applies the same double-submit rule
+itself after parsing the form: the ``csrftoken`` field or the ``x-csrftoken`` header must equal the
+signed ``ds_csrftoken`` cookie. Requests with no cookies (API clients) and ``Authorization: Bearer``
+requests pass, as under asgi-csrf.
+
+No version is consulted: a request that asgi-csrf did not skip for us was either checked by
+asgi-csrf itself or by Datasette's own ``Sec-Fetch-Site``/``Origin`` check (1.0a27+, which never
+calls the hook), so the mark on the scope is the whole decision.
 """
 
 from __future__ import annotations
@@ -15,30 +19,24 @@ import re
 import secrets
 from typing import Any
 
-from datasette.version import __version__ as datasette_version
+from .errors import RequestError
 
-from .uploads import RequestError
-
-
-def uses_asgi_csrf(version: str) -> bool:
-    """0.x and the 1.0 alphas before a27 protect POSTs with asgi-csrf."""
-    alpha = re.match(r"1\.0a(\d+)", version)
-    return version.startswith("0.") or bool(alpha and int(alpha.group(1)) < 27)
-
-
-USES_ASGI_CSRF = uses_asgi_csrf(datasette_version)
 COOKIE = "ds_csrftoken"
+SKIPPED = "datasette_imgsearch.csrf_skipped"
 _UPLOAD_ROUTES = re.compile(r"^/[^/]+/[^/]+/-/imgsearch(\.json)?$")
 
 
 def skip_asgi_csrf(scope: dict[str, Any]) -> bool:
-    """Whether asgi-csrf should leave this request to :func:`check`."""
-    return USES_ASGI_CSRF and scope.get("method") == "POST" and bool(_UPLOAD_ROUTES.match(scope.get("path", "")))
+    """Whether asgi-csrf should leave this request to :func:`check`; marks the scope when it should."""
+    if scope.get("method") == "POST" and _UPLOAD_ROUTES.match(scope.get("path", "")):
+        scope[SKIPPED] = True
+        return True
+    return False
 
 
 def check(datasette: Any, request: Any, fields: dict[str, str]) -> None:
-    """Refuse a cross-site upload on 0.65 with 403, as asgi-csrf would."""
-    if not USES_ASGI_CSRF:
+    """Refuse a cross-site upload with 403, as asgi-csrf would, when asgi-csrf stepped aside for it."""
+    if not request.scope.get(SKIPPED):
         return
     if not request.headers.get("cookie") or request.headers.get("authorization", "").startswith("Bearer "):
         return

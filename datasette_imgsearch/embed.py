@@ -9,21 +9,21 @@ from __future__ import annotations
 
 import contextlib
 import os
+import socket
 import threading
+import urllib.parse
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 import numpy as np
 
+from .batcher import Batcher
+from .errors import ModelError
 from .pixels import DEFAULT_THUMBNAIL_SIZE
 
 DEFAULT_MODEL = "clip-ViT-B-32"
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("fp32", "bf16")
-
-
-class ModelError(Exception):
-    """A model that cannot be loaded or used; the message is one readable line."""
 
 
 def resolve_device(device: str) -> str:
@@ -173,57 +173,6 @@ class Embedder:
             yield
 
 
-class Batcher:
-    """Combine concurrent single calls into batched calls of ``function`` (a list in, rows out).
-
-    Whoever finds the model idle encodes everything queued so far, its own item included; the others
-    wait and wake with their result, or take the next turn."""
-
-    def __init__(self, function: Callable[[list[Any]], Any]) -> None:
-        self.function = function
-        self.condition = threading.Condition()
-        self.queue: list[_Pending] = []
-        self.busy = False
-
-    def __call__(self, item: Any) -> Any:
-        pending = _Pending(item)
-        with self.condition:
-            self.queue.append(pending)
-            while not pending.done:
-                if self.busy:
-                    self.condition.wait()
-                    continue
-                self.busy, batch, self.queue = True, self.queue, []
-                self.condition.release()
-                try:
-                    self._run(batch)
-                finally:
-                    self.condition.acquire()
-                    self.busy = False
-                    self.condition.notify_all()
-        if pending.error is not None:
-            raise pending.error
-        return pending.result
-
-    def _run(self, batch: list["_Pending"]) -> None:
-        try:
-            results = self.function([p.item for p in batch])
-        except Exception as error:
-            for p in batch:
-                p.error, p.done = error, True
-            return
-        for p, result in zip(batch, results):
-            p.result, p.done = result, True
-
-
-class _Pending:
-    def __init__(self, item: Any) -> None:
-        self.item = item
-        self.result: Any = None
-        self.error: Exception | None = None
-        self.done = False
-
-
 class ClipPixels:
     """CLIP's image preprocessing (shortest edge to size, centre crop, rescale, normalise) straight
     through PIL and numpy: the Hugging Face processor's numbers at a third of its cost, which matters
@@ -263,8 +212,31 @@ def _normalise(vectors: np.ndarray) -> np.ndarray:
     return (vectors / np.maximum(norms, 1e-12)).astype(np.float32)
 
 
+HUB_CHECK_SECONDS = 5.0
+
+
+def hub_reachable(timeout: float = HUB_CHECK_SECONDS) -> bool:
+    """Whether the Hugging Face hub (``HF_ENDPOINT``) answers a TCP connection within ``timeout`` seconds."""
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return False
+    endpoint = urllib.parse.urlsplit(constants.ENDPOINT)
+    port = endpoint.port or (443 if endpoint.scheme == "https" else 80)
+    try:
+        socket.create_connection((endpoint.hostname or "", port), timeout=timeout).close()
+    except OSError:
+        return False
+    return True
+
+
 def _load(name: str, device: str) -> Any:
-    """Load a model, turning the many ways this fails into one line a person can act on."""
+    """Load a model, turning the many ways this fails into one line a person can act on.
+
+    A hub name is looked up in the local cache first, so a cached model never touches the network
+    (and never changes under a catalog). Only when it is not cached is the hub asked, and only after
+    one short connection shows it can be reached: offline, the answer comes in seconds, not after
+    minutes of retries."""
     from sentence_transformers import SentenceTransformer
     from transformers.utils import logging as transformers_logging
 
@@ -275,17 +247,34 @@ def _load(name: str, device: str) -> Any:
             raise ModelError(
                 f"no model folder at {folder}: --model takes a sentence-transformers model name or a local model folder"
             )
+        try:
+            return SentenceTransformer(str(folder), device=device)
+        except Exception as error:
+            raise ModelError(
+                f"{name} is not a usable sentence-transformers or Hugging Face CLIP folder: {_first_line(error)}"
+            ) from None
     try:
-        return SentenceTransformer(str(Path(name).expanduser()) if looks_like_path(name) else name, device=device)
+        return SentenceTransformer(name, device=device, local_files_only=True)
     except Exception as error:
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        if looks_like_path(name):
-            raise ModelError(f"{name} is not a usable sentence-transformers or Hugging Face CLIP folder: {first_line}") from None
+        cached_error = error
+    if not hub_reachable():
+        raise ModelError(
+            f"cannot load the model {name!r}: it is not in the local cache and the Hugging Face hub cannot be reached "
+            f"({_first_line(cached_error)[:120]}). Connect to the internet once to fetch it, check the spelling, "
+            "or pass --model PATH to a local model folder"
+        )
+    try:
+        return SentenceTransformer(name, device=device)
+    except Exception as error:
         raise ModelError(
             f"cannot load the model {name!r}: it is not in the local cache and could not be downloaded "
-            f"({first_line[:160]}). Connect to the internet once to fetch it, check the spelling, "
-            "or pass --model PATH to a local model folder"
+            f"({_first_line(error)[:160]}). Check the spelling, or pass --model PATH to a local model folder"
         ) from None
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
 
 
 _cache: dict[tuple[str, str, str], Embedder] = {}

@@ -72,7 +72,7 @@ def flat_vectors(index) -> tuple[np.ndarray, np.ndarray] | None:
     if type(inner) is not faiss.IndexFlatIP:
         return None
     ids = faiss.vector_to_array(index.id_map).astype(np.int64)
-    matrix = faiss.rev_swig_ptr(inner.get_xb(), inner.ntotal * inner.d).reshape(inner.ntotal, inner.d).copy()
+    matrix = np.ascontiguousarray(inner.reconstruct_n(0, inner.ntotal), dtype=np.float32).reshape(inner.ntotal, inner.d)
     return ids, matrix
 
 

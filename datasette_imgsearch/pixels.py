@@ -8,6 +8,7 @@ pixels are decoded, so a decompression bomb is an error and never an out-of-memo
 
 from __future__ import annotations
 
+import ctypes
 import io
 import math
 import warnings
@@ -17,20 +18,20 @@ from typing import Any
 import numpy as np
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
+from .errors import ImageError
+
 DEFAULT_MAX_MEGAPIXELS = 100.0
 DEFAULT_THUMBNAIL_SIZE = 256
 
+try:  # the optional ``heif`` extra: HEIC/HEIF photos decode like any other format
+    from pillow_heif import register_heif_opener
+except ImportError:
+    pass
+else:
+    register_heif_opener()
+
 _ORIENTATION = 0x0112
 _TRANSPOSED_ORIENTATIONS = {5, 6, 7, 8}
-
-
-class ImageError(Exception):
-    """An image that cannot be used; ``kind`` is a short machine-readable category for the errors table."""
-
-    def __init__(self, kind: str, message: str) -> None:
-        super().__init__(message)
-        self.kind = kind
-        self.message = message
 
 
 @dataclass
@@ -59,13 +60,18 @@ def read_bytes(path: Any) -> bytes:
 
 
 def decode(
-    data: bytes, max_megapixels: float = DEFAULT_MAX_MEGAPIXELS, shrink_to: tuple[int, int] | None = None
+    data: bytes,
+    max_megapixels: float = DEFAULT_MAX_MEGAPIXELS,
+    shrink_to: tuple[int, int] | None = None,
+    max_decoded_megapixels: float | None = None,
 ) -> Decoded:
     """Decode ``data`` into an upright RGB image.
 
     ``shrink_to`` (shortest side, longest side) lets a JPEG decode at a reduced scale (``Image.draft``,
     1/2 to 1/8 in the DCT) as long as both sides stay at least that large: a 12-megapixel photo decodes
     twice as fast, and a model that sees 224 pixels cannot tell the difference.
+    ``max_decoded_megapixels`` caps the pixels actually decoded (after that reduction): what bounds
+    the memory one upload can take, while a large JPEG still passes.
     """
     if not data:
         raise ImageError("empty", "the file is empty (0 bytes)")
@@ -99,11 +105,38 @@ def decode(
             shortest, longest = shrink_to
             stored_width, stored_height = image.size
             image.draft("RGB", (longest, shortest) if stored_width >= stored_height else (shortest, longest))
+        decoded_megapixels = image.size[0] * image.size[1] / 1e6
+        if max_decoded_megapixels is not None and decoded_megapixels > max_decoded_megapixels:
+            raise ImageError(
+                "too-large",
+                f"{image.size[0]}x{image.size[1]} {image_format or 'image'} would decode to {decoded_megapixels:.0f} "
+                f"megapixels, above the {max_decoded_megapixels:g} megapixel limit for uploads; send a smaller "
+                "picture or a JPEG",
+            )
         image.load()
         rgb = to_rgb(ImageOps.exif_transpose(image) or image)
+    except ImageError:
+        raise
     except Exception as error:
         raise ImageError("corrupt", f"cannot decode the pixels: {error}") from None
     return Decoded(rgb, image_format, width, height, exif_facts(exif))
+
+
+def _trim_function() -> Any:
+    try:
+        return ctypes.CDLL(None).malloc_trim  # glibc
+    except (OSError, AttributeError):
+        return None
+
+
+_malloc_trim = _trim_function()
+
+
+def release_memory() -> None:
+    """Give the memory of freed pixel buffers back to the operating system where the C library can
+    (glibc keeps large freed blocks otherwise, so one big upload would hold hundreds of MB for good)."""
+    if _malloc_trim is not None:
+        _malloc_trim(0)
 
 
 def to_rgb(image: Image.Image) -> Image.Image:

@@ -2,26 +2,32 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"})
+# The one table of what counts as an image file, and how it is served.
+MEDIA_TYPES = {
+    ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".png": "image/png", ".webp": "image/webp", ".gif": "image/gif",
+    ".bmp": "image/bmp", ".tif": "image/tiff", ".tiff": "image/tiff", ".heic": "image/heic", ".heif": "image/heif",
+}
 HEIF_EXTENSIONS = frozenset({".heic", ".heif"})
+IMAGE_EXTENSIONS = frozenset(MEDIA_TYPES) - HEIF_EXTENSIONS
 
 
 def heif_available() -> bool:
-    """Register the HEIC/HEIF opener when the optional ``pillow-heif`` extra is installed."""
-    try:
-        from pillow_heif import register_heif_opener
-    except ImportError:
-        return False
-    register_heif_opener()
-    return True
+    """Whether the optional ``pillow-heif`` extra is installed (:mod:`.pixels` registers its opener)."""
+    return importlib.util.find_spec("pillow_heif") is not None
 
 
 def image_extensions() -> frozenset[str]:
     return IMAGE_EXTENSIONS | HEIF_EXTENSIONS if heif_available() else IMAGE_EXTENSIONS
+
+
+def media_type(name: str) -> str:
+    """The Content-Type an image file is served with."""
+    return MEDIA_TYPES.get(os.path.splitext(name)[1].lower(), "application/octet-stream")
 
 
 @dataclass(frozen=True)
@@ -54,29 +60,29 @@ def scan(folder: Path, skip: set[Path] | None = None) -> ScanResult:
 
     Hidden files and folders (a leading dot) are skipped, as are the paths in ``skip`` (the catalog's
     own files). Unreadable folders are reported rather than raised, so one bad folder never makes a
-    whole tree look deleted.
+    whole tree look deleted. Symlinked folders are walked after the real tree, so a folder reached
+    both ways keeps its real path.
     """
-    extensions = image_extensions()
-    skip = {p.resolve() for p in (skip or set())}
-    result = ScanResult()
-    seen_dirs: set[tuple[int, int]] = set()
-    root = folder.resolve()
+    walker = _Walker(image_extensions(), {p.resolve() for p in (skip or set())})
+    walker.walk(folder.resolve(), "")
+    while walker.deferred:
+        walker.walk(*walker.deferred.pop(0))
+    return walker.result
 
-    def walk(directory: Path, relative: str) -> None:
-        try:
-            info = directory.stat()
-        except OSError as error:
-            result.unreadable[relative] = error.strerror or str(error)
-            return
-        key = (info.st_dev, info.st_ino)
-        if key in seen_dirs:  # a symlink loop, or a second link to a folder already walked
-            return
-        seen_dirs.add(key)
-        try:
-            entries = sorted(os.scandir(directory), key=lambda e: e.name)
-        except OSError as error:
-            result.unreadable[relative] = error.strerror or str(error)
-            return
+
+class _Walker:
+    def __init__(self, extensions: frozenset[str], skip: set[Path]) -> None:
+        self.extensions = extensions
+        self.skip = skip
+        self.result = ScanResult()
+        self.seen_dirs: set[tuple[int, int]] = set()
+        self.deferred: list[tuple[Path, str]] = []
+
+    def is_image_name(self, name: str) -> bool:
+        return os.path.splitext(name)[1].lower() in self.extensions
+
+    def walk(self, directory: Path, relative: str) -> None:
+        entries = self.list(directory, relative)
         for entry in entries:
             if entry.name.startswith("."):
                 continue
@@ -84,35 +90,41 @@ def scan(folder: Path, skip: set[Path] | None = None) -> ScanResult:
             try:
                 is_dir = entry.is_dir()  # follows symlinks
             except OSError as error:
-                if os.path.splitext(entry.name)[1].lower() in extensions:
-                    result.unreadable_files[child] = error.strerror or str(error)
+                if self.is_image_name(entry.name):
+                    self.result.unreadable_files[child] = error.strerror or str(error)
                 continue
             if is_dir:
                 if entry.is_symlink():
-                    deferred.append((Path(entry.path), child))
+                    self.deferred.append((Path(entry.path), child))
                 else:
-                    walk(Path(entry.path), child)
-                continue
-            if os.path.splitext(entry.name)[1].lower() not in extensions:
-                continue
-            try:
-                child.encode("utf-8")
-            except UnicodeEncodeError:
-                result.bad_names.append(child.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace"))
-                continue
-            absolute = Path(entry.path)
-            try:
-                info = entry.stat()
-            except OSError as error:  # a dangling symlink or a symlink loop
-                result.unreadable_files[child] = error.strerror or str(error)
-                continue
-            if absolute.resolve() in skip:
-                continue
-            result.files.append(FoundFile(child, absolute, info.st_size, info.st_mtime_ns))
+                    self.walk(Path(entry.path), child)
+            elif self.is_image_name(entry.name):
+                self.add_file(entry, child)
 
-    # Symlinked folders are walked after the real tree, so a folder reached both ways keeps its real path.
-    deferred: list[tuple[Path, str]] = []
-    walk(root, "")
-    while deferred:
-        walk(*deferred.pop(0))
-    return result
+    def list(self, directory: Path, relative: str) -> list[os.DirEntry[str]]:
+        """The folder's entries in name order; none if it was walked already or cannot be read."""
+        try:
+            info = directory.stat()
+            key = (info.st_dev, info.st_ino)
+            if key in self.seen_dirs:  # a symlink loop, or a second link to a folder already walked
+                return []
+            self.seen_dirs.add(key)
+            return sorted(os.scandir(directory), key=lambda e: e.name)
+        except OSError as error:
+            self.result.unreadable[relative] = error.strerror or str(error)
+            return []
+
+    def add_file(self, entry: os.DirEntry[str], child: str) -> None:
+        try:
+            child.encode("utf-8")
+        except UnicodeEncodeError:
+            self.result.bad_names.append(child.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace"))
+            return
+        absolute = Path(entry.path)
+        try:
+            info = entry.stat()
+        except OSError as error:  # a dangling symlink or a symlink loop
+            self.result.unreadable_files[child] = error.strerror or str(error)
+            return
+        if absolute.resolve() not in self.skip:
+            self.result.files.append(FoundFile(child, absolute, info.st_size, info.st_mtime_ns))

@@ -16,7 +16,8 @@ class Settings:
     text_model: str | None = None  # overrides the catalog's text model
     device: str = "auto"
     max_upload_mb: float = 20.0
-    max_megapixels: float = DEFAULT_MAX_MEGAPIXELS
+    max_megapixels: float = DEFAULT_MAX_MEGAPIXELS  # an upload's size as its header states it
+    max_upload_megapixels: float = 16.0  # the pixels an upload may decode to (a JPEG decodes reduced)
     max_k: int = 1000
     page_size: int = 24
     sql_wait_seconds: float = 0.8  # how long a SQL call waits for a model still loading at startup

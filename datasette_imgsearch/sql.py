@@ -7,34 +7,32 @@ filesystem from SQL.
 from __future__ import annotations
 
 import json
-import sqlite3
 import time
 from typing import Any, Callable
 
-from .catalog import CatalogError
-from .embed import ModelError
-from .query import QueryError, Searcher, check_k, searcher_for
+from .errors import ImgsearchError, QueryError
+from .query import Searcher, check_k, check_min_score, searcher_for
 from .settings import Settings
 from .sqlite_functions import create_function
 
 DEFAULT_K = 10
-EXPECTED_ERRORS = (QueryError, ModelError, CatalogError)
 SCORER_RECHECK_SECONDS = 1.0
 
 
-def register_functions(conn: sqlite3.Connection, db_path: str, settings: Settings) -> None:
+def register_functions(conn: Any, db_path: str, settings: Settings, immutable: bool = False) -> None:
     """Add imgsearch(query [, k [, min_score]]) and imgsearch_score(embedding, query) to a connection."""
 
     def searcher() -> Searcher:
-        found = searcher_for(db_path, settings.model, settings.text_model, settings.device)
+        found = searcher_for(db_path, settings.model, settings.text_model, settings.device, immutable)
         found.wait_until_loaded(settings.sql_wait_seconds)
         return found
 
-    def imgsearch(query: Any, k: Any = DEFAULT_K, min_score: Any = None) -> str:
-        count = check_k(k, settings.max_k)
-        if min_score is not None and not isinstance(min_score, (int, float)):
-            raise QueryError(f"min_score must be a number, not {min_score!r}")
-        hits = searcher().search(query, count, None if min_score is None else float(min_score))
+    def imgsearch(*arguments: Any) -> str:
+        if not 1 <= len(arguments) <= 3:
+            raise QueryError(f"takes 1 to 3 arguments (query, k, min_score), not {len(arguments)}")
+        query, k, min_score = list(arguments) + [None, DEFAULT_K, None][len(arguments):]
+        count = check_k(DEFAULT_K if k is None else k, settings.max_k)
+        hits = searcher().search(query, count, check_min_score(min_score))
         return json.dumps([hit.as_dict() for hit in hits])
 
     # imgsearch_score runs once per row, so it keeps the scorer of the last query it saw and looks
@@ -52,8 +50,7 @@ def register_functions(conn: sqlite3.Connection, db_path: str, settings: Setting
         score: Callable[[bytes], float] = last["score"]
         return score(embedding)
 
-    for arguments in (1, 2, 3):
-        create_function(conn, db_path, "imgsearch", arguments, imgsearch, EXPECTED_ERRORS)
+    create_function(conn, "imgsearch", -1, imgsearch, (ImgsearchError,))
     # Python's own registration is several times faster per call than the one that carries error
     # messages, and this function is called for every row; its errors read "user-defined function
     # raised exception" (the README says how to see the reason).

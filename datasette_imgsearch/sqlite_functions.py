@@ -2,44 +2,59 @@
 
 Python's ``sqlite3`` turns every exception raised in a user function into the same text, "user-defined
 function raised exception", so a person who mistypes a query in Datasette never learns what was
-wrong. This module registers the function through SQLite's own C API (``sqlite3_create_function_v2``
-and ``sqlite3_result_error``, via ctypes, on the very library Python's ``_sqlite3`` uses), so the error
-reads, for example, ``imgsearch(): k must be between 1 and 1000, not 0``.
+wrong. Here the function is registered through SQLite's own C API (``sqlite3_create_function_v2`` and
+``sqlite3_result_error``, via ctypes), so the error reads, for example,
+``imgsearch(): k must be between 1 and 1000, not 0``.
 
-Where that is not possible (another Python implementation, a statically linked SQLite without exported
-symbols, or a connection whose handle cannot be confirmed) it falls back to ``create_function``, and
-only the message is lost.
+That needs the connection's ``sqlite3*`` handle, which Python does not expose. It is never read out of
+Python's objects: at import, if the standard library's ``_sqlite3`` is linked to a libsqlite3 that
+ctypes can reach and that reports the module's own version, an SQLite *auto-extension* (a public C
+API) gives every connection later opened through that library a function returning a random token,
+and remembers the handle SQLite passed in under that token. A connection answers with its token only
+if it was opened by that very library; a connection from pysqlite3, sqlean or any other build has no
+such function, and gets Python's ``create_function`` instead: the function works, only its messages
+are generic.
 """
 
 from __future__ import annotations
 
 import ctypes
-import os
-import platform
+import secrets
 import sqlite3
+import threading
+from collections import OrderedDict
 from typing import Any, Callable
 
 SQLITE_UTF8 = 1
-SQLITE_DETERMINISTIC = 0x800
 SQLITE_INTEGER, SQLITE_FLOAT, SQLITE_TEXT, SQLITE_BLOB, SQLITE_NULL = 1, 2, 3, 4, 5
 SQLITE_TRANSIENT = ctypes.c_void_p(-1)
+TOKEN_FUNCTION = "imgsearch_connection_token"
+MAX_REMEMBERED_CONNECTIONS = 100_000  # older ones fall back to create_function, messages lost
 
 _CALLBACK = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_int, ctypes.POINTER(ctypes.c_void_p))
+_ENTRY_POINT = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p)
 _keep_alive: list[Any] = []  # SQLite holds raw pointers to these callbacks for the connection's lifetime
+_handles: OrderedDict[int, int] = OrderedDict()  # token → sqlite3*, as SQLite passed it to the auto-extension
+_handles_lock = threading.Lock()
 
 
 def _load_library() -> Any:
+    """The libsqlite3 the standard library's ``_sqlite3`` uses, if ctypes can reach it and it is that one."""
     try:
         import _sqlite3
 
         library = ctypes.CDLL(_sqlite3.__file__)  # symbol lookup reaches the libsqlite3 it is linked to
         c = ctypes
+        library.sqlite3_libversion.restype = c.c_char_p
+        if library.sqlite3_libversion().decode() != sqlite3.sqlite_version:
+            return None
+        library.sqlite3_auto_extension.argtypes = [c.c_void_p]
         library.sqlite3_create_function_v2.argtypes = [
             c.c_void_p, c.c_char_p, c.c_int, c.c_int, c.c_void_p, _CALLBACK, c.c_void_p, c.c_void_p, c.c_void_p,
         ]
         library.sqlite3_create_function_v2.restype = c.c_int
-        library.sqlite3_db_filename.argtypes = [c.c_void_p, c.c_char_p]
-        library.sqlite3_db_filename.restype = c.c_char_p
+        library.sqlite3_user_data.argtypes = [c.c_void_p]
+        library.sqlite3_user_data.restype = c.c_void_p
         library.sqlite3_value_type.argtypes = [c.c_void_p]
         library.sqlite3_value_int64.argtypes = [c.c_void_p]
         library.sqlite3_value_int64.restype = c.c_int64
@@ -57,28 +72,48 @@ def _load_library() -> Any:
         library.sqlite3_result_blob.argtypes = [c.c_void_p, c.c_char_p, c.c_int, c.c_void_p]
         library.sqlite3_result_error.argtypes = [c.c_void_p, c.c_char_p, c.c_int]
         return library
-    except (ImportError, OSError, AttributeError):
+    except (ImportError, OSError, AttributeError, UnicodeDecodeError):
         return None
+
+
+def _return_token(context: int, count: int, values: Any) -> None:
+    _library.sqlite3_result_int64(context, _library.sqlite3_user_data(context) or 0)
+
+
+def _on_open(db: int, error_message: int, api: int) -> int:
+    """SQLite calls this for each new connection through its library: remember the handle under a token."""
+    try:
+        token = secrets.randbits(62) + 1
+        status = _library.sqlite3_create_function_v2(
+            db, TOKEN_FUNCTION.encode(), 0, SQLITE_UTF8, ctypes.c_void_p(token), _token_callback, None, None, None
+        )
+        if status == 0:
+            with _handles_lock:
+                _handles[token] = db
+                while len(_handles) > MAX_REMEMBERED_CONNECTIONS:
+                    _handles.popitem(last=False)
+    except Exception:  # never let a failure here break the opening of a connection
+        pass
+    return 0
 
 
 _library = _load_library()
+_token_callback = _CALLBACK(_return_token)
+_entry_point = _ENTRY_POINT(_on_open)
+if _library is not None and _library.sqlite3_auto_extension(ctypes.cast(_entry_point, ctypes.c_void_p)) != 0:
+    _library = None
 
 
-def _handle(conn: sqlite3.Connection, path: str) -> int | None:
-    """The connection's ``sqlite3*``, confirmed by asking SQLite for the file it has open."""
-    if _library is None or not path or platform.python_implementation() != "CPython":
+def connection_handle(conn: Any) -> int | None:
+    """The ``sqlite3*`` of ``conn``, only when it was opened by the library ctypes reaches (else None)."""
+    if _library is None:
         return None
     try:
-        # CPython's connection object keeps ``sqlite3 *db`` right after its object header.
-        pointer = ctypes.c_void_p.from_address(id(conn) + object.__basicsize__).value
-        if not pointer:
-            return None
-        filename = _library.sqlite3_db_filename(pointer, b"main")
-    except (ValueError, OSError):
+        token = conn.execute(f"select {TOKEN_FUNCTION}()").fetchone()[0]
+    except Exception:  # another sqlite3 module's connection (its own error classes), or opened before import
         return None
-    if not filename or os.path.realpath(os.fsdecode(filename)) != os.path.realpath(path):
-        return None
-    return pointer
+    with _handles_lock:
+        return _handles.get(token) if isinstance(token, int) else None
 
 
 def _argument(value: int) -> Any:
@@ -113,7 +148,7 @@ def _set_result(context: int, result: Any) -> None:
 
 
 def create_function(
-    conn: sqlite3.Connection, path: str, name: str, arguments: int, function: Callable[..., Any],
+    conn: Any, name: str, arguments: int, function: Callable[..., Any],
     expected: tuple[type[Exception], ...] = (ValueError,),
 ) -> bool:
     """Register ``function`` as ``name`` on ``conn``; True when errors will carry their message.
@@ -121,7 +156,7 @@ def create_function(
     Exceptions of the ``expected`` types are shown as they are; anything else is shown with its type,
     since it is a bug rather than a bad query.
     """
-    pointer = _handle(conn, path)
+    pointer = connection_handle(conn)
     if pointer is None:
         conn.create_function(name, arguments, function)
         return False

@@ -1,16 +1,18 @@
 """The search page, its JSON API, and the thumbnail and original-image routes.
 
-Each view checks the actor may view the table, then calls the same :class:`~.query.Searcher` the
-CLI and the SQL functions use. Blocking work (the model, FAISS, file reads) runs in a thread.
+Each view checks the actor may view the table, then runs the one search pipeline (the same
+:class:`~.query.Searcher` the CLI and the SQL functions use). Blocking work (the model, FAISS, file
+reads, multipart parsing) runs in a thread. Every problem with a request is an
+:class:`~.errors.ImgsearchError` and answers with its status and message, never a 500.
 """
 
 from __future__ import annotations
 
 import asyncio
-import mimetypes
+import threading
 import urllib.parse
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, Awaitable, Callable
 
 from datasette.utils import tilde_decode
@@ -18,16 +20,19 @@ from datasette.utils.asgi import Response
 
 from . import csrf, pixels
 from .access import can_view_table
-from .catalog import BLOB_COLUMNS, COLUMNS, TABLE, Catalog, CatalogError, is_catalog
-from .embed import ModelError
-from .query import Hit, QueryError, check_k, searcher_for
+from .catalog import BLOB_COLUMNS, COLUMNS, TABLE, Catalog, is_catalog
+from .errors import ImgsearchError, QueryError, RequestError, web_message
+from .query import MAX_ROW_ID, check_k, check_min_score, searcher_for
+from .scan import media_type
 from .settings import Settings
-from .uploads import RequestError, read_upload
+from .store import Hit
+from .uploads import read_upload
 
 PAGE_LOAD_TIMEOUT = 120.0  # a page may wait this long for a model still loading at startup
 ROW_COLUMNS = ["id"] + [c for c in COLUMNS if c not in BLOB_COLUMNS]
-IMAGE_TYPES = {".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".png": "image/png", ".webp": "image/webp", ".gif": "image/gif",
-               ".bmp": "image/bmp", ".tif": "image/tiff", ".tiff": "image/tiff", ".heic": "image/heic", ".heif": "image/heif"}
+SEARCH_FIELDS = ("q", "k", "min_score")
+# Uploads decoded at once: each may hold tens of MB of pixels, and there are only so many cores.
+_upload_decodes = threading.BoundedSemaphore(2)
 
 
 @dataclass
@@ -37,7 +42,12 @@ class Target:
     database: str
     table: str
     path: str
+    immutable: bool
     settings: Settings
+
+    def searcher(self) -> Any:
+        settings = self.settings
+        return searcher_for(self.path, settings.model, settings.text_model, settings.device, self.immutable)
 
 
 async def resolve(datasette: Any, request: Any) -> Target:
@@ -52,30 +62,17 @@ async def resolve(datasette: Any, request: Any) -> Target:
     holds_catalog = await db.execute_fn(is_catalog)
     if not holds_catalog:
         raise RequestError(404, f"{database} holds no imgsearch catalog")
-    return Target(database, table, db.path, Settings.for_database(datasette, database))
+    return Target(database, table, db.path, not db.is_mutable, Settings.for_database(datasette, database))
 
 
 async def in_thread(function: Callable[..., Any], *args: Any) -> Any:
     return await asyncio.get_running_loop().run_in_executor(None, function, *args)
 
 
-def error_response(error: Exception, as_json: bool) -> Response:
-    status, message = _status_and_message(error)
+def error_response(error: ImgsearchError, as_json: bool) -> Response:
     if as_json:
-        return Response.json({"ok": False, "error": message}, status=status)
-    return Response.text(message, status=status)
-
-
-def _status_and_message(error: Exception) -> tuple[int, str]:
-    if isinstance(error, RequestError):
-        return error.status, error.message
-    if isinstance(error, pixels.ImageError):
-        return 400, f"the uploaded file cannot be used: {error.message}"
-    if isinstance(error, QueryError):
-        return 400, str(error)
-    if isinstance(error, (ModelError, CatalogError)):
-        return 503, str(error)
-    raise error
+        return Response.json({"ok": False, "error": web_message(error)}, status=error.status)
+    return Response.text(web_message(error), status=error.status)
 
 
 # Searching -------------------------------------------------------------------------------------
@@ -89,30 +86,43 @@ class SearchRequest:
 
 async def read_search_request(datasette: Any, request: Any, settings: Settings) -> SearchRequest:
     """The query, k and min_score from the URL (GET) or from a multipart form with an image (POST)."""
-    values: dict[str, str] = {key: request.args.get(key) for key in ("q", "k", "min_score") if request.args.get(key)}
+    values: dict[str, str] = {key: request.args.get(key) for key in SEARCH_FIELDS if request.args.get(key)}
     image = None
     if request.method == "POST":
         upload = await read_upload(request, settings.max_upload_bytes)
         csrf.check(datasette, request, upload.fields)
-        values.update({k: v for k, v in upload.fields.items() if k in ("q", "k", "min_score") and v})
+        values.update({k: v for k, v in upload.fields.items() if k in SEARCH_FIELDS and v})
         image = upload.files.get("image") or None
         if image is None and not values.get("q"):
             raise RequestError(400, "choose an image to upload (a field named 'image'), or type a query")
+    if "\x00" in values.get("q", ""):
+        raise QueryError("the query holds a NUL character")
     k = check_k(values.get("k", settings.page_size), settings.max_k)
-    try:
-        min_score = float(values["min_score"]) if values.get("min_score") else None
-    except ValueError:
-        raise QueryError(f"min_score must be a number, not {values['min_score']!r}") from None
-    return SearchRequest(values.get("q", "").strip(), image, k, min_score)
+    return SearchRequest(values.get("q", "").strip(), image, k, check_min_score(values.get("min_score")))
 
 
 def run_search(target: Target, search: SearchRequest) -> list[Hit]:
     settings = target.settings
-    searcher = searcher_for(target.path, settings.model, settings.text_model, settings.device)
+    searcher = target.searcher()
     searcher.wait_until_loaded(PAGE_LOAD_TIMEOUT)
-    if search.image is not None:
-        return searcher.search_image_bytes(search.image, search.k, search.min_score, settings.max_megapixels)
-    return searcher.search(search.query, search.k, search.min_score)
+    if search.image is None:
+        return searcher.search(search.query, search.k, search.min_score)
+    with _upload_decodes:
+        try:
+            return searcher.search_image_bytes(
+                search.image, search.k, search.min_score, settings.max_megapixels, settings.max_upload_megapixels
+            )
+        finally:
+            pixels.release_memory()
+
+
+async def search(datasette: Any, request: Any, target: Target) -> tuple[SearchRequest, list[dict[str, Any]]]:
+    """The one pipeline behind the page and the JSON: read the request, rank, join the rows."""
+    wanted = await read_search_request(datasette, request, target.settings)
+    if not wanted.query and wanted.image is None:
+        raise QueryError("add ?q=... to the URL, or POST an image in a field named 'image'")
+    hits = await in_thread(run_search, target, wanted)
+    return wanted, await rows_for(datasette, target, hits)
 
 
 async def rows_for(datasette: Any, target: Target, hits: list[Hit]) -> list[dict[str, Any]]:
@@ -154,7 +164,7 @@ SQL_RECIPE = (
 
 
 def sql_url(datasette: Any, target: Target, search: SearchRequest) -> str | None:
-    """A link to the same ranking as a Datasette SQL query, for facets, CSV export and sharing."""
+    """A link to the same ranking as a Datasette SQL query, for CSV export and sharing."""
     if search.image is not None or not search.query:
         return None
     columns = ", ".join(f"{TABLE}.[{c}]" for c in ROW_COLUMNS + ["thumbnail"])
@@ -167,19 +177,15 @@ async def search_json(datasette: Any, request: Any) -> Response:
     """``/<db>/images/-/imgsearch.json?q=...`` and the multipart POST with an ``image`` field."""
     try:
         target = await resolve(datasette, request)
-        search = await read_search_request(datasette, request, target.settings)
-        if not search.query and search.image is None:
-            raise QueryError("add ?q=... to the URL, or POST an image in a field named 'image'")
-        hits = await in_thread(run_search, target, search)
-        results = await rows_for(datasette, target, hits)
-    except Exception as error:
+        wanted, results = await search(datasette, request, target)
+    except ImgsearchError as error:
         return error_response(error, as_json=True)
     return Response.json({
         "ok": True,
-        "query": search.query if search.image is None else None,
-        "k": search.k,
+        "query": wanted.query if wanted.image is None else None,
+        "k": wanted.k,
         "count": len(results),
-        "sql_url": sql_url(datasette, target, search),
+        "sql_url": sql_url(datasette, target, wanted),
         "results": results,
     })
 
@@ -188,7 +194,7 @@ async def search_page(datasette: Any, request: Any) -> Response:
     """The search page: a text box, an image upload and a grid of ranked thumbnails."""
     try:
         target = await resolve(datasette, request)
-    except RequestError as error:
+    except ImgsearchError as error:
         return error_response(error, as_json=False)
     context: dict[str, Any] = {
         "database": target.database,
@@ -209,40 +215,51 @@ async def search_page(datasette: Any, request: Any) -> Response:
     status = 200
     if request.method == "POST" or context["q"]:
         try:
-            search = await read_search_request(datasette, request, target.settings)
-            context.update(q=search.query, k=str(search.k), uploaded=search.image is not None)
-            hits = await in_thread(run_search, target, search)
-            context["results"] = await rows_for(datasette, target, hits)
-            context["sql_url"] = sql_url(datasette, target, search)
-        except Exception as error:
-            status, context["error"] = _status_and_message(error)
+            wanted, context["results"] = await search(datasette, request, target)
+            context.update(q=wanted.query, k=str(wanted.k), uploaded=wanted.image is not None)
+            context["sql_url"] = sql_url(datasette, target, wanted)
+        except ImgsearchError as error:
+            status, context["error"] = error.status, web_message(error)
     html = await datasette.render_template("imgsearch.html", context, request=request)
     return Response.html(html, status=status)
 
 
 # Images ----------------------------------------------------------------------------------------
-def _image_folder(path: str) -> Path | None:
-    catalog = Catalog(path)
-    try:
+def _image_folder(target: Target) -> Path | None:
+    with Catalog(target.path, immutable=target.immutable) as catalog:
         return catalog.image_folder()
-    finally:
-        catalog.close()
 
 
 async def _original_of(target: Target, row: dict[str, Any]) -> Path:
     """The file behind a row (see :func:`original_file`), with the folder read from the catalog."""
-    return original_file(await in_thread(_image_folder, target.path), row["path"])
+    return original_file(await in_thread(_image_folder, target), row["path"])
 
 
 def original_file(folder: Path | None, relative: str) -> Path:
-    """The file a row points at, only if it still lies inside the catalogued folder."""
+    """The file a row points at: its catalogued path under the catalogued folder.
+
+    The rule is the build's: whatever the folder holds is catalogued, symlinked folders and files
+    (an external drive linked in) included, so the same file is served as thumbnail and original.
+    A path that is absolute or climbs out with ``..`` is never followed."""
     if folder is None:
         raise RequestError(404, "the catalog does not record its image folder")
-    root = folder.resolve()
-    candidate = (root / relative).resolve()
-    if not candidate.is_relative_to(root) or not candidate.is_file():
-        raise RequestError(404, "the original file is no longer inside the catalogued folder")
-    return candidate
+    parts = PurePosixPath(relative).parts
+    if not parts or PurePosixPath(relative).is_absolute() or ".." in parts or "\x00" in relative:
+        raise RequestError(404, "the row's path is no longer inside the catalogued folder")
+    candidate = folder.joinpath(*parts)
+    try:
+        if candidate.is_file():
+            return candidate
+    except (OSError, ValueError):
+        pass
+    raise RequestError(404, "the original file is no longer inside the catalogued folder")
+
+
+def _row_id(request: Any) -> int:
+    value = int(request.url_vars["id"])
+    if value > MAX_ROW_ID:
+        raise RequestError(404, "no such row")
+    return value
 
 
 async def _row_image(
@@ -252,7 +269,7 @@ async def _row_image(
     try:
         target = await resolve(datasette, request)
         found = await datasette.databases[target.database].execute(
-            f"select path, hash, thumbnail from [{TABLE}] where id = ?", [int(request.url_vars["id"])]
+            f"select path, hash, thumbnail from [{TABLE}] where id = ?", [_row_id(request)]
         )
         if not found.rows:
             raise RequestError(404, "no such row")
@@ -266,7 +283,7 @@ async def _row_image(
             content_type=content_type,
             headers={"X-Content-Type-Options": "nosniff", "ETag": etag, "Cache-Control": "private, max-age=3600"},
         )
-    except Exception as error:
+    except ImgsearchError as error:
         return error_response(error, as_json=False)
 
 
@@ -292,7 +309,10 @@ async def original_view(datasette: Any, request: Any) -> Response:
 
     async def body(target: Target, row: dict[str, Any]) -> tuple[bytes, str]:
         file = await _original_of(target, row)
-        content_type = IMAGE_TYPES.get(file.suffix.lower()) or mimetypes.guess_type(file.name)[0] or "application/octet-stream"
-        return await in_thread(file.read_bytes), content_type
+        try:
+            data = await in_thread(file.read_bytes)
+        except OSError:
+            raise RequestError(404, "the original file cannot be read") from None
+        return data, media_type(file.name)
 
     return await _row_image(datasette, request, "", body)

@@ -18,7 +18,8 @@ import pytest
 from PIL import Image
 
 from datasette_imgsearch.build import Builder, BuildOptions, build
-from datasette_imgsearch.catalog import Catalog, CatalogError, from_blob, index_path
+from datasette_imgsearch.catalog import Catalog, from_blob, index_path
+from datasette_imgsearch.errors import CatalogError
 from datasette_imgsearch.index import index_state
 
 from .conftest import run_cli
@@ -357,7 +358,7 @@ def test_an_interrupted_reembed_must_be_finished_with_its_model(
 ) -> None:
     from datasette_imgsearch.embed import model_key
 
-    opened = Catalog(catalog)
+    opened = Catalog(catalog, write=True)
     opened.set_meta(reembedding=model_key(str(other_dimension_model)), reembed_next_id=0)  # as a killed run leaves it
     opened.close()
     third = tmp_path / "third-model"

@@ -11,7 +11,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from datasette_imgsearch.embed import Batcher, Embedder, ModelError, load_embedder, same_model
+from datasette_imgsearch.batcher import Batcher
+from datasette_imgsearch.embed import Embedder, load_embedder, same_model
+from datasette_imgsearch.errors import ModelError
 from datasette_imgsearch.query import Searcher
 
 from .conftest import run_cli

@@ -41,7 +41,7 @@ def test_the_index_file_holds_the_catalogs_ids(catalog: Path) -> None:
 
 
 def test_a_catalog_change_makes_the_index_stale_until_rebuilt(catalog: Path) -> None:
-    opened = Catalog(catalog)
+    opened = Catalog(catalog, write=True)
     try:
         assert index_state(opened).fresh
         with opened.db.conn:
@@ -100,5 +100,5 @@ def test_a_rebuilt_index_is_picked_up_without_a_restart(catalog: Path) -> None:
 
 
 def test_the_index_is_written_atomically(catalog: Path) -> None:
-    write_index(Catalog(catalog))
+    write_index(Catalog(catalog, write=True))
     assert not Path(str(index_path(catalog)) + ".tmp").exists()

@@ -10,7 +10,9 @@ import numpy as np
 import pytest
 
 from datasette_imgsearch.catalog import from_blob
-from datasette_imgsearch.query import QueryError, Searcher, Term, check_k, parse, top_k
+from datasette_imgsearch.errors import QueryError
+from datasette_imgsearch.query import Searcher, Term, check_k, parse
+from datasette_imgsearch.store import top_k
 
 from .conftest import run_cli
 
@@ -146,7 +148,7 @@ def test_min_score_leaves_out_weak_matches(shared_catalog: Path) -> None:
 def test_the_bfloat16_first_pass_never_changes_the_exact_top_k() -> None:
     import torch
 
-    from datasette_imgsearch.query import FIRST_PASS_MARGIN, exact_scores, rescored_top_k
+    from datasette_imgsearch.store import FIRST_PASS_MARGIN, exact_scores, rescored_top_k
 
     rng = np.random.default_rng(3)
     centres = rng.normal(size=(50, 64)).astype(np.float32)
@@ -168,10 +170,10 @@ def test_the_bfloat16_first_pass_never_changes_the_exact_top_k() -> None:
 def test_a_large_catalog_searches_through_the_first_pass_and_ranks_exactly(shared_catalog: Path) -> None:
     ids, matrix, _ = stored(shared_catalog)
     searcher = Searcher(shared_catalog)
-    searcher.first_pass_rows = 1  # as if it held millions of rows
+    searcher.store.first_pass_rows = 1  # as if it held millions of rows
     vector, _ = searcher.query_vector("a red circle")
     hits = searcher.search_vector(vector, 10, set(), None)
-    assert searcher._first_pass is not None
+    assert searcher.store.current().first_pass is not None
     expected = top_k(ids, matrix @ vector, 10, set(), None)
     assert [h.id for h in hits] == [h.id for h in expected]
     assert [h.score for h in hits] == pytest.approx([h.score for h in expected], abs=1e-5)
