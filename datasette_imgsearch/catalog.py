@@ -222,8 +222,12 @@ class Catalog:
             else:
                 conn = sqlite3.connect(read_only_uri(self.path, immutable), uri=True)
             self.db = sqlite_utils.Database(conn)
-            if not create and not is_catalog(conn):
-                raise CatalogError(f"{self.path} is not an imgsearch catalog (it has no {META_TABLE} table beside {TABLE})")
+            has_tables = conn.execute("select count(*) from sqlite_master where type = 'table'").fetchone()[0] > 0
+            if (has_tables or not create) and not is_catalog(conn):
+                raise CatalogError(
+                    f"{self.path} is not an imgsearch catalog (it has no {META_TABLE} table beside {TABLE}); "
+                    "name a new file for the catalog"
+                )
             version = int(self.meta("schema_version", 0) or 0) if is_catalog(conn) else 0
             if version > SCHEMA_VERSION:
                 raise CatalogError(

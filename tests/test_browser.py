@@ -85,10 +85,16 @@ def wait_for(condition, timeout: float = 60.0):
     raise AssertionError("timed out waiting for the page")
 
 
+# The page replaces the results section when an upload finishes, so every read is one script run:
+# an element handle held across the swap would go stale.
 def result_names(driver) -> list[str]:
-    from selenium.webdriver.common.by import By
+    return driver.execute_script(
+        "return [...document.querySelectorAll('.imgsearch-grid a.name')].map(a => a.getAttribute('title'));"
+    )
 
-    return [link.get_attribute("title") for link in driver.find_elements(By.CSS_SELECTOR, ".imgsearch-grid a.name")]
+
+def results_text(driver) -> str:
+    return driver.execute_script("const r = document.getElementById('imgsearch-results'); return r ? r.innerText : '';")
 
 
 def thumbnails_loaded(driver) -> bool:
@@ -111,14 +117,14 @@ def test_typing_a_query_and_uploading_an_image(server: str, browser, tmp_path: P
     box.send_keys("a red circle", Keys.ENTER)
     wait_for(lambda: result_names(browser))
     names = result_names(browser)
-    assert "results for" in browser.find_element(By.ID, "imgsearch-results").text
+    assert "results for" in results_text(browser)
     assert all(label_of(name) == ("red", "circle") for name in names[:4]), names
     wait_for(lambda: thumbnails_loaded(browser))
 
     picture = tmp_path / "reference.png"
     draw_image("blue", "square", random.Random(4242)).save(picture)
     browser.find_element(By.NAME, "image").send_keys(str(picture))  # the page uploads as soon as a file is chosen
-    wait_for(lambda: "for the uploaded image" in browser.find_element(By.ID, "imgsearch-results").text)
+    wait_for(lambda: "for the uploaded image" in results_text(browser))
     names = result_names(browser)
     assert all(label_of(name) == ("blue", "square") for name in names[:4]), names
     wait_for(lambda: thumbnails_loaded(browser))
