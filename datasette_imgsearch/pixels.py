@@ -93,30 +93,31 @@ def decode(
             f"{width}x{height} is {megapixels:.0f} megapixels, above the {max_megapixels:g} megapixel cap "
             "(raise it with --max-megapixels)",
         )
+    image_format = image.format
+    try:
+        if shrink_to and image.format == "JPEG":
+            shortest, longest = shrink_to
+            image.draft("RGB", (longest, shortest) if width >= height else (shortest, longest))
+    except Exception as error:
+        raise ImageError("corrupt", f"cannot decode the pixels: {error}") from None
+    # Checked before anything reads pixels: Pillow's PNG reader loads the whole image to find EXIF.
+    decoded_megapixels = image.size[0] * image.size[1] / 1e6
+    if max_decoded_megapixels is not None and decoded_megapixels > max_decoded_megapixels:
+        raise ImageError(
+            "too-large",
+            f"{image.size[0]}x{image.size[1]} {image_format or 'image'} would decode to {decoded_megapixels:.0f} "
+            f"megapixels, above the {max_decoded_megapixels:g} megapixel limit for uploads; send a smaller "
+            "picture or a JPEG",
+        )
     try:
         exif = image.getexif()
     except Exception:
         exif = Image.Exif()
     if exif.get(_ORIENTATION) in _TRANSPOSED_ORIENTATIONS:
         width, height = height, width
-    image_format = image.format
     try:
-        if shrink_to and image.format == "JPEG":
-            shortest, longest = shrink_to
-            stored_width, stored_height = image.size
-            image.draft("RGB", (longest, shortest) if stored_width >= stored_height else (shortest, longest))
-        decoded_megapixels = image.size[0] * image.size[1] / 1e6
-        if max_decoded_megapixels is not None and decoded_megapixels > max_decoded_megapixels:
-            raise ImageError(
-                "too-large",
-                f"{image.size[0]}x{image.size[1]} {image_format or 'image'} would decode to {decoded_megapixels:.0f} "
-                f"megapixels, above the {max_decoded_megapixels:g} megapixel limit for uploads; send a smaller "
-                "picture or a JPEG",
-            )
         image.load()
         rgb = to_rgb(ImageOps.exif_transpose(image) or image)
-    except ImageError:
-        raise
     except Exception as error:
         raise ImageError("corrupt", f"cannot decode the pixels: {error}") from None
     return Decoded(rgb, image_format, width, height, exif_facts(exif))

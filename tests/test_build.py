@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -293,8 +294,9 @@ def test_a_killed_build_leaves_a_consistent_catalog_and_the_next_run_carries_on(
     deadline = time.monotonic() + 120
     committed = 0
     while time.monotonic() < deadline and process.poll() is None:
-        try:
-            committed = sqlite3.connect(db).execute("select count(*) from images").fetchone()[0]
+        try:  # closed at once: an unclosed connection lives until garbage collection and holds the file
+            with contextlib.closing(sqlite3.connect(db)) as poll:
+                committed = poll.execute("select count(*) from images").fetchone()[0]
         except sqlite3.Error:
             committed = 0
         if committed >= 16:

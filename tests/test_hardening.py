@@ -16,6 +16,7 @@ import pytest
 import pytest_asyncio
 from datasette.app import Datasette
 from PIL import Image
+from sqlite_utils.utils import sqlite3 as sqlite_utils_sqlite3  # pysqlite3 where installed
 
 from datasette_imgsearch.build import BuildOptions, build
 from datasette_imgsearch.catalog import Catalog, Upsert, catalog_files, to_blob
@@ -186,7 +187,7 @@ def test_an_interrupted_first_build_remembers_its_model_dimension_and_folder(
 
 def test_no_write_path_can_store_a_vector_of_another_length(catalog: Path) -> None:
     with Catalog(catalog, write=True) as opened:
-        with pytest.raises(sqlite3.IntegrityError, match="another length than the catalog's dimension"):
+        with pytest.raises(sqlite_utils_sqlite3.IntegrityError, match="another length than the catalog's dimension"):
             opened.write([Upsert({"embedding": to_blob(np.ones(16))}, 1)])
     conn = sqlite3.connect(catalog)  # any other program writing the file
     with pytest.raises(sqlite3.IntegrityError, match="another length"):
