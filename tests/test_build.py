@@ -372,3 +372,21 @@ def test_an_interrupted_reembed_must_be_finished_with_its_model(
     finished = Catalog(catalog)
     assert finished.meta("model") == model_key(str(other_dimension_model)) and finished.meta("dimension") == 16
     assert finished.meta("reembedding") is None
+
+
+def test_heic_photos_are_catalogued_with_the_heif_extra(tmp_path: Path, toy_model: str) -> None:
+    pillow_heif = pytest.importorskip("pillow_heif", reason="the optional 'heif' extra is installed in CI")
+    from datasette_imgsearch.toyworld import draw_image
+
+    pillow_heif.register_heif_opener()
+    folder = tmp_path / "phone"
+    folder.mkdir()
+    import random
+
+    draw_image("red", "circle", random.Random(1)).save(folder / "IMG_0001.HEIC")
+    db = tmp_path / "photos.db"
+    assert run_cli("build", db, folder, "--model", toy_model, "--silent").startswith("1 images: 1 added")
+    row = rows(db)[0]
+    assert row["path"] == "IMG_0001.HEIC" and row["format"] == "HEIF" and row["thumbnail"][:2] == b"\xff\xd8"
+    hits = json.loads(run_cli("search", db, "--image", folder / "IMG_0001.HEIC", "--json"))
+    assert hits[0]["path"] == "IMG_0001.HEIC" and hits[0]["score"] == pytest.approx(1.0, abs=1e-4)
