@@ -94,6 +94,7 @@ _WRONG_LENGTH = (
 _DIMENSION_MESSAGE = "imgsearch: an embedding of another length than the catalog''s dimension cannot be stored"
 
 _VERSION_2 = f"""
+DELETE FROM [{META_TABLE}] WHERE key = 'reembed_next_id';
 CREATE TABLE IF NOT EXISTS [{REEMBED_TABLE}] (
     id INTEGER PRIMARY KEY,
     embedding BLOB NOT NULL

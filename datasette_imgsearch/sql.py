@@ -37,7 +37,7 @@ def register_functions(conn: Any, db_path: str, settings: Settings, immutable: b
 
     # imgsearch_score runs once per row, so it keeps the scorer of the last query it saw and looks
     # again (at the catalog, for row: terms) only once a second.
-    last: dict[str, Any] = {"query": None, "score": None, "checked": 0.0}
+    current_scorer: dict[str, Any] = {"query": None, "score": None, "checked": 0.0}
 
     def imgsearch_score(embedding: Any, query: Any) -> float | None:
         if embedding is None:
@@ -45,9 +45,9 @@ def register_functions(conn: Any, db_path: str, settings: Settings, immutable: b
         if not isinstance(embedding, bytes):
             raise QueryError("imgsearch_score() takes the embedding BLOB column first, as in imgsearch_score(embedding, 'a dog')")
         now = time.monotonic()
-        if query != last["query"] or now - last["checked"] > SCORER_RECHECK_SECONDS:
-            last.update(score=searcher().scorer(query), query=query, checked=now)
-        score: Callable[[bytes], float] = last["score"]
+        if query != current_scorer["query"] or now - current_scorer["checked"] > SCORER_RECHECK_SECONDS:
+            current_scorer.update(score=searcher().scorer(query), query=query, checked=now)
+        score: Callable[[bytes], float] = current_scorer["score"]
         return score(embedding)
 
     create_function(conn, "imgsearch", -1, imgsearch, (ImgsearchError,))

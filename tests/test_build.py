@@ -361,7 +361,7 @@ def test_an_interrupted_reembed_must_be_finished_with_its_model(
     from datasette_imgsearch.embed import model_key
 
     opened = Catalog(catalog, write=True)
-    opened.set_meta(reembedding=model_key(str(other_dimension_model)), reembed_next_id=0)  # as a killed run leaves it
+    opened.set_meta(reembedding=model_key(str(other_dimension_model)))  # as a run killed before staging leaves it
     opened.close()
     third = tmp_path / "third-model"
     shutil.copytree(toy_model, third)
