@@ -62,6 +62,7 @@ def register_routes() -> list[tuple[str, Any]]:
         (_ROUTE + r"\.json$", web.search_json),
         (_ROUTE + r"/thumbnail/(?P<id>\d+)$", web.thumbnail_view),
         (_ROUTE + r"/original/(?P<id>\d+)$", web.original_view),
+        (r"^/-/imgsearch(\.json)?$", web.status_view),
     ]
 
 

@@ -13,13 +13,15 @@ import click
 
 from . import pixels
 from .build import BuildOptions, build
-from .catalog import SCHEMA_VERSION, Catalog
-from .embed import DEVICES, PRECISIONS
+from .catalog import Catalog
+from .embed import DEFAULT_MODEL, DEVICES, PRECISIONS, load_embedder
 from .errors import ImgsearchError
-from .index import INDEX_TYPES, index_state, write_index
+from .index import INDEX_TYPES, write_index
 from .query import check_k, check_min_score, searcher_for
+from .status import catalog_status
 
 MAX_K = 10_000
+HIDDEN_INFO_KEYS = ("index_fresh", "index_type", "schema_version", "schema_version_written", "package_version")
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -208,28 +210,39 @@ def info_command(database: str, as_json: bool) -> None:
         datasette-imgsearch info photos.db
     """
     with user_errors(), Catalog(database) as catalog:
-        meta = catalog.all_meta()
-        state = index_state(catalog)
-        folder = catalog.image_folder()
-        facts = {
-            "images": catalog.count(),
-            "errors": catalog.error_count(),
-            "model": meta.get("model"),
-            "text_model": meta.get("text_model"),
-            "dimension": meta.get("dimension"),
-            "folder": str(folder) if folder else None,
-            "index": state.reason,
-            "index_fresh": state.fresh,
-            "last_build": meta.get("last_build"),
-            "reembedding": meta.get("reembedding"),
-            "schema": f"{meta.get('schema_version')} (this datasette-imgsearch writes {SCHEMA_VERSION})",
-        }
+        facts = catalog_status(catalog)
     if as_json:
         click.echo(json.dumps(facts, indent=2))
         return
-    for key, value in facts.items():
-        if key != "index_fresh" and value is not None:
+    shown = {**facts, "schema": f"{facts['schema_version']} (this datasette-imgsearch {facts['package_version']} writes "
+                                f"{facts['schema_version_written']})"}
+    for key, value in shown.items():
+        if key not in HIDDEN_INFO_KEYS and value is not None:
             click.echo(f"{key + ':':<12} {value}")
+
+
+@cli.command(name="fetch-model")
+@click.argument("name", default=DEFAULT_MODEL)
+@click.option("--save-to", type=click.Path(file_okay=False),
+              help="also write the model to this folder, to copy to another machine")
+def fetch_model_command(name: str, save_to: str | None) -> None:
+    """Download a model once (clip-ViT-B-32 by default, about 600 MB), so builds and searches run offline.
+
+    With --save-to, the model is also written to a folder that works as --model FOLDER anywhere,
+    for example on a machine without internet.
+
+    \b
+        datasette-imgsearch fetch-model
+        datasette-imgsearch fetch-model clip-ViT-B-32 --save-to ./clip-ViT-B-32
+    """
+    from huggingface_hub import constants
+
+    with user_errors():
+        embedder = load_embedder(name, "cpu")
+        if save_to:
+            embedder.model.save(save_to)
+    where = f"saved to {save_to}" if save_to else f"cached under {constants.HF_HUB_CACHE}"
+    click.echo(f"{name}: {embedder.dimension}-dimensional, handles {' and '.join(embedder.modalities)}; {where}")
 
 
 @cli.command(name="toy-world")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
+import sys
 import threading
 import urllib.parse
 from pathlib import Path
@@ -263,6 +264,7 @@ def _load(name: str, device: str) -> Any:
             f"({_first_line(cached_error)[:120]}). Connect to the internet once to fetch it, check the spelling, "
             "or pass --model PATH to a local model folder"
         )
+    announce_download(name)
     try:
         return SentenceTransformer(name, device=device)
     except Exception as error:
@@ -270,6 +272,28 @@ def _load(name: str, device: str) -> Any:
             f"cannot load the model {name!r}: it is not in the local cache and could not be downloaded "
             f"({_first_line(error)[:160]}). Check the spelling, or pass --model PATH to a local model folder"
         ) from None
+
+
+def hub_repository(name: str) -> str:
+    """The hub repository sentence-transformers reads a short name such as ``clip-ViT-B-32`` from."""
+    return name if "/" in name else f"sentence-transformers/{name}"
+
+
+def announce_download(name: str) -> None:
+    """Say, before a download starts, what it is, how big, where it goes and how to avoid it next time."""
+    from huggingface_hub import HfApi, constants
+
+    try:
+        info = HfApi().model_info(hub_repository(name), files_metadata=True)
+        size = f"{sum(f.size or 0 for f in info.siblings or []) / 1e6:,.0f} MB"
+    except Exception:
+        size = "size unknown"
+    print(
+        f"Downloading the model {name!r} ({size}) from the Hugging Face hub into {constants.HF_HUB_CACHE}; "
+        f"later runs use the cached copy. For a machine without internet: "
+        f"'datasette-imgsearch fetch-model {name} --save-to FOLDER' here, then --model FOLDER there.",
+        file=sys.stderr, flush=True,
+    )
 
 
 def _first_line(error: Exception) -> str:

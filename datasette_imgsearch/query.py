@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import re
 import threading
+import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -168,6 +169,7 @@ class Searcher:
         self._loader: threading.Thread | None = None
         self._loader_lock = threading.Lock()
         self._load_error: Exception | None = None
+        self.load_seconds: float | None = None
 
     # Models ------------------------------------------------------------------------------------
     @property
@@ -206,12 +208,26 @@ class Searcher:
                 self._loader.start()
 
     def _load_in_background(self) -> None:
+        started = time.monotonic()
         try:
             self.load()
         except Exception as error:  # reported to every query by wait_until_loaded
             self._load_error = error
         finally:
+            self.load_seconds = round(time.monotonic() - started, 3)
             self._loaded.set()
+
+    def state(self) -> dict[str, Any]:
+        """What this searcher loaded, for the status endpoint."""
+        loaded = self._loaded.is_set()
+        return {
+            "loaded": loaded and self._load_error is None,
+            "load_seconds": self.load_seconds if loaded else None,
+            "load_error": str(self._load_error) if self._load_error else None,
+            "text_model": self.text_model_name,
+            "vectors": self.store.current().source,
+            "rows": self.size,
+        }
 
     def wait_until_loaded(self, timeout: float | None) -> None:
         """Wait for a background load; raise its error, or say that it is still going."""
@@ -308,11 +324,25 @@ _searchers: dict[tuple[str, str | None, str | None, str, bool], Searcher] = {}
 _searchers_lock = threading.Lock()
 
 
+def _searcher_key(
+    db_path: str | Path, model: str | None, text_model: str | None, device: str, immutable: bool
+) -> tuple[str, str | None, str | None, str, bool]:
+    return (str(Path(db_path).resolve()), model, text_model, device, immutable)
+
+
+def existing_searcher(
+    db_path: str | Path, model: str | None = None, text_model: str | None = None, device: str = "auto", immutable: bool = False
+) -> Searcher | None:
+    """The process's :class:`Searcher` for a catalog if one was made; never makes one."""
+    with _searchers_lock:
+        return _searchers.get(_searcher_key(db_path, model, text_model, device, immutable))
+
+
 def searcher_for(
     db_path: str | Path, model: str | None = None, text_model: str | None = None, device: str = "auto", immutable: bool = False
 ) -> Searcher:
     """A process-wide :class:`Searcher` per catalog, shared by SQL functions, pages and JSON."""
-    key = (str(Path(db_path).resolve()), model, text_model, device, immutable)
+    key = _searcher_key(db_path, model, text_model, device, immutable)
     with _searchers_lock:
         if key not in _searchers:
             _searchers[key] = Searcher(db_path, model, text_model, device, immutable)

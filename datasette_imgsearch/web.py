@@ -22,9 +22,10 @@ from . import csrf, pixels
 from .access import can_view_table
 from .catalog import BLOB_COLUMNS, COLUMNS, TABLE, Catalog, is_catalog
 from .errors import ImgsearchError, QueryError, RequestError, web_message
-from .query import MAX_ROW_ID, check_k, check_min_score, searcher_for
+from .query import MAX_ROW_ID, check_k, check_min_score, existing_searcher, searcher_for
 from .scan import media_type
 from .settings import Settings
+from .status import catalog_status, versions
 from .store import Hit
 from .uploads import read_upload
 
@@ -316,3 +317,33 @@ async def original_view(datasette: Any, request: Any) -> Response:
         return data, media_type(file.name)
 
     return await _row_image(datasette, request, "", body)
+
+
+# Status ----------------------------------------------------------------------------------------
+def _public_status(path: str, immutable: bool) -> dict[str, Any]:
+    with Catalog(path, immutable=immutable) as catalog:
+        facts = catalog_status(catalog)
+    facts.pop("folder")  # an absolute path on the server: not for everyone who may view the table
+    return facts
+
+
+async def status_view(datasette: Any, request: Any) -> Response:
+    """``/-/imgsearch``: versions, and for each catalog the actor may view, what it holds and what the
+    searcher loaded (and how long that took): one block to paste into a bug report."""
+    catalogs: dict[str, Any] = {}
+    for name, db in list(datasette.databases.items()):
+        if not getattr(db, "path", None) or db.is_memory or not await db.execute_fn(is_catalog):
+            continue
+        if not await can_view_table(datasette, request.actor, name, TABLE):
+            continue
+        settings = Settings.for_database(datasette, name)
+        immutable = not db.is_mutable
+        try:
+            facts = await in_thread(_public_status, db.path, immutable)
+        except ImgsearchError as error:
+            catalogs[name] = {"error": error.message}
+            continue
+        searcher = existing_searcher(db.path, settings.model, settings.text_model, settings.device, immutable)
+        facts["searcher"] = await in_thread(searcher.state) if searcher is not None else None
+        catalogs[name] = facts
+    return Response.json({"versions": versions(), "catalogs": catalogs})

@@ -390,3 +390,20 @@ def test_heic_photos_are_catalogued_with_the_heif_extra(tmp_path: Path, toy_mode
     assert row["path"] == "IMG_0001.HEIC" and row["format"] == "HEIF" and row["thumbnail"][:2] == b"\xff\xd8"
     hits = json.loads(run_cli("search", db, "--image", folder / "IMG_0001.HEIC", "--json"))
     assert hits[0]["path"] == "IMG_0001.HEIC" and hits[0]["score"] == pytest.approx(1.0, abs=1e-4)
+
+
+def test_fetch_model_saves_a_folder_that_builds_the_same_vectors(
+    tmp_path: Path, images: Path, toy_model: str, catalog: Path
+) -> None:
+    saved = tmp_path / "saved-model"
+    assert "32-dimensional" in run_cli("fetch-model", toy_model, "--save-to", saved)
+    db = tmp_path / "again.db"
+    run_cli("build", db, images, "--model", saved, "--silent")
+    first, second = by_path(catalog), by_path(db)
+    assert all(np.allclose(from_blob(first[p]["embedding"]), from_blob(second[p]["embedding"]), atol=1e-6) for p in first)
+
+
+def test_fetch_model_offline_says_so_in_one_line() -> None:
+    output = run_cli("fetch-model", "clip-ViT-B-32", expect=1)
+    assert "not in the local cache and the Hugging Face hub cannot be reached" in output
+    assert len(output.strip().splitlines()) == 1

@@ -44,7 +44,8 @@ def test_opening_a_version_1_catalog_for_writing_upgrades_it_in_place(old_catalo
     assert [r[0] for r in conn.execute("select id from images order by id")] == ids
     triggers = {r[0] for r in conn.execute("select name from sqlite_master where type = 'trigger'")}
     assert {"images_embedding_length_on_insert", "images_embedding_length_on_update"} <= triggers
-    assert f"schema:      {SCHEMA_VERSION} (this datasette-imgsearch writes {SCHEMA_VERSION})" in run_cli("info", old_catalog)
+    info = run_cli("info", old_catalog)
+    assert f"schema:      {SCHEMA_VERSION} (this datasette-imgsearch " in info and f"writes {SCHEMA_VERSION})" in info
 
 
 def test_migrations_run_once_each_and_record_the_version(tmp_path: Path) -> None:

@@ -352,3 +352,31 @@ async def test_a_rebuilt_catalog_is_picked_up_without_a_restart(catalog: Path, i
     assert len(after) == 58
     run_cli("index", catalog, "--type", "hnsw")
     assert len(json.loads((await sql(ds, "select imgsearch('a red circle', 100) as h")).json()[0]["h"])) == 58
+
+
+# Installation and status ------------------------------------------------------------------------------
+@pytest.mark.asyncio
+async def test_the_plugin_is_listed_as_installed(ds: Datasette) -> None:
+    plugins = (await ds.client.get("/-/plugins.json")).json()
+    assert "datasette-imgsearch" in {plugin["name"] for plugin in plugins}
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("path", ["/-/imgsearch", "/-/imgsearch.json"])
+async def test_the_status_endpoint_says_what_is_installed_and_loaded(ds: Datasette, path: str) -> None:
+    status = (await ds.client.get(path)).json()
+    assert status["versions"]["datasette-imgsearch"] and status["versions"]["torch"]
+    photos = status["catalogs"]["photos"]
+    assert photos["images"] == 60 and photos["dimension"] == 32 and photos["index_fresh"] is True
+    assert photos["schema_version"] == photos["schema_version_written"] and "folder" not in photos
+    searcher = photos["searcher"]
+    assert searcher["loaded"] is True and searcher["load_seconds"] >= 0 and searcher["rows"] == 60
+    assert "photos.db.faiss" in searcher["vectors"]
+
+
+@pytest.mark.asyncio
+async def test_the_status_endpoint_shows_only_catalogs_the_actor_may_view(shared_catalog: Path) -> None:
+    ds = make_datasette(shared_catalog, RESTRICTED)
+    assert (await ds.client.get("/-/imgsearch.json")).json()["catalogs"] == {}
+    alice = {"ds_actor": ds.sign({"a": {"id": "alice"}}, "actor")}
+    assert "photos" in (await ds.client.get("/-/imgsearch.json", cookies=alice)).json()["catalogs"]

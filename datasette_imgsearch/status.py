@@ -1,0 +1,50 @@
+"""What a catalog holds and what this installation is, in one block a user can paste into a bug report.
+
+``datasette-imgsearch info`` and the plugin's ``/-/imgsearch`` endpoint both show it; neither imports a
+model to do so.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+from typing import Any
+
+from .catalog import SCHEMA_VERSION, Catalog
+from .index import index_state
+
+PACKAGES = ("datasette-imgsearch", "datasette", "sqlite-utils", "sentence-transformers", "torch", "faiss-cpu",
+            "pillow", "pillow-heif", "pysqlite3-binary")
+
+
+def versions() -> dict[str, str | None]:
+    """Installed versions of this package and what it runs on (None where not installed)."""
+    found: dict[str, str | None] = {}
+    for name in PACKAGES:
+        try:
+            found[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            found[name] = None
+    return found
+
+
+def catalog_status(catalog: Catalog) -> dict[str, Any]:
+    """The facts ``info`` prints about one catalog."""
+    meta = catalog.all_meta()
+    state = index_state(catalog)
+    folder = catalog.image_folder()
+    return {
+        "images": catalog.count(),
+        "errors": catalog.error_count(),
+        "model": meta.get("model"),
+        "text_model": meta.get("text_model"),
+        "dimension": meta.get("dimension"),
+        "folder": str(folder) if folder else None,
+        "index": state.reason,
+        "index_type": meta.get("index_type"),
+        "index_fresh": state.fresh,
+        "last_build": meta.get("last_build"),
+        "reembedding": meta.get("reembedding"),
+        "schema_version": meta.get("schema_version"),
+        "schema_version_written": SCHEMA_VERSION,
+        "package_version": versions()["datasette-imgsearch"],
+    }
