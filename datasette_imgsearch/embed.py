@@ -264,7 +264,10 @@ def _load(name: str, device: str) -> Any:
             f"({_first_line(cached_error)[:120]}). Connect to the internet once to fetch it, check the spelling, "
             "or pass --model PATH to a local model folder"
         )
+    from huggingface_hub.utils import disable_progress_bars, enable_progress_bars
+
     announce_download(name)
+    enable_progress_bars()  # a first download shows its progress
     try:
         return SentenceTransformer(name, device=device)
     except Exception as error:
@@ -272,6 +275,8 @@ def _load(name: str, device: str) -> Any:
             f"cannot load the model {name!r}: it is not in the local cache and could not be downloaded "
             f"({_first_line(error)[:160]}). Check the spelling, or pass --model PATH to a local model folder"
         ) from None
+    finally:
+        disable_progress_bars()
 
 
 def hub_repository(name: str) -> str:

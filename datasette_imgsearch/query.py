@@ -225,7 +225,7 @@ class Searcher:
             "load_seconds": self.load_seconds if loaded else None,
             "load_error": str(self._load_error) if self._load_error else None,
             "text_model": self.text_model_name,
-            "vectors": self.store.current().source,
+            "vectors": self.store.current().vectors_from,
             "rows": self.size,
         }
 
@@ -315,9 +315,9 @@ class Searcher:
         return self.store.current().size
 
     @property
-    def source(self) -> str:
+    def vectors_from(self) -> str:
         """Where the loaded vectors came from: the index file, or the stored embeddings and why."""
-        return self.store.current().source
+        return self.store.current().vectors_from
 
 
 _searchers: dict[tuple[str, str | None, str | None, str, bool], Searcher] = {}

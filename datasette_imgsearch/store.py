@@ -103,7 +103,7 @@ class Loaded:
     matrix: np.ndarray | None = None
     first_pass: Any = None  # a bfloat16 torch copy of ``matrix`` for large catalogs
     faiss: Any = None
-    source: str = "not loaded"
+    vectors_from: str = "not loaded"  # the index file, or the stored embeddings and why
 
     @property
     def size(self) -> int:
@@ -161,13 +161,13 @@ class VectorStore:
                 flat = flat_vectors(index)
                 if flat is not None:  # exact search is fastest as one BLAS matrix-vector product
                     loaded.ids, loaded.matrix = flat
-                    loaded.source = f"{index_path(self.db_path).name} (exact)"
+                    loaded.vectors_from = f"{index_path(self.db_path).name} (exact)"
                 else:
                     loaded.faiss = index
-                    loaded.source = f"{index_path(self.db_path).name} ({meta.get('index_type')})"
+                    loaded.vectors_from = f"{index_path(self.db_path).name} ({meta.get('index_type')})"
             else:
                 loaded.ids, loaded.matrix = catalog.embeddings()
-                loaded.source = f"stored embeddings (exact; index {state.reason})"
+                loaded.vectors_from = f"stored embeddings (exact; index {state.reason})"
         return loaded
 
     def _first_pass(self, loaded: Loaded) -> Any:

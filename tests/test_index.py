@@ -71,7 +71,7 @@ def test_index_types_can_be_chosen_and_are_remembered(catalog: Path, kind: str) 
     assert Catalog(catalog).meta("index_type") == kind
     searcher = Searcher(catalog)
     hits = searcher.search("a red circle", 5)
-    assert f"({kind})" in searcher.source
+    assert f"({kind})" in searcher.vectors_from
     assert len(hits) == 5 and searcher.size == 60
 
 
@@ -85,7 +85,7 @@ def test_a_stale_or_missing_index_never_gives_wrong_rows(catalog: Path) -> None:
     conn.close()
     after = searcher.search("a red circle", 3)
     assert gone not in [hit.id for hit in after]
-    assert "stored embeddings" in searcher.source
+    assert "stored embeddings" in searcher.vectors_from
     index_path(catalog).unlink()
     assert [h.id for h in Searcher(catalog).search("a red circle", 3)] == [h.id for h in after]
 
@@ -93,10 +93,10 @@ def test_a_stale_or_missing_index_never_gives_wrong_rows(catalog: Path) -> None:
 def test_a_rebuilt_index_is_picked_up_without_a_restart(catalog: Path) -> None:
     searcher = Searcher(catalog)
     searcher.search("a square", 3)
-    assert "(exact)" in searcher.source
+    assert "(exact)" in searcher.vectors_from
     run_cli("index", catalog, "--type", "hnsw")
     searcher.search("a square", 3)
-    assert "hnsw" in searcher.source
+    assert "hnsw" in searcher.vectors_from
 
 
 def test_the_index_is_written_atomically(catalog: Path) -> None:
