@@ -53,7 +53,7 @@ class BuildOptions:
     model: str | None = None
     text_model: str | None = None
     device: str = "auto"
-    precision: str = "fp32"
+    precision: str = "auto"
     batch_size: int = 32
     workers: int = field(default_factory=lambda: os.cpu_count() or 2)
     max_megapixels: float = pixels.DEFAULT_MAX_MEGAPIXELS
@@ -195,7 +195,7 @@ class Builder:
             "model": model_key(self.model_name),
             "text_model": text_model,
             "dimension": embedder.dimension,
-            "precision": self.options.precision,
+            "precision": embedder.precision,
         }
 
     # The run -----------------------------------------------------------------------------------

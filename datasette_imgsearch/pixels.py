@@ -141,9 +141,11 @@ def release_memory() -> None:
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
-    """Any Pillow mode to 8-bit RGB; transparent areas become white, as a viewer shows them."""
-    if image.mode == "RGB":
-        return image
+    """Any Pillow mode to 8-bit RGB; transparent areas become white, as a viewer shows them.
+
+    That includes a colour key (a PNG ``tRNS`` chunk on an RGB, grey or 16-bit grey image), not only an
+    alpha channel."""
+    key = image.info.get("transparency")
     if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
         values = np.asarray(image, dtype=np.float32)
         top = 65535.0 if image.mode.startswith("I;16") else max(float(values.max()), 255.0)
@@ -152,9 +154,12 @@ def to_rgb(image: Image.Image) -> Image.Image:
             values = values - low
             top = (top - low) or 1.0
         grey = np.clip(values * (255.0 / top), 0, 255).astype(np.uint8)
+        if isinstance(key, int) and image.mode != "F":
+            grey[np.asarray(image) == key] = 255
         return Image.fromarray(grey).convert("RGB")
-    has_alpha = image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info
-    if has_alpha:
+    if image.mode == "RGB" and key is None:
+        return image
+    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or key is not None:
         rgba = image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(background, rgba).convert("RGB")

@@ -118,3 +118,90 @@ def test_a_text_model_of_another_dimension_is_refused_at_query_time(
     run_cli("build", db, images, "--model", toy_model, "--text-model", other_dimension_model, "--silent")
     assert "16-dimensional" in run_cli("search", db, "a red circle", expect=1)
     assert run_cli("search", db, "--image", sorted(images.iterdir())[0], "--json", "-k", "1")
+
+
+@pytest.mark.parametrize("image_processor,side", [
+    ({"size": {"shortest_edge": 224}, "crop_size": {"height": 224, "width": 224}}, 224),  # CLIP
+    ({"size": {"height": 336, "width": 336}}, 336),  # SigLIP-style fixed size
+    ({"size": {"shortest_edge": 256}, "crop_size": {"height": 240, "width": 240}}, 256),
+    ({"size": 384}, 384),
+    ({}, 224),
+])
+def test_the_model_input_side_follows_every_processor_shape(image_processor: dict, side: int) -> None:
+    from types import SimpleNamespace
+
+    from datasette_imgsearch.embed import model_input_side
+
+    assert model_input_side(SimpleNamespace(**image_processor)) == side
+
+
+def photo(width: int, height: int) -> bytes:
+    """A JPEG like a photograph: a picture with fine detail plus mild sensor noise (the benchmarks' recipe)."""
+    import io
+    import random
+
+    from datasette_imgsearch.toyworld import draw_image
+
+    side = max(width, height)
+    base = draw_image("blue", "triangle", random.Random(width + height), size=1024).resize((side, side), Image.Resampling.BICUBIC)
+    picture = Image.blend(base, Image.effect_noise((side, side), 24).convert("RGB"), 0.15)
+    left, top = (side - width) // 2, (side - height) // 2
+    buffer = io.BytesIO()
+    picture.crop((left, top, left + width, top + height)).save(buffer, format="JPEG", quality=90)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("size", [(4000, 3000), (3000, 4000), (6000, 1500), (1500, 6000), (800, 531), (640, 480), (1280, 720)])
+def test_reduced_decoding_gives_the_model_the_input_its_own_processor_gives(toy_model: str, size: tuple[int, int]) -> None:
+    from datasette_imgsearch import pixels
+
+    embedder = load_embedder(toy_model, "cpu")
+    data = photo(*size)
+    fast = embedder.preprocess(pixels.decode(data, shrink_to=embedder.shrink_to()).image)["pixel_values"]
+    reference = embedder.model.preprocess([pixels.decode(data).image])["pixel_values"]  # full decode, the model's processor
+    grey_levels = (fast - reference).float() * float(np.mean(embedder.model[0].processor.image_processor.image_std)) * 255
+    assert float(grey_levels.pow(2).mean().sqrt()) < 2.0  # RMS, in 8-bit grey levels
+    vectors = embedder.encode_preprocessed([{**embedder._template, "pixel_values": fast},
+                                            {**embedder._template, "pixel_values": reference}])
+    assert float(vectors[0] @ vectors[1]) >= 0.9999
+
+
+@pytest.mark.parametrize("cpuinfo,native", [
+    ("flags\t\t: fpu vme sse2 avx2 avx512f avx512_vnni avx512_bf16 amx_tile amx_bf16", True),  # Sapphire Rapids
+    ("flags\t\t: fpu vme sse2 avx2 avx512f avx512_vnni", False),  # AVX-512 without bfloat16 (Cascade Lake)
+    ("Features\t: fp asimd evtstrm aes sha3 sve bf16 i8mm", True),  # Arm with BF16 (Graviton 3)
+    ("Features\t: fp asimd evtstrm aes", False),
+])
+def test_bf16_counts_as_native_only_with_the_cpu_feature(cpuinfo: str, native: bool) -> None:
+    from datasette_imgsearch.embed import native_bf16
+
+    assert native_bf16(cpuinfo) is native
+
+
+def test_auto_precision_is_recorded_as_what_it_resolved_to(tmp_path: Path, images: Path, toy_model: str) -> None:
+    from datasette_imgsearch.catalog import Catalog
+    from datasette_imgsearch.embed import best_precision
+
+    db = tmp_path / "auto.db"
+    run_cli("build", db, images, "--model", toy_model, "--silent")  # --precision auto is the default
+    with Catalog(db) as catalog:
+        assert catalog.meta("precision") == best_precision("cpu") in ("fp32", "bf16")
+
+
+def test_bf16_vectors_stay_within_cosine_0_999_of_fp32_and_rank_the_same(tmp_path: Path, images: Path, toy_model: str) -> None:
+    import sqlite3
+
+    from datasette_imgsearch.catalog import from_blob
+    from datasette_imgsearch.toyworld import label_of
+
+    vectors = {}
+    for precision in ("fp32", "bf16"):
+        db = tmp_path / f"{precision}.db"
+        run_cli("build", db, images, "--model", toy_model, "--precision", precision, "--silent")
+        with sqlite3.connect(db) as conn:
+            vectors[precision] = {path: from_blob(blob) for path, blob in conn.execute("select path, embedding from images")}
+        found = Searcher(db).search("a red circle", 5)
+        with sqlite3.connect(db) as conn:
+            paths = [conn.execute("select path from images where id = ?", [hit.id]).fetchone()[0] for hit in found]
+        assert all(label_of(path) == ("red", "circle") for path in paths), (precision, paths)
+    assert min(float(vectors["fp32"][p] @ vectors["bf16"][p]) for p in vectors["fp32"]) >= 0.999

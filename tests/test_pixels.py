@@ -179,3 +179,19 @@ def test_unreadable_paths_raise_image_errors(tmp_path) -> None:
     with pytest.raises(pixels.ImageError) as raised:
         pixels.read_bytes(tmp_path)
     assert raised.value.kind == "unreadable"
+
+
+def test_a_colour_key_is_composited_on_white() -> None:
+    picture = Image.new("RGB", (40, 30), (0, 255, 0))
+    picture.paste((200, 0, 0), (10, 10, 20, 20))
+    decoded = pixels.decode(encode(picture, "PNG", transparency=(0, 255, 0)))
+    assert decoded.image.getpixel((0, 0)) == (255, 255, 255) and decoded.image.getpixel((15, 15)) == (200, 0, 0)
+
+
+def test_sixteen_bit_grey_transparency_is_white() -> None:
+    grey = Image.fromarray(np.full((30, 40), 1000, dtype=np.uint16))
+    grey.paste(50000, (10, 10, 20, 20))
+    decoded = pixels.decode(encode(grey, "PNG", transparency=1000))
+    opaque = pixels.decode(encode(grey, "PNG"))
+    assert decoded.image.getpixel((0, 0)) == (255, 255, 255) != opaque.image.getpixel((0, 0))
+    assert decoded.image.getpixel((15, 15)) == opaque.image.getpixel((15, 15)) != (255, 255, 255)
