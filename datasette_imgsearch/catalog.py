@@ -335,6 +335,21 @@ class Catalog:
         matrix = np.frombuffer(bytearray(b"".join(r[1] for r in rows)), dtype="<f4").reshape(len(rows), -1)
         return ids, matrix.astype("float32", copy=False)
 
+    def embeddings_of(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(ids, matrix) of the given rows that exist, in id order."""
+        found_ids: list[int] = []
+        blobs: list[bytes] = []
+        for start in range(0, len(ids), 10_000):  # SQLite caps the number of parameters
+            chunk = [int(i) for i in ids[start:start + 10_000]]
+            placeholders = ", ".join("?" for _ in chunk)
+            query = f"select id, embedding from [{TABLE}] where id in ({placeholders}) order by id"
+            for id_, blob in self.db.execute(query, chunk):
+                found_ids.append(id_)
+                blobs.append(blob)
+        dimension = int(self.meta("dimension") or 0)
+        matrix = np.frombuffer(b"".join(blobs), dtype="<f4").reshape(len(blobs), dimension) if blobs else np.zeros((0, dimension))
+        return np.asarray(found_ids, dtype=np.int64), matrix.astype(np.float32)
+
     def write(self, changes: Iterable["Change"]) -> None:
         """Apply a batch of changes in one transaction: a crash leaves all of it or none of it."""
         conn = self.db.conn

@@ -11,7 +11,7 @@ import time
 from typing import Any, Callable
 
 from .errors import ImgsearchError, QueryError
-from .query import Searcher, check_k, check_min_score, searcher_for
+from .query import Searcher, check_candidates, check_k, check_min_score, searcher_for
 from .settings import Settings
 from .sqlite_functions import create_function
 
@@ -20,7 +20,7 @@ SCORER_RECHECK_SECONDS = 1.0
 
 
 def register_functions(conn: Any, db_path: str, settings: Settings, immutable: bool = False) -> None:
-    """Add imgsearch(query [, k [, min_score]]) and imgsearch_score(embedding, query) to a connection."""
+    """Add imgsearch(query [, k [, min_score [, candidates]]]) and imgsearch_score(embedding, query) to a connection."""
 
     def searcher() -> Searcher:
         found = searcher_for(db_path, settings.model, settings.text_model, settings.device, immutable)
@@ -28,11 +28,11 @@ def register_functions(conn: Any, db_path: str, settings: Settings, immutable: b
         return found
 
     def imgsearch(*arguments: Any) -> str:
-        if not 1 <= len(arguments) <= 3:
-            raise QueryError(f"takes 1 to 3 arguments (query, k, min_score), not {len(arguments)}")
-        query, k, min_score = list(arguments) + [None, DEFAULT_K, None][len(arguments):]
+        if not 1 <= len(arguments) <= 4:
+            raise QueryError(f"takes 1 to 4 arguments (query, k, min_score, candidates), not {len(arguments)}")
+        query, k, min_score, candidates = list(arguments) + [None, DEFAULT_K, None, None][len(arguments):]
         count = check_k(DEFAULT_K if k is None else k, settings.max_k)
-        hits = searcher().search(query, count, check_min_score(min_score))
+        hits = searcher().search(query, count, check_min_score(min_score), check_candidates(candidates))
         return json.dumps([hit.as_dict() for hit in hits])
 
     # imgsearch_score runs once per row, so it keeps the scorer of the last query it saw and looks

@@ -76,7 +76,7 @@ async def test_bad_requests_get_a_status_and_a_message(ds: Datasette, path: str,
         ("select imgsearch('a red circle', :k) as h", {"k": "3"}, "ok"),
         ("select imgsearch('a red circle', 9e999) as h", {}, "imgsearch(): k must be a whole number of results from 1 to 1000"),
         ("select imgsearch('a red circle', 3, 'nan') as h", {}, "imgsearch(): min_score must be a number from -1 to 1"),
-        ("select imgsearch('a', 1, 0.1, 4) as h", {}, "imgsearch(): takes 1 to 3 arguments"),
+        ("select imgsearch('a', 1, 0.1, '[1]', 5) as h", {}, "imgsearch(): takes 1 to 4 arguments"),
         ("select imgsearch('row:99999999999999999999') as h", {}, "imgsearch(): row:99999999999999999999 is not in the catalog"),
     ],
 )

@@ -1,0 +1,106 @@
+"""Semantic ranking inside a filter: any WHERE first, then the exact k best of the rows that passed."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sqlite3
+from pathlib import Path
+
+import numpy as np
+import pytest
+from datasette.app import Datasette
+
+from datasette_imgsearch.catalog import from_blob
+from datasette_imgsearch.query import Candidates, Searcher
+from datasette_imgsearch.toyworld import label_of
+
+from .conftest import run_cli
+from .test_plugin import sql
+
+BLUE = "(select json_group_array(id) from images where name like 'blue-%')"
+
+
+def brute_force(db: Path, vector: np.ndarray, where: str) -> list[int]:
+    """Every passing row scored one by one: what a filtered ranking must equal."""
+    with sqlite3.connect(db) as conn:
+        rows = conn.execute(f"select id, embedding from images where {where}").fetchall()
+    scored = sorted(((-float(from_blob(blob) @ vector), id_) for id_, blob in rows))
+    return [id_ for _, id_ in scored]
+
+
+@pytest.mark.parametrize("where", [
+    "name like 'blue-%'",        # a quarter of the rows: their vectors are gathered
+    "name not like 'red-circle%'",  # most rows: one pass over all, the candidates picked out
+    "id in (3, 17, 42)",
+])
+def test_a_filtered_ranking_is_the_exact_ranking_of_the_rows_that_passed(shared_catalog: Path, where: str) -> None:
+    searcher = Searcher(shared_catalog)
+    with sqlite3.connect(shared_catalog) as conn:
+        candidates = np.array([r[0] for r in conn.execute(f"select id from images where {where}")], dtype=np.int64)
+    vector, _ = searcher.query_vector("a red circle")
+    hits = searcher.search("a red circle", 10, None, Candidates.of(candidates))
+    expected = brute_force(shared_catalog, vector, where)[:10]
+    assert [h.id for h in hits] == expected
+    assert len(hits) == min(10, len(candidates))
+
+
+def test_an_approximate_index_still_ranks_the_candidates_exactly(catalog: Path) -> None:
+    run_cli("index", catalog, "--type", "hnsw")
+    searcher = Searcher(catalog)
+    assert "hnsw" in searcher.vectors_from
+    with sqlite3.connect(catalog) as conn:
+        candidates = np.array([r[0] for r in conn.execute("select id from images where name like 'green-%'")], dtype=np.int64)
+    vector, _ = searcher.query_vector("a green square")
+    hits = searcher.search("a green square", 8, None, Candidates.of(candidates))
+    assert [h.id for h in hits] == brute_force(catalog, vector, "name like 'green-%'")[:8]
+
+
+@pytest.mark.asyncio
+async def test_in_sql_the_filter_runs_first_and_k_rows_come_back(shared_catalog: Path) -> None:
+    ds = Datasette([str(shared_catalog)])
+    await ds.invoke_startup()
+    recipe = f"""
+        select images.name from json_each(imgsearch('a red circle', 10, null, {BLUE})) as hit
+        join images on images.id = json_extract(hit.value, '$.id') order by hit.key"""
+    names = [row["name"] for row in (await sql(ds, recipe)).json()]
+    assert len(names) == 10 and all(label_of(name)[0] == "blue" for name in names)
+    assert all(label_of(name) == ("blue", "circle") for name in names[:4])  # the closest blue things to a red circle
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("candidates,message", [
+    ("'not json'", "this is not JSON"),
+    ("'[1, \"x\"]'", "candidates must be a JSON array of row ids"),
+    ("'{\"id\": 1}'", "candidates must be a JSON array of row ids"),
+    ("42", "candidates must be a JSON array of row ids"),
+    ("'[-1]'", "candidates must be a JSON array of row ids"),
+    ("'[1.5]'", "candidates must be a JSON array of row ids"),
+    ("'[99999999999999999999]'", "candidates must be a JSON array of row ids"),
+    ("'[1, null]'", "candidates must be a JSON array of row ids"),
+])
+async def test_bad_candidates_are_a_readable_sql_error(shared_catalog: Path, candidates: str, message: str) -> None:
+    ds = Datasette([str(shared_catalog)])
+    response = await sql(ds, f"select imgsearch('a red circle', 5, null, {candidates}) as h")
+    assert response.status_code == 400 and "imgsearch(): candidates must be" in response.text and message in response.text
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("candidates,count", [("'[]'", 0), ("'[999999, 1]'", 1), ("'[5, 1, 5, 3]'", 3), ("null", 5)])
+async def test_empty_unknown_and_null_candidates(shared_catalog: Path, candidates: str, count: int) -> None:
+    ds = Datasette([str(shared_catalog)])
+    await ds.invoke_startup()
+    response = await sql(ds, f"select imgsearch('a red circle', 5, null, {candidates}) as h")
+    assert len(json.loads(response.json()[0]["h"])) == count
+
+
+def test_a_changed_catalog_changes_the_filtered_answer(catalog: Path, images: Path, toy_model: str) -> None:
+    searcher = Searcher(catalog)
+    with sqlite3.connect(catalog) as conn:
+        blue = np.array([r[0] for r in conn.execute("select id from images where name like 'blue-%'")], dtype=np.int64)
+    before = searcher.search("a blue circle", 3, None, Candidates.of(blue))
+    for path in images.glob("blue-circle-*"):
+        shutil.move(path, images.parent / path.name)  # out of the catalogued folder
+    run_cli("build", catalog, "--silent")
+    after = searcher.search("a blue circle", 3, None, Candidates.of(blue))
+    assert {h.id for h in after}.isdisjoint({h.id for h in before}) and all(h.id in set(blue) for h in after)
