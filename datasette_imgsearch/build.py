@@ -164,6 +164,13 @@ class Builder:
         # Re-embedding with the same model is allowed (a clean slate); a new catalog has nothing to re-embed.
         return asked or recorded or DEFAULT_MODEL, self.options.reembed and bool(recorded)
 
+    def catalog_is_empty(self) -> bool:
+        """Whether the catalog holds no image and no error row (False if it cannot even be read)."""
+        try:
+            return self.catalog.count() == 0 and self.catalog.error_count() == 0
+        except Exception:
+            return False
+
     @property
     def model_loaded(self) -> bool:
         """Whether this run needed the model at all (moves, copies and no-op runs do not)."""
@@ -201,14 +208,16 @@ class Builder:
     # The run -----------------------------------------------------------------------------------
     def run(self) -> Summary:
         with self.catalog.exclusive():
-            # Recorded before the first image, so an interrupted first build still knows what it is.
+            # Recorded in one transaction before the first image, so an interrupted first build still
+            # knows what it is (the dimension follows with the first vectors).
+            facts = self.catalog.folder_facts(self.folder)
             if self.reembed:
-                self.catalog.set_meta(reembedding=model_key(self.model_name))
+                facts["reembedding"] = model_key(self.model_name)
             elif not self.catalog.meta("model"):
-                self.catalog.set_meta(model=model_key(self.model_name))
+                facts["model"] = model_key(self.model_name)
             if self.options.text_model and not self.reembed:
-                self.catalog.set_meta(text_model=model_key(self.options.text_model))
-            self.catalog.set_image_folder(self.folder)
+                facts["text_model"] = model_key(self.options.text_model)
+            self.catalog.set_meta(**facts)
             found = scan(self.folder, skip=catalog_files(self.catalog.path))
             reembedded = self._reembed(found) if self.reembed else set()
             self._update(found, reembedded)
@@ -396,9 +405,8 @@ def build(db_path: str | Path, folder: str | Path | None, options: BuildOptions 
     try:
         return builder.run()
     except BaseException:
-        empty = builder.created and builder.catalog.count() == 0 and builder.catalog.error_count() == 0
-        builder.catalog.close()
-        if empty:
+        if builder.created and builder.catalog_is_empty():
+            builder.catalog.close()
             for path in catalog_files(db_path):
                 path.unlink(missing_ok=True)
         raise

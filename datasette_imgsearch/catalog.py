@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import hashlib
 import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
@@ -287,9 +289,10 @@ class Catalog:
         absolute = self.meta("folder")
         return Path(absolute) if absolute else None
 
-    def set_image_folder(self, folder: Path) -> None:
+    def folder_facts(self, folder: Path) -> dict[str, str]:
+        """How the catalog records its image folder: absolute, and relative to the catalog file."""
         folder = folder.resolve()
-        self.set_meta(folder=str(folder), folder_relative=os.path.relpath(folder, self.path.resolve().parent))
+        return {"folder": str(folder), "folder_relative": os.path.relpath(folder, self.path.resolve().parent)}
 
     # Rows ---------------------------------------------------------------------------------------
     def count(self) -> int:
@@ -392,13 +395,18 @@ class Catalog:
     # Writing safely ----------------------------------------------------------------------------
     @contextlib.contextmanager
     def exclusive(self) -> Iterator[None]:
-        """Hold the catalog for one writer (a build): a second build is told, not left to collide."""
+        """Hold the catalog for one writer (a build): a second build is told, not left to collide.
+
+        The advisory lock is taken on a small file in the system's temporary folder named after the
+        catalog's path, never on the catalog itself: closing a second descriptor of the database
+        file would release SQLite's own POSIX locks in this process."""
         try:
             import fcntl
         except ImportError:  # no advisory locks here (Windows): SQLite's own locking still keeps the file whole
             yield
             return
-        with open(self.path, "rb") as handle:
+        digest = hashlib.sha256(str(self.path.resolve()).encode()).hexdigest()[:32]
+        with open(Path(tempfile.gettempdir()) / f"datasette-imgsearch-{digest}.lock", "a") as handle:
             try:
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError:

@@ -171,6 +171,9 @@ class VectorStore:
             else:
                 loaded.ids, loaded.matrix = catalog.embeddings()
                 loaded.vectors_from = f"stored embeddings (exact; index {state.reason})"
+        if loaded.matrix is not None and len(loaded.ids) > 1 and not bool(np.all(loaded.ids[1:] > loaded.ids[:-1])):
+            order = np.argsort(loaded.ids, kind="stable")  # filtered search looks rows up by binary search
+            loaded.ids, loaded.matrix = loaded.ids[order], loaded.matrix[order]
         return loaded
 
     def _first_pass(self, loaded: Loaded) -> Any:

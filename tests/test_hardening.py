@@ -89,17 +89,6 @@ async def test_sql_arguments_are_checked_with_a_readable_error(ds: Datasette, qu
         assert response.status_code == 400 and expected in response.text
 
 
-@pytest.mark.asyncio
-async def test_a_row_path_holding_a_nul_byte_is_a_404(catalog: Path) -> None:
-    conn = sqlite3.connect(catalog)
-    with conn:
-        conn.execute("update images set path = 'a' || char(0) || 'b.jpg' where id = 1")
-    conn.close()
-    ds = Datasette([str(catalog)])
-    response = await ds.client.get(SEARCH + "/original/1")
-    assert response.status_code == 404 and "no longer inside the catalogued folder" in response.text
-
-
 # Uploads -----------------------------------------------------------------------------------------
 @pytest.mark.asyncio
 async def test_an_upload_that_would_decode_to_too_many_pixels_is_refused_before_decoding(ds: Datasette) -> None:

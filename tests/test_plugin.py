@@ -307,12 +307,13 @@ async def test_thumbnails_and_originals_are_served_safely(ds: Datasette, shared_
 
 
 @pytest.mark.asyncio
-async def test_originals_outside_the_folder_are_never_served(catalog: Path, images: Path) -> None:
+@pytest.mark.parametrize("hostile", ["'../../../../etc/passwd'", "'/etc/passwd'", "'a' || char(0) || 'b.jpg'"])
+async def test_originals_outside_the_folder_are_never_served(catalog: Path, images: Path, hostile: str) -> None:
     import sqlite3
 
     conn = sqlite3.connect(catalog)
     with conn:
-        conn.execute("update images set path = '../../../../etc/passwd' where id = 1")
+        conn.execute(f"update images set path = {hostile} where id = 1")
     conn.close()
     ds = Datasette([str(catalog)])
     response = await ds.client.get(SEARCH + "/original/1")
