@@ -346,14 +346,14 @@ class Searcher:
 
     def search_image_bytes(
         self, data: bytes, k: int = 10, min_score: float | None = None, max_megapixels: float = DEFAULT_MAX_MEGAPIXELS,
-        max_decoded_megapixels: float | None = None,
+        max_decoded_megapixels: float | None = None, candidates: Candidates | None = None,
     ) -> list[Hit]:
         """Rank the catalog against a reference image or an upload, decoded exactly as ``build`` decodes files."""
         embedder = self.image_embedder()
         decoded = decode(data, max_megapixels, embedder.shrink_to(), max_decoded_megapixels)
         vector = embedder.encode_images([decoded.image])[0]
         del decoded
-        return self.store.search(vector, k, set(), min_score)
+        return self.store.search(vector, k, set(), min_score, None if candidates is None else candidates.ids)
 
     def search_vector(self, vector: np.ndarray, k: int, exclude: set[int], min_score: float | None) -> list[Hit]:
         return self.store.search(vector, k, exclude, min_score)

@@ -9,12 +9,14 @@ reads, multipart parsing) runs in a thread. Every problem with a request is an
 from __future__ import annotations
 
 import asyncio
+import collections
 import threading
 import urllib.parse
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, Awaitable, Callable
 
+from datasette.filters import Filters
 from datasette.utils import tilde_decode
 from datasette.utils.asgi import Response
 
@@ -22,7 +24,7 @@ from . import csrf, pixels
 from .access import can_view_table
 from .catalog import BLOB_COLUMNS, COLUMNS, TABLE, Catalog, is_catalog
 from .errors import ImgsearchError, QueryError, RequestError, web_message
-from .query import MAX_ROW_ID, check_k, check_min_score, existing_searcher, searcher_for
+from .query import MAX_ROW_ID, Candidates, check_k, check_min_score, existing_searcher, searcher_for
 from .scan import media_type
 from .settings import Settings
 from .status import catalog_status, versions
@@ -32,6 +34,10 @@ from .uploads import read_upload
 PAGE_LOAD_TIMEOUT = 120.0  # a page may wait this long for a model still loading at startup
 ROW_COLUMNS = ["id"] + [c for c in COLUMNS if c not in BLOB_COLUMNS]
 SEARCH_FIELDS = ("q", "k", "min_score")
+FORM_FIELDS = SEARCH_FIELDS + ("image", "csrftoken")
+# Facets over the results: any column, plus the year a photo was taken (narrowed with taken__startswith).
+YEAR = "year"
+SUGGESTED_FACETS = ("format", "camera_model", YEAR, "folder")
 # Uploads decoded at once: each may hold tens of MB of pixels, and there are only so many cores.
 _upload_decodes = threading.BoundedSemaphore(2)
 
@@ -102,31 +108,120 @@ async def read_search_request(datasette: Any, request: Any, settings: Settings) 
     return SearchRequest(values.get("q", "").strip(), image, k, check_min_score(values.get("min_score")))
 
 
-def run_search(target: Target, search: SearchRequest) -> list[Hit]:
+@dataclass
+class Narrowing:
+    """Datasette's column filters given beside the query, the facets asked for, and the page."""
+
+    filters: list[tuple[str, str]] = field(default_factory=list)
+    where: str = ""
+    params: dict[str, Any] = field(default_factory=dict)
+    description: str = ""
+    facets: list[str] = field(default_factory=list)
+    offset: int = 0
+
+
+def read_narrowing(request: Any, settings: Settings) -> Narrowing:
+    """Column filters in Datasette's syntax (``taken__startswith=2020&camera_model=Canon+EOS+5D``),
+    ``_facet=COLUMN`` and ``_next=OFFSET``; 400 for a column or an operator that does not exist."""
+    narrowing = Narrowing()
+    for key in request.args.keys():
+        for value in request.args.getlist(key):
+            if key == "_facet":
+                if value not in ROW_COLUMNS and value != YEAR:
+                    raise RequestError(400, f"cannot facet by {value!r}: use {YEAR} or one of {', '.join(ROW_COLUMNS)}")
+                narrowing.facets.append(value)
+            elif key == "_next":
+                if not value.isdigit() or int(value) >= settings.max_k:
+                    raise RequestError(400, f"_next must be a result offset below {settings.max_k}, not {value[:20]!r}")
+                narrowing.offset = int(value)
+            elif not key.startswith("_") and key not in FORM_FIELDS:
+                column = key.rsplit("__", 1)[0] if "__" in key else key
+                if column not in ROW_COLUMNS:
+                    raise RequestError(400, f"cannot filter on {column!r}: the columns are {', '.join(ROW_COLUMNS)}")
+                narrowing.filters.append((key, value))
+    if narrowing.filters:
+        filters = Filters(sorted(narrowing.filters))
+        clauses, narrowing.params = filters.build_where_clauses(TABLE)
+        if len(clauses) != len(narrowing.filters):
+            raise RequestError(400, "unknown filter operator: use Datasette's, such as taken__startswith=2020 or width__gte=1000")
+        narrowing.where = " and ".join(clauses)
+        narrowing.description = filters.human_description_en()
+    return narrowing
+
+
+async def candidates_for(datasette: Any, target: Target, narrowing: Narrowing) -> Candidates | None:
+    """The ids of the rows that pass the filters (SQLite does the filtering), or None for every row."""
+    if not narrowing.where:
+        return None
+    sql = f"select json_group_array(id) from [{TABLE}] where {narrowing.where}"
+    result = await datasette.databases[target.database].execute(sql, narrowing.params)
+    return Candidates(result.rows[0][0])
+
+
+def run_search(target: Target, search: SearchRequest, candidates: Candidates | None, offset: int) -> list[Hit]:
     settings = target.settings
     searcher = target.searcher()
     searcher.wait_until_loaded(PAGE_LOAD_TIMEOUT)
+    wanted = min(search.k + offset, settings.max_k)
     if search.image is None:
-        return searcher.search(search.query, search.k, search.min_score)
+        return searcher.search(search.query, wanted, search.min_score, candidates)[offset:]
     with _upload_decodes:
         try:
             return searcher.search_image_bytes(
-                search.image, search.k, search.min_score, settings.max_megapixels, settings.max_upload_megapixels
-            )
+                search.image, wanted, search.min_score, settings.max_megapixels, settings.max_upload_megapixels, candidates
+            )[offset:]
         finally:
             pixels.release_memory()
 
 
-async def search(datasette: Any, request: Any, target: Target) -> tuple[SearchRequest, list[dict[str, Any]]]:
-    """The one pipeline behind the page and the JSON: read the request, rank, join the rows."""
+@dataclass
+class Outcome:
+    """What one search found, for the page and the JSON alike."""
+
+    wanted: SearchRequest
+    narrowing: Narrowing
+    results: list[dict[str, Any]]
+    has_more: bool
+
+
+async def search(datasette: Any, request: Any, target: Target) -> Outcome:
+    """The one pipeline behind the page and the JSON: read the request, filter, rank, join the rows."""
     wanted = await read_search_request(datasette, request, target.settings)
     if not wanted.query and wanted.image is None:
         raise QueryError("add ?q=... to the URL, or POST an image in a field named 'image'")
-    hits = await in_thread(run_search, target, wanted)
-    return wanted, await rows_for(datasette, target, hits)
+    narrowing = read_narrowing(request, target.settings)
+    candidates = await candidates_for(datasette, target, narrowing)
+    hits = await in_thread(run_search, target, wanted, candidates, narrowing.offset)
+    has_more = len(hits) == wanted.k and narrowing.offset + wanted.k < target.settings.max_k
+    return Outcome(wanted, narrowing, await rows_for(datasette, target, hits, wanted.k), has_more)
 
 
-async def rows_for(datasette: Any, target: Target, hits: list[Hit]) -> list[dict[str, Any]]:
+def link(base: str, request: Any, add: list[tuple[str, str]] = (), drop: tuple[str, ...] = ()) -> str:  # type: ignore[assignment]
+    """``base`` with the request's arguments, less the ``drop`` keys and ``_next``, plus ``add``."""
+    pairs = [(key, value) for key in request.args.keys() for value in request.args.getlist(key)
+             if key not in drop and key != "_next" and (key, value) not in add]
+    return base + "?" + urllib.parse.urlencode(pairs + list(add))
+
+
+def facets_of(outcome: Outcome, request: Any, base: str) -> dict[str, list[dict[str, Any]]]:
+    """For each facet asked for: each value among the results, its count, and a link narrowing to it."""
+    active = set(outcome.narrowing.filters)
+    facets: dict[str, list[dict[str, Any]]] = {}
+    for name in outcome.narrowing.facets:
+        column, key = ("taken", "taken__startswith") if name == YEAR else (name, name)
+        counts = collections.Counter(
+            (row[column] or "")[:4] if name == YEAR else row[column] for row in outcome.results if row[column] is not None
+        )
+        facets[name] = [
+            {"value": value, "count": count, "selected": (key, str(value)) in active,
+             "toggle_url": link(base, request, drop=(key,)) if (key, str(value)) in active
+             else link(base, request, add=[(key, str(value))])}
+            for value, count in sorted(counts.items(), key=lambda item: (-item[1], str(item[0])))
+        ]
+    return facets
+
+
+async def rows_for(datasette: Any, target: Target, hits: list[Hit], k: int) -> list[dict[str, Any]]:
     """The hits joined to their rows (no BLOBs), in rank order, with links."""
     if not hits:
         return []
@@ -147,7 +242,7 @@ async def rows_for(datasette: Any, target: Target, hits: list[Hit]) -> list[dict
             "score": round(hit.score, 6),
             "row_url": datasette.urls.row(target.database, target.table, str(hit.id)),
             "thumbnail_url": f"{base}/thumbnail/{hit.id}",
-            "more_like_this_url": f"{base}?{urllib.parse.urlencode({'q': f'row:{hit.id}'})}",
+            "more_like_this_url": f"{base}?{urllib.parse.urlencode({'q': f'row:{hit.id}', 'k': k})}",
         })
     return results
 
@@ -164,30 +259,42 @@ SQL_RECIPE = (
 )
 
 
-def sql_url(datasette: Any, target: Target, search: SearchRequest) -> str | None:
-    """A link to the same ranking as a Datasette SQL query, for CSV export and sharing."""
+def sql_url(datasette: Any, target: Target, search: SearchRequest, narrowing: Narrowing) -> str | None:
+    """A link to the same ranking (filters included) as a Datasette SQL query, for CSV export and sharing."""
     if search.image is not None or not search.query:
         return None
     columns = ", ".join(f"{TABLE}.[{c}]" for c in ROW_COLUMNS + ["thumbnail"])
     sql = SQL_RECIPE.format(table=TABLE).replace(f"{TABLE}.*", columns)
-    query = {"sql": sql, "q": search.query, "k": str(search.k)}
+    if narrowing.where:
+        among = f"(select json_group_array(id) from {TABLE} where {narrowing.where})"
+        sql = sql.replace("imgsearch(:q, :k)", f"imgsearch(:q, :k, null, {among})")
+    query = {"sql": sql, "q": search.query, "k": str(search.k), **{k: str(v) for k, v in narrowing.params.items()}}
     return datasette.urls.database(target.database) + "?" + urllib.parse.urlencode(query)
 
 
 async def search_json(datasette: Any, request: Any) -> Response:
-    """``/<db>/images/-/imgsearch.json?q=...`` and the multipart POST with an ``image`` field."""
+    """``/<db>/images/-/imgsearch.json?q=...`` (with column filters, ``_facet`` and ``_next``) and the
+    multipart POST with an ``image`` field."""
     try:
         target = await resolve(datasette, request)
-        wanted, results = await search(datasette, request, target)
+        outcome = await search(datasette, request, target)
     except ImgsearchError as error:
         return error_response(error, as_json=True)
+    wanted, narrowing = outcome.wanted, outcome.narrowing
+    base = image_routes_base(datasette, target.database, target.table) + ".json"
+    next_offset = narrowing.offset + wanted.k if outcome.has_more else None
     return Response.json({
         "ok": True,
         "query": wanted.query if wanted.image is None else None,
         "k": wanted.k,
-        "count": len(results),
-        "sql_url": sql_url(datasette, target, wanted),
-        "results": results,
+        "count": len(outcome.results),
+        "filters": narrowing.description or None,
+        "facets": facets_of(outcome, request, base),
+        "suggested_facets": [name for name in SUGGESTED_FACETS if name not in narrowing.facets],
+        "next": next_offset,
+        "next_url": None if next_offset is None else link(base, request, add=[("_next", str(next_offset))]),
+        "sql_url": sql_url(datasette, target, wanted, narrowing),
+        "results": outcome.results,
     })
 
 
@@ -213,12 +320,28 @@ async def search_page(datasette: Any, request: Any) -> Response:
         "table_url": datasette.urls.table(target.database, target.table),
         "database_url": datasette.urls.database(target.database),
     }
+    page = context["page_url"]
+    filters = [(key, value) for key in request.args.keys() for value in request.args.getlist(key) if key not in FORM_FIELDS]
+    context.update(
+        form_action=link(page, request, drop=FORM_FIELDS) if filters else page,
+        clear_filters_url=link(page, request, drop=tuple(key for key, _ in filters if key != "_facet")),
+        facets={}, suggested_facets=[], filter_description=None, next_url=None,
+    )
     status = 200
     if request.method == "POST" or context["q"]:
         try:
-            wanted, context["results"] = await search(datasette, request, target)
-            context.update(q=wanted.query, k=str(wanted.k), uploaded=wanted.image is not None)
-            context["sql_url"] = sql_url(datasette, target, wanted)
+            outcome = await search(datasette, request, target)
+            wanted, narrowing = outcome.wanted, outcome.narrowing
+            context.update(q=wanted.query, k=str(wanted.k), uploaded=wanted.image is not None, results=outcome.results)
+            context["sql_url"] = sql_url(datasette, target, wanted, narrowing)
+            context["filter_description"] = narrowing.description or None
+            context["facets"] = facets_of(outcome, request, page)
+            context["suggested_facets"] = [
+                (name, link(page, request, add=[("_facet", name)])) for name in SUGGESTED_FACETS if name not in narrowing.facets
+            ]
+            if outcome.has_more and wanted.image is None:
+                context["next_url"] = link(page, request, add=[("_next", str(narrowing.offset + wanted.k))])
+            context["offset"] = narrowing.offset
         except ImgsearchError as error:
             status, context["error"] = error.status, web_message(error)
     html = await datasette.render_template("imgsearch.html", context, request=request)
