@@ -5,12 +5,11 @@ The hook functions here are thin: each hands over to plain library code in this 
 
 from __future__ import annotations
 
-import base64
 import weakref
 from typing import Any
 
 from datasette import hookimpl
-from markupsafe import Markup, escape
+from markupsafe import Markup
 
 from . import csrf, web
 from .catalog import REMOVED_TABLE, TABLE, has_embeddings, is_catalog
@@ -79,25 +78,10 @@ def table_actions(datasette: Any, database: str, table: str) -> list[dict[str, s
 
 @hookimpl
 def render_cell(value: Any, column: str, table: str | None, database: str, datasette: Any, row: Any) -> Markup | None:
-    """Show thumbnails as pictures and link paths to the original files."""
+    """Thumbnails as pictures; paths with their picture, a link to the original and "more like this"."""
     if table not in (TABLE, REMOVED_TABLE, None) or not _is_catalog(datasette, database):
         return None
-    if column == "thumbnail" and isinstance(value, bytes) and value[:2] == b"\xff\xd8":
-        source = f"data:image/jpeg;base64,{base64.b64encode(value).decode()}"
-        if table == TABLE and row is not None and _has(row, "id"):
-            source = f"{web.image_routes_base(datasette, database, table)}/thumbnail/{int(row['id'])}"
-        return Markup(f'<img src="{escape(source)}" alt="thumbnail" loading="lazy" style="max-width: 128px; max-height: 128px">')
-    if column == "path" and table == TABLE and isinstance(value, str) and row is not None and _has(row, "id"):
-        href = f"{web.image_routes_base(datasette, database, table)}/original/{int(row['id'])}"
-        return Markup(f'<a href="{escape(href)}">{escape(value)}</a>')
-    return None
-
-
-def _has(row: Any, key: str) -> bool:
-    try:
-        return row[key] is not None
-    except (KeyError, IndexError):
-        return False
+    return web.render_cell(value, column, table, database, datasette, row)
 
 
 @hookimpl

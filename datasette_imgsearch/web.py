@@ -9,6 +9,7 @@ reads, multipart parsing) runs in a thread. Every problem with a request is an
 from __future__ import annotations
 
 import asyncio
+import base64
 import collections
 import threading
 import urllib.parse
@@ -19,12 +20,13 @@ from typing import Any, Awaitable, Callable
 from datasette.filters import Filters
 from datasette.utils import tilde_decode
 from datasette.utils.asgi import Response
+from markupsafe import Markup, escape
 
 from . import csrf, pixels
 from .access import can_view_table
 from .catalog import BLOB_COLUMNS, COLUMNS, TABLE, Catalog, is_catalog
 from .errors import ImgsearchError, QueryError, RequestError, web_message
-from .query import MAX_ROW_ID, Candidates, check_k, check_min_score, existing_searcher, searcher_for
+from .query import MAX_ROW_ID, Candidates, check_k, check_min_score, existing_searcher, parse, searcher_for
 from .scan import media_type
 from .settings import Settings
 from .status import catalog_status, versions
@@ -263,8 +265,9 @@ def sql_url(datasette: Any, target: Target, search: SearchRequest, narrowing: Na
     """A link to the same ranking (filters included) as a Datasette SQL query, for CSV export and sharing."""
     if search.image is not None or not search.query:
         return None
-    columns = ", ".join(f"{TABLE}.[{c}]" for c in ROW_COLUMNS + ["thumbnail"])
-    sql = SQL_RECIPE.format(table=TABLE).replace(f"{TABLE}.*", columns)
+    thumbnails = image_routes_base(datasette, target.database, target.table) + "/thumbnail/"
+    columns = ", ".join([f"{TABLE}.[{c}]" for c in ROW_COLUMNS] + [f"'{thumbnails}' || {TABLE}.id as thumbnail_url"])
+    sql = SQL_RECIPE.format(table=TABLE).replace(f"{TABLE}.*", columns)  # exports carry a short link, not the JPEG
     if narrowing.where:
         among = f"(select json_group_array(id) from {TABLE} where {narrowing.where})"
         sql = sql.replace("imgsearch(:q, :k)", f"imgsearch(:q, :k, null, {among})")
@@ -325,7 +328,7 @@ async def search_page(datasette: Any, request: Any) -> Response:
     context.update(
         form_action=link(page, request, drop=FORM_FIELDS) if filters else page,
         clear_filters_url=link(page, request, drop=tuple(key for key, _ in filters if key != "_facet")),
-        facets={}, suggested_facets=[], filter_description=None, next_url=None,
+        facets={}, suggested_facets=[], filter_description=None, next_url=None, reference_urls=[],
     )
     status = 200
     if request.method == "POST" or context["q"]:
@@ -339,6 +342,7 @@ async def search_page(datasette: Any, request: Any) -> Response:
             context["suggested_facets"] = [
                 (name, link(page, request, add=[("_facet", name)])) for name in SUGGESTED_FACETS if name not in narrowing.facets
             ]
+            context["reference_urls"] = reference_thumbnails(page, wanted)
             if outcome.has_more and wanted.image is None:
                 context["next_url"] = link(page, request, add=[("_next", str(narrowing.offset + wanted.k))])
             context["offset"] = narrowing.offset
@@ -346,6 +350,45 @@ async def search_page(datasette: Any, request: Any) -> Response:
             status, context["error"] = error.status, web_message(error)
     html = await datasette.render_template("imgsearch.html", context, request=request)
     return Response.html(html, status=status)
+
+
+def reference_thumbnails(page: str, wanted: SearchRequest) -> list[str]:
+    """The pictures a query searches by (its ``row:`` terms with a positive weight), to show above the results."""
+    if wanted.image is not None or not wanted.query:
+        return []
+    return [f"{page}/thumbnail/{term.row}" for term in parse(wanted.query) if term.row is not None and term.weight > 0]
+
+
+# Cells in Datasette's own pages ---------------------------------------------------------------------
+def render_cell(value: Any, column: str, table: str | None, database: str, datasette: Any, row: Any) -> Markup | None:
+    """Thumbnails as pictures (by their route where the row is known, so pages stay small); a path with
+    its picture, a link to the original and "more like this", on table and row pages; and the short
+    ``thumbnail_url`` links of the search's SQL page as pictures."""
+    base = image_routes_base(datasette, database, TABLE)
+    row_id = _row_id_of(row)
+    if column == "thumbnail" and isinstance(value, bytes) and value[:2] == b"\xff\xd8":
+        source = f"data:image/jpeg;base64,{base64.b64encode(value).decode()}"
+        if table == TABLE and row_id is not None:
+            source = f"{base}/thumbnail/{row_id}"
+        return Markup(f'<img src="{escape(source)}" alt="thumbnail" loading="lazy" style="max-width: 128px; max-height: 128px">')
+    if column == "path" and table == TABLE and isinstance(value, str) and row_id is not None:
+        more = f"{base}?{urllib.parse.urlencode({'q': f'row:{row_id}'})}"
+        return Markup(
+            f'<img src="{escape(base)}/thumbnail/{row_id}" alt="" loading="lazy" '
+            f'style="max-width: 64px; max-height: 64px; vertical-align: middle; margin-right: 0.4em">'
+            f'<a href="{escape(base)}/original/{row_id}">{escape(value)}</a> · <a href="{escape(more)}">more like this</a>'
+        )
+    if column == "thumbnail_url" and table is None and isinstance(value, str) and value.startswith(base + "/thumbnail/"):
+        return Markup(f'<img src="{escape(value)}" alt="thumbnail" loading="lazy" style="max-width: 128px; max-height: 128px">')
+    return None
+
+
+def _row_id_of(row: Any) -> int | None:
+    try:
+        value = row["id"] if row is not None else None
+    except (KeyError, IndexError):
+        return None
+    return int(value) if isinstance(value, int) else None
 
 
 # Images ----------------------------------------------------------------------------------------

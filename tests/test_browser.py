@@ -125,6 +125,7 @@ def test_typing_a_query_and_uploading_an_image(server: str, browser, tmp_path: P
     draw_image("blue", "square", random.Random(4242)).save(picture)
     browser.find_element(By.NAME, "image").send_keys(str(picture))  # the page uploads as soon as a file is chosen
     wait_for(lambda: "for the uploaded image" in results_text(browser))
+    wait_for(lambda: browser.execute_script("return !!document.querySelector('#imgsearch-upload-preview img')"))
     names = result_names(browser)
     assert all(label_of(name) == ("blue", "square") for name in names[:4]), names
     wait_for(lambda: thumbnails_loaded(browser))

@@ -114,3 +114,27 @@ async def test_the_page_shows_the_filter_facets_and_the_next_page(ds: Datasette)
 async def test_more_like_this_keeps_the_chosen_count(ds: Datasette) -> None:
     found = await get_json(ds, q="a red circle", k="7")
     assert all(path_and_query(r["more_like_this_url"])[1] == {"q": f"row:{r['id']}", "k": "7"} for r in found["results"])
+
+
+@pytest.mark.asyncio
+async def test_the_row_page_shows_the_picture_beside_the_path_and_links_more_like_this(ds: Datasette) -> None:
+    page = await ds.client.get("/photos/images/3")
+    assert '<img src="/photos/images/-/imgsearch/thumbnail/3"' in page.text
+    assert 'href="/photos/images/-/imgsearch?q=row%3A3">more like this</a>' in page.text
+
+
+@pytest.mark.asyncio
+async def test_a_row_query_shows_the_row_it_searches_by(ds: Datasette) -> None:
+    page = await ds.client.get(SEARCH, params={"q": "row:7 - 0.5:red"})
+    assert 'Searching by <img src="/photos/images/-/imgsearch/thumbnail/7"' in page.text
+
+
+@pytest.mark.asyncio
+async def test_the_sql_link_exports_a_short_thumbnail_link_and_shows_the_picture(ds: Datasette) -> None:
+    found = await get_json(ds, q="a red circle", k="3")
+    html = await ds.client.get(found["sql_url"], follow_redirects=True)
+    assert '<img src="/photos/images/-/imgsearch/thumbnail/' in html.text and "data:image/jpeg" not in html.text
+    csv = await ds.client.get(found["sql_url"].replace("?", ".csv?", 1), follow_redirects=True)
+    header, first = csv.text.splitlines()[:2]
+    first_id = found["results"][0]["id"]
+    assert header.endswith("thumbnail_url") and first.endswith(f"/photos/images/-/imgsearch/thumbnail/{first_id}")
