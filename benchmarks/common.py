@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import socket
 import statistics
+import subprocess
+import sys
 import time
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Iterator
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -103,3 +107,35 @@ def matmul_gflops(dtype: str = "fp32", size: int = 2048, repeat: int = 5) -> flo
     a, b = torch.randn(size, size, dtype=kind), torch.randn(size, size, dtype=kind)
     seconds = timed(lambda: a @ b, repeat)
     return 2 * size**3 / seconds / 1e9
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextlib.contextmanager
+def datasette_server(db: Path) -> Iterator[tuple[str, subprocess.Popen]]:
+    """A real ``datasette`` serving ``db`` on a free loopback port, yielded once a search answers (the
+    model loaded): the base URL and the process. Every request a benchmark makes stays on 127.0.0.1."""
+    import httpx
+
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-m", "datasette", "serve", str(db), "--host", "127.0.0.1", "--port", str(port)],
+                              env={**os.environ, "HF_HUB_OFFLINE": "1"}, cwd=ROOT,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{base}/{db.stem}/images/-/imgsearch.json", params={"q": "warm up"}, timeout=60).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        yield base, server
+    finally:
+        server.terminate()
+        server.wait(10)

@@ -15,7 +15,6 @@ import io
 import json
 import os
 import platform
-import socket
 import subprocess
 import sys
 import tempfile
@@ -25,7 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
-from common import ROOT, TOY_MODEL, table
+from common import TOY_MODEL, datasette_server, table
 from PIL import Image
 
 SEARCH = "/photos/images/-/imgsearch.json"
@@ -45,12 +44,6 @@ def png(width: int, height: int, mode: str) -> bytes:
     picture = gradient if mode == "L" else Image.merge("RGB", (gradient, gradient.rotate(90), gradient.rotate(180)))
     picture.save(buffer, format="PNG")
     return buffer.getvalue()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Sampler(threading.Thread):
@@ -124,35 +117,19 @@ def main() -> None:
     subprocess.run(cli + ["toy-world", str(work / "images"), "--count", "60"], check=True, env=env, capture_output=True)
     subprocess.run(cli + ["build", str(work / "photos.db"), str(work / "images"), "--model", str(TOY_MODEL), "--silent"],
                    check=True, env=env, capture_output=True)
-    port = free_port()
-    server = subprocess.Popen([sys.executable, "-m", "datasette", str(work / "photos.db"), "--host", "127.0.0.1",
-                               "--port", str(port)], env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        with httpx.Client(base_url=base) as client:
-            deadline = time.monotonic() + 120
-            while time.monotonic() < deadline:
-                try:
-                    if client.get(SEARCH, params={"q": "a red circle"}, timeout=5).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                time.sleep(0.5)
-            uploads(client, png(640, 480, "RGB"), "warm-up.png", 2)  # one-time costs (threads, codecs) out of the figures
-            print(f"server pid {server.pid}, baseline RSS {rss_mb(server.pid):.0f} MB; "
-                  f"CPU {platform.processor() or platform.machine()}, {os.cpu_count()} cores", flush=True)
-            rows = [
-                memory_round(client, server.pid, "8 x 9990x9990 PNG (100 MP)", png(9990, 9990, "L"), "huge.png"),
-                memory_round(client, server.pid, "8 x 4000x4000 RGB PNG (16 MP, at the cap)", png(4000, 4000, "RGB"), "cap.png"),
-            ]
-            table("Concurrent large uploads (server RSS, MB)",
-                  ["uploads", "each", "statuses", "seconds", "peak growth", "after 10 s"], rows)
-            table("Event loop under hostile forms",
-                  ["load", "body", "statuses", "max /-/versions.json ms", "p50 ms", "polls"], [fields_round(client, base)])
-            print(json.dumps({"memory": rows}), file=sys.stderr)
-    finally:
-        server.terminate()
-        server.wait()
+    with datasette_server(work / "photos.db") as (base, server), httpx.Client(base_url=base) as client:
+        uploads(client, png(640, 480, "RGB"), "warm-up.png", 2)  # one-time costs (threads, codecs) out of the figures
+        print(f"server pid {server.pid}, baseline RSS {rss_mb(server.pid):.0f} MB; "
+              f"CPU {platform.processor() or platform.machine()}, {os.cpu_count()} cores", flush=True)
+        rows = [
+            memory_round(client, server.pid, "8 x 9990x9990 PNG (100 MP)", png(9990, 9990, "L"), "huge.png"),
+            memory_round(client, server.pid, "8 x 4000x4000 RGB PNG (16 MP, at the cap)", png(4000, 4000, "RGB"), "cap.png"),
+        ]
+        table("Concurrent large uploads (server RSS, MB)",
+              ["uploads", "each", "statuses", "seconds", "peak growth", "after 10 s"], rows)
+        table("Event loop under hostile forms",
+              ["load", "body", "statuses", "max /-/versions.json ms", "p50 ms", "polls"], [fields_round(client, base)])
+        print(json.dumps({"memory": rows}), file=sys.stderr)
 
 
 if __name__ == "__main__":

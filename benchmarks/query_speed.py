@@ -13,17 +13,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import socket
 import sqlite3
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
-from common import ROOT, percentiles, table, vit_b32
+from common import ROOT, datasette_server, percentiles, table, vit_b32
 
 DIMENSION = 512
 
@@ -82,12 +78,6 @@ def sql_latencies(db: Path, model: str, count: int) -> dict[str, tuple[float, fl
     return {"fresh": percentiles(fresh), "repeated": percentiles(repeated), "score": percentiles(scored)}
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 async def json_load(url: str, clients: int, requests: int, distinct: bool) -> tuple[tuple[float, float], int, float]:
     """``clients`` concurrent keep-alive clients, each sending ``requests`` requests one after another.
 
@@ -117,29 +107,13 @@ async def json_load(url: str, clients: int, requests: int, distinct: bool) -> tu
 
 
 def json_latencies(db: Path, clients: int, requests: int) -> dict[str, tuple]:
-    port = free_port()
-    server = subprocess.Popen([sys.executable, "-m", "datasette", "serve", str(db), "--port", str(port), "--host", "127.0.0.1"],
-                              env={**os.environ, "HF_HUB_OFFLINE": "1"}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}/{db.stem}/images/-/imgsearch.json"
-    try:
-        import httpx
-
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(url, params={"q": "warm up"}, timeout=60).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.5)
+    with datasette_server(db) as (base, _):
+        url = f"{base}/{db.stem}/images/-/imgsearch.json"
         asyncio.run(json_load(url, clients, 5, distinct=False))  # warm the pool's text cache
         return {
             "pool": asyncio.run(json_load(url, clients, requests, distinct=False)),
             "distinct": asyncio.run(json_load(url, clients, requests, distinct=True)),
         }
-    finally:
-        server.terminate()
-        server.wait(10)
 
 
 def scale(rows: int, kinds: list[str], queries: int = 100) -> list[list[object]]:
