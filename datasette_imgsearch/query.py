@@ -23,7 +23,7 @@ import numpy as np
 from .embed import Embedder, load_embedder
 from .errors import ModelError, QueryError
 from .pixels import DEFAULT_MAX_MEGAPIXELS, decode
-from .store import Hit, VectorStore
+from .store import Hit, Loaded, VectorStore
 
 MAX_QUERY_LENGTH = 1000
 MAX_TERMS = 16
@@ -231,23 +231,31 @@ class Searcher:
         self.load_seconds: float | None = None
 
     # Models ------------------------------------------------------------------------------------
+    # Each query takes one snapshot of what is loaded (``Loaded``) and uses it throughout, so a query
+    # that runs while a re-embed switches models never mixes the old model with the new vectors.
+    def image_model(self, loaded: Loaded) -> str:
+        return self.model_override or loaded.model
+
+    def text_model(self, loaded: Loaded) -> str:
+        return self.text_model_override or loaded.text_model or self.model_override or loaded.model
+
     @property
     def model_name(self) -> str:
-        return self.model_override or self.store.current().model
+        return self.image_model(self.store.current())
 
     @property
     def text_model_name(self) -> str:
-        loaded = self.store.current()
-        return self.text_model_override or loaded.text_model or self.model_override or loaded.model
+        return self.text_model(self.store.current())
 
-    def text_embedder(self) -> Embedder:
-        return self._checked(load_embedder(self.text_model_name, self.device))
+    def text_embedder(self, loaded: Loaded | None = None) -> Embedder:
+        loaded = loaded or self.store.current()
+        return self._checked(load_embedder(self.text_model(loaded), self.device), loaded)
 
-    def image_embedder(self) -> Embedder:
-        return self._checked(load_embedder(self.model_name, self.device))
+    def image_embedder(self, loaded: Loaded | None = None) -> Embedder:
+        loaded = loaded or self.store.current()
+        return self._checked(load_embedder(self.image_model(loaded), self.device), loaded)
 
-    def _checked(self, embedder: Embedder) -> Embedder:
-        loaded = self.store.current()
+    def _checked(self, embedder: Embedder, loaded: Loaded) -> Embedder:
         if embedder.dimension != loaded.dimension:
             raise ModelError(
                 f"the model {embedder.name!r} gives {embedder.dimension}-dimensional vectors, but this catalog "
@@ -297,32 +305,37 @@ class Searcher:
             raise self._load_error
 
     # Queries -----------------------------------------------------------------------------------
-    def row_vector(self, row_id: int) -> np.ndarray:
+    def row_vector(self, row_id: int, loaded: Loaded | None = None) -> np.ndarray:
+        loaded = loaded or self.store.current()
         vector = self.store.embedding(row_id)
         if vector is None:
             raise QueryError(f"row:{row_id} is not in the catalog")
+        if len(vector) != loaded.dimension:
+            raise QueryError("the catalog switched to another model while this query ran: run it again")
         return vector
 
-    def text_vector(self, text: str) -> np.ndarray:
-        key = (self.text_model_name, text)
+    def text_vector(self, text: str, loaded: Loaded | None = None) -> np.ndarray:
+        loaded = loaded or self.store.current()
+        key = (self.text_model(loaded), text)
         vector = self._text_vectors.get(key)
         if vector is None:
-            vector = self.text_embedder().encode_text(text)
+            vector = self.text_embedder(loaded).encode_text(text)
             self._text_vectors.put(key, vector)
         return vector
 
-    def query_vector(self, query: str) -> tuple[np.ndarray, set[int]]:
+    def query_vector(self, query: str, loaded: Loaded | None = None) -> tuple[np.ndarray, set[int]]:
         """The unit vector a query stands for, and the rows it names (left out of its results)."""
+        loaded = loaded or self.store.current()
         terms = parse(query)
         total: np.ndarray | None = None
         exclude = set()
         for term in terms:
             if term.row is not None:
-                vector = self.row_vector(term.row)
+                vector = self.row_vector(term.row, loaded)
                 if term.weight > 0:
                     exclude.add(term.row)
             else:
-                vector = self.text_vector(term.text)  # type: ignore[arg-type]
+                vector = self.text_vector(term.text, loaded)  # type: ignore[arg-type]
             total = term.weight * vector if total is None else total + term.weight * vector
         assert total is not None  # parse() never returns no terms
         norm = float(np.linalg.norm(total))
@@ -336,11 +349,12 @@ class Searcher:
         self, query: str, k: int = 10, min_score: float | None = None, candidates: Candidates | None = None
     ) -> list[Hit]:
         """Rank the catalog against a text query (see :func:`parse`); only among ``candidates`` when given."""
-        key = (query, k, min_score, candidates and candidates.key, self.store.current().fingerprint)
+        loaded = self.store.current()
+        key = (query, k, min_score, candidates and candidates.key, loaded.fingerprint)
         hits = self._results.get(key)
         if hits is None:
-            vector, exclude = self.query_vector(query)
-            hits = self.store.search(vector, k, exclude, min_score, None if candidates is None else candidates.ids)
+            vector, exclude = self.query_vector(query, loaded)
+            hits = self.store.search(vector, k, exclude, min_score, None if candidates is None else candidates.ids, loaded)
             self._results.put(key, hits)
         return hits
 
@@ -349,11 +363,12 @@ class Searcher:
         max_decoded_megapixels: float | None = None, candidates: Candidates | None = None,
     ) -> list[Hit]:
         """Rank the catalog against a reference image or an upload, decoded exactly as ``build`` decodes files."""
-        embedder = self.image_embedder()
+        loaded = self.store.current()
+        embedder = self.image_embedder(loaded)
         decoded = decode(data, max_megapixels, embedder.shrink_to(), max_decoded_megapixels)
         vector = embedder.encode_images([decoded.image])[0]
         del decoded
-        return self.store.search(vector, k, set(), min_score, None if candidates is None else candidates.ids)
+        return self.store.search(vector, k, set(), min_score, None if candidates is None else candidates.ids, loaded)
 
     def search_vector(self, vector: np.ndarray, k: int, exclude: set[int], min_score: float | None) -> list[Hit]:
         return self.store.search(vector, k, exclude, min_score)

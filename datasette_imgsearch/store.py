@@ -210,10 +210,12 @@ class VectorStore:
         return top_k(loaded.ids[positions], scores, k, exclude, min_score)
 
     def search(
-        self, vector: np.ndarray, k: int, exclude: set[int], min_score: float | None, candidates: np.ndarray | None = None
+        self, vector: np.ndarray, k: int, exclude: set[int], min_score: float | None, candidates: np.ndarray | None = None,
+        loaded: Loaded | None = None,
     ) -> list[Hit]:
-        """The k best rows for a unit vector, best first; only among ``candidates`` (sorted unique row ids) when given."""
-        loaded = self.current()
+        """The k best rows for a unit vector, best first; only among ``candidates`` (sorted unique row ids) when
+        given. ``loaded`` is the snapshot the vector was made against (the current one if not given)."""
+        loaded = loaded or self.current()
         if candidates is not None:
             return self._search_among(loaded, vector, k, exclude, min_score, candidates)
         if loaded.faiss is not None:

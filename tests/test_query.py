@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from datasette_imgsearch.catalog import from_blob
-from datasette_imgsearch.errors import QueryError
+from datasette_imgsearch.errors import ModelError, QueryError
 from datasette_imgsearch.query import Searcher, Term, check_k, parse
 from datasette_imgsearch.store import top_k
 
@@ -177,3 +177,15 @@ def test_a_large_catalog_searches_through_the_first_pass_and_ranks_exactly(share
     expected = top_k(ids, matrix @ vector, 10, set(), None)
     assert [h.id for h in hits] == [h.id for h in expected]
     assert [h.score for h in hits] == pytest.approx([h.score for h in expected], abs=1e-5)
+
+
+def test_a_query_never_mixes_two_models_when_the_catalog_switches_under_it(shared_catalog: Path) -> None:
+    import dataclasses
+
+    searcher = Searcher(shared_catalog)
+    loaded = searcher.store.current()
+    switched = dataclasses.replace(loaded, dimension=16)  # as if a re-embed switched models mid-query
+    with pytest.raises(QueryError, match="switched to another model while this query ran"):
+        searcher.query_vector("row:3 + a red circle", switched)
+    with pytest.raises(ModelError, match="gives 32-dimensional vectors"):
+        searcher.text_vector("a brand new caption", switched)
