@@ -23,21 +23,13 @@ _ROUTE = r"^/(?P<database>[^/]+)/(?P<table>[^/]+)/-/imgsearch"
 _catalogs: weakref.WeakKeyDictionary[Any, set[str]] = weakref.WeakKeyDictionary()
 
 
-def _catalog_file(datasette: Any, database: str) -> tuple[str, bool] | None:
-    """(path, immutable) of a file-backed database; None for in-memory ones."""
-    db = datasette.databases.get(database)
-    if db is None or not getattr(db, "path", None) or db.is_memory:
-        return None
-    return db.path, not db.is_mutable
-
-
 def _is_catalog(datasette: Any, database: str) -> bool:
     return database in _catalogs.get(datasette, ())
 
 
 @hookimpl
 def prepare_connection(conn: Any, database: str, datasette: Any) -> None:
-    found = _catalog_file(datasette, database)
+    found = web.catalog_file(datasette, database)
     if found and is_catalog(conn):
         _catalogs.setdefault(datasette, set()).add(database)
         path, immutable = found
@@ -48,7 +40,7 @@ def prepare_connection(conn: Any, database: str, datasette: Any) -> None:
 def startup(datasette: Any) -> None:
     """Start loading each catalog's model and vectors in the background, so the first query is fast."""
     for name in list(datasette.databases):
-        found = _catalog_file(datasette, name)
+        found = web.catalog_file(datasette, name)
         if found and has_embeddings(*found):
             settings = Settings.for_database(datasette, name)
             searcher_for(found[0], settings.model, settings.text_model, settings.device, found[1]).start_loading()

@@ -59,19 +59,32 @@ class Target:
         return searcher_for(self.path, settings.model, settings.text_model, settings.device, self.immutable)
 
 
+def catalog_file(datasette: Any, database: str) -> tuple[str, bool] | None:
+    """(path, immutable) of the file a Datasette database serves; None for in-memory databases."""
+    db = datasette.databases.get(database)
+    if db is None or not getattr(db, "path", None) or db.is_memory:
+        return None
+    return db.path, not db.is_mutable
+
+
+def argument_pairs(request: Any) -> list[tuple[str, str]]:
+    """Every (key, value) of the query string, repeated keys included."""
+    return [(key, value) for key in request.args.keys() for value in request.args.getlist(key)]
+
+
 async def resolve(datasette: Any, request: Any) -> Target:
     """Find the catalog named in the URL; 404 if there is none, 403 if the actor may not view it."""
     database = tilde_decode(request.url_vars["database"])
     table = tilde_decode(request.url_vars["table"])
-    db = datasette.databases.get(database)
-    if db is None or table != TABLE or not db.path:
+    found = catalog_file(datasette, database)
+    if found is None or table != TABLE:
         raise RequestError(404, f"{database}/{table} is not an image catalog")
     if not await can_view_table(datasette, request.actor, database, table):
         raise RequestError(403, "you do not have permission to view this table")
-    holds_catalog = await db.execute_fn(is_catalog)
+    holds_catalog = await datasette.databases[database].execute_fn(is_catalog)
     if not holds_catalog:
         raise RequestError(404, f"{database} holds no imgsearch catalog")
-    return Target(database, table, db.path, not db.is_mutable, Settings.for_database(datasette, database))
+    return Target(database, table, *found, Settings.for_database(datasette, database))
 
 
 async def in_thread(function: Callable[..., Any], *args: Any) -> Any:
@@ -126,21 +139,20 @@ def read_narrowing(request: Any, settings: Settings) -> Narrowing:
     """Column filters in Datasette's syntax (``taken__startswith=2020&camera_model=Canon+EOS+5D``),
     ``_facet=COLUMN`` and ``_next=OFFSET``; 400 for a column or an operator that does not exist."""
     narrowing = Narrowing()
-    for key in request.args.keys():
-        for value in request.args.getlist(key):
-            if key == "_facet":
-                if value not in ROW_COLUMNS and value != YEAR:
-                    raise RequestError(400, f"cannot facet by {value!r}: use {YEAR} or one of {', '.join(ROW_COLUMNS)}")
-                narrowing.facets.append(value)
-            elif key == "_next":
-                if not value.isdigit() or int(value) >= settings.max_k:
-                    raise RequestError(400, f"_next must be a result offset below {settings.max_k}, not {value[:20]!r}")
-                narrowing.offset = int(value)
-            elif not key.startswith("_") and key not in FORM_FIELDS:
-                column = key.rsplit("__", 1)[0] if "__" in key else key
-                if column not in ROW_COLUMNS:
-                    raise RequestError(400, f"cannot filter on {column!r}: the columns are {', '.join(ROW_COLUMNS)}")
-                narrowing.filters.append((key, value))
+    for key, value in argument_pairs(request):
+        if key == "_facet":
+            if value not in ROW_COLUMNS and value != YEAR:
+                raise RequestError(400, f"cannot facet by {value!r}: use {YEAR} or one of {', '.join(ROW_COLUMNS)}")
+            narrowing.facets.append(value)
+        elif key == "_next":
+            if not value.isdigit() or int(value) >= settings.max_k:
+                raise RequestError(400, f"_next must be a result offset below {settings.max_k}, not {value[:20]!r}")
+            narrowing.offset = int(value)
+        elif not key.startswith("_") and key not in FORM_FIELDS:
+            column = key.rsplit("__", 1)[0] if "__" in key else key
+            if column not in ROW_COLUMNS:
+                raise RequestError(400, f"cannot filter on {column!r}: the columns are {', '.join(ROW_COLUMNS)}")
+            narrowing.filters.append((key, value))
     if narrowing.filters:
         filters = Filters(sorted(narrowing.filters))
         clauses, narrowing.params = filters.build_where_clauses(TABLE)
@@ -198,9 +210,9 @@ async def search(datasette: Any, request: Any, target: Target) -> Outcome:
     return Outcome(wanted, narrowing, await rows_for(datasette, target, hits, wanted.k), has_more)
 
 
-def link(base: str, request: Any, add: list[tuple[str, str]] = (), drop: tuple[str, ...] = ()) -> str:  # type: ignore[assignment]
+def link(base: str, request: Any, add: tuple[tuple[str, str], ...] = (), drop: tuple[str, ...] = ()) -> str:
     """``base`` with the request's arguments, less the ``drop`` keys and ``_next``, plus ``add``."""
-    pairs = [(key, value) for key in request.args.keys() for value in request.args.getlist(key)
+    pairs = [(key, value) for key, value in argument_pairs(request)
              if key not in drop and key != "_next" and (key, value) not in add]
     return base + "?" + urllib.parse.urlencode(pairs + list(add))
 
@@ -217,7 +229,7 @@ def facets_of(outcome: Outcome, request: Any, base: str) -> dict[str, list[dict[
         facets[name] = [
             {"value": value, "count": count, "selected": (key, str(value)) in active,
              "toggle_url": link(base, request, drop=(key,)) if (key, str(value)) in active
-             else link(base, request, add=[(key, str(value))])}
+             else link(base, request, add=((key, str(value)),))}
             for value, count in sorted(counts.items(), key=lambda item: (-item[1], str(item[0])))
         ]
     return facets
@@ -295,7 +307,7 @@ async def search_json(datasette: Any, request: Any) -> Response:
         "facets": facets_of(outcome, request, base),
         "suggested_facets": [name for name in SUGGESTED_FACETS if name not in narrowing.facets],
         "next": next_offset,
-        "next_url": None if next_offset is None else link(base, request, add=[("_next", str(next_offset))]),
+        "next_url": None if next_offset is None else link(base, request, add=(("_next", str(next_offset)),)),
         "sql_url": sql_url(datasette, target, wanted, narrowing),
         "results": outcome.results,
     })
@@ -324,7 +336,7 @@ async def search_page(datasette: Any, request: Any) -> Response:
         "database_url": datasette.urls.database(target.database),
     }
     page = context["page_url"]
-    filters = [(key, value) for key in request.args.keys() for value in request.args.getlist(key) if key not in FORM_FIELDS]
+    filters = [(key, value) for key, value in argument_pairs(request) if key not in FORM_FIELDS]
     context.update(
         form_action=link(page, request, drop=FORM_FIELDS) if filters else page,
         clear_filters_url=link(page, request, drop=tuple(key for key, _ in filters if key != "_facet")),
@@ -340,11 +352,11 @@ async def search_page(datasette: Any, request: Any) -> Response:
             context["filter_description"] = narrowing.description or None
             context["facets"] = facets_of(outcome, request, page)
             context["suggested_facets"] = [
-                (name, link(page, request, add=[("_facet", name)])) for name in SUGGESTED_FACETS if name not in narrowing.facets
+                (name, link(page, request, add=(("_facet", name),))) for name in SUGGESTED_FACETS if name not in narrowing.facets
             ]
             context["reference_urls"] = reference_thumbnails(page, wanted)
             if outcome.has_more and wanted.image is None:
-                context["next_url"] = link(page, request, add=[("_next", str(narrowing.offset + wanted.k))])
+                context["next_url"] = link(page, request, add=(("_next", str(narrowing.offset + wanted.k)),))
             context["offset"] = narrowing.offset
         except ImgsearchError as error:
             status, context["error"] = error.status, web_message(error)
@@ -363,14 +375,16 @@ def reference_thumbnails(page: str, wanted: SearchRequest) -> list[str]:
 def render_cell(value: Any, column: str, table: str | None, database: str, datasette: Any, row: Any) -> Markup | None:
     """Thumbnails as pictures (by their route where the row is known, so pages stay small); a path with
     its picture, a link to the original and "more like this", on table and row pages; and the short
-    ``thumbnail_url`` links of the search's SQL page as pictures."""
+    ``thumbnail_url`` links of the search's SQL page as pictures. Called for every cell of every page,
+    so any other column returns at once."""
+    if column not in ("thumbnail", "path", "thumbnail_url"):
+        return None
     base = image_routes_base(datasette, database, TABLE)
     row_id = _row_id_of(row)
     if column == "thumbnail" and isinstance(value, bytes) and value[:2] == b"\xff\xd8":
-        source = f"data:image/jpeg;base64,{base64.b64encode(value).decode()}"
         if table == TABLE and row_id is not None:
-            source = f"{base}/thumbnail/{row_id}"
-        return Markup(f'<img src="{escape(source)}" alt="thumbnail" loading="lazy" style="max-width: 128px; max-height: 128px">')
+            return _picture(f"{base}/thumbnail/{row_id}")
+        return _picture(f"data:image/jpeg;base64,{base64.b64encode(value).decode()}")
     if column == "path" and table == TABLE and isinstance(value, str) and row_id is not None:
         more = f"{base}?{urllib.parse.urlencode({'q': f'row:{row_id}'})}"
         return Markup(
@@ -379,8 +393,12 @@ def render_cell(value: Any, column: str, table: str | None, database: str, datas
             f'<a href="{escape(base)}/original/{row_id}">{escape(value)}</a> · <a href="{escape(more)}">more like this</a>'
         )
     if column == "thumbnail_url" and table is None and isinstance(value, str) and value.startswith(base + "/thumbnail/"):
-        return Markup(f'<img src="{escape(value)}" alt="thumbnail" loading="lazy" style="max-width: 128px; max-height: 128px">')
+        return _picture(value)
     return None
+
+
+def _picture(source: str) -> Markup:
+    return Markup(f'<img src="{escape(source)}" alt="thumbnail" loading="lazy" style="max-width: 128px; max-height: 128px">')
 
 
 def _row_id_of(row: Any) -> int | None:
@@ -410,10 +428,10 @@ def original_file(folder: Path | None, relative: str) -> Path:
     A path that is absolute or climbs out with ``..`` is never followed."""
     if folder is None:
         raise RequestError(404, "the catalog does not record its image folder")
-    parts = PurePosixPath(relative).parts
-    if not parts or PurePosixPath(relative).is_absolute() or ".." in parts or "\x00" in relative:
+    path = PurePosixPath(relative)
+    if not path.parts or path.is_absolute() or ".." in path.parts or "\x00" in relative:
         raise RequestError(404, "the row's path is no longer inside the catalogued folder")
-    candidate = folder.joinpath(*parts)
+    candidate = folder.joinpath(*path.parts)
     try:
         if candidate.is_file():
             return candidate
@@ -497,19 +515,20 @@ async def status_view(datasette: Any, request: Any) -> Response:
     """``/-/imgsearch``: versions, and for each catalog the actor may view, what it holds and what the
     searcher loaded (and how long that took): one block to paste into a bug report."""
     catalogs: dict[str, Any] = {}
-    for name, db in list(datasette.databases.items()):
-        if not getattr(db, "path", None) or db.is_memory or not await db.execute_fn(is_catalog):
+    for name in list(datasette.databases):
+        found = catalog_file(datasette, name)
+        if found is None or not await datasette.databases[name].execute_fn(is_catalog):
             continue
         if not await can_view_table(datasette, request.actor, name, TABLE):
             continue
         settings = Settings.for_database(datasette, name)
-        immutable = not db.is_mutable
+        path, immutable = found
         try:
-            facts = await in_thread(_public_status, db.path, immutable)
+            facts = await in_thread(_public_status, path, immutable)
         except ImgsearchError as error:
             catalogs[name] = {"error": error.message}
             continue
-        searcher = existing_searcher(db.path, settings.model, settings.text_model, settings.device, immutable)
+        searcher = existing_searcher(path, settings.model, settings.text_model, settings.device, immutable)
         facts["searcher"] = await in_thread(searcher.state) if searcher is not None else None
         catalogs[name] = facts
     return Response.json({"versions": versions(), "catalogs": catalogs})
