@@ -224,14 +224,26 @@ class Catalog:
                 conn = sqlite3.connect(str(self.path))
             else:
                 conn = sqlite3.connect(read_only_uri(self.path, immutable), uri=True)
-            self.db = sqlite_utils.Database(conn)
+        except sqlite3.DatabaseError as error:
+            raise CatalogError(f"{self.path} is not a usable SQLite database: {error}") from error
+        self.db = sqlite_utils.Database(conn)
+        try:
+            self._check_and_migrate(create)
+        except BaseException:
+            conn.close()  # an unclosed connection lives until garbage collection, holding the file's locks
+            raise
+
+    def _check_and_migrate(self, create: bool) -> None:
+        conn = self.db.conn
+        try:
+            holds_catalog = is_catalog(conn)
             has_tables = conn.execute("select count(*) from sqlite_master where type = 'table'").fetchone()[0] > 0
-            if (has_tables or not create) and not is_catalog(conn):
+            if (has_tables or not create) and not holds_catalog:
                 raise CatalogError(
                     f"{self.path} is not an imgsearch catalog (it has no {META_TABLE} table beside {TABLE}); "
                     "name a new file for the catalog"
                 )
-            version = int(self.meta("schema_version", 0) or 0) if is_catalog(conn) else 0
+            version = int(self.meta("schema_version", 0) or 0) if holds_catalog else 0
             if version > SCHEMA_VERSION:
                 raise CatalogError(
                     f"{self.path} was written by a newer datasette-imgsearch (schema {version}); upgrade to read it"
