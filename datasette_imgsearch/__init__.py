@@ -43,7 +43,7 @@ def startup(datasette: Any) -> None:
         found = web.catalog_file(datasette, name)
         if found and has_embeddings(*found):
             settings = Settings.for_database(datasette, name)
-            searcher_for(found[0], settings.model, settings.text_model, settings.device, found[1]).start_loading()
+            searcher_for(found[0], settings.choice, found[1]).start_loading()
 
 
 @hookimpl

@@ -39,6 +39,7 @@ from .catalog import (
 from .embed import DEFAULT_MODEL, Embedder, load_embedder, model_key, same_model
 from .errors import CatalogError
 from .index import index_state, write_index
+from .languages import NO_MODEL
 from .plan import plan_reembed, plan_update
 from .scan import FoundFile, ScanResult, scan
 
@@ -52,6 +53,7 @@ REUSED_COLUMNS = (
 class BuildOptions:
     model: str | None = None
     text_model: str | None = None
+    multilingual_model: str | None = None  # a name, a folder, or "none"; recorded for searches
     device: str = "auto"
     precision: str = "auto"
     batch_size: int = 32
@@ -196,14 +198,36 @@ class Builder:
         """What the catalog records about the model it holds vectors of."""
         embedder = self.embedder()
         text_model = model_key(self.options.text_model) if self.options.text_model else None
-        if text_model is None and same_model(self.catalog.meta("model") or "", self.model_name):
-            text_model = self.catalog.meta("text_model")  # re-embedding with the same model keeps its text model
+        multilingual = self._multilingual_key()
+        if same_model(self.catalog.meta("model") or "", self.model_name):  # a re-embed with the same model keeps them
+            text_model = text_model or self.catalog.meta("text_model")
+            multilingual = multilingual or self.catalog.meta("multilingual_model")
         return {
             "model": model_key(self.model_name),
             "text_model": text_model,
+            "multilingual_model": multilingual,
             "dimension": embedder.dimension,
             "precision": embedder.precision,
         }
+
+    def _multilingual_key(self) -> str | None:
+        name = self.options.multilingual_model
+        return None if not name else NO_MODEL if name == NO_MODEL else model_key(name)
+
+    def _check_multilingual(self) -> None:
+        """Refuse a multilingual model that cannot read text into this catalog's space, before any work."""
+        name = self.options.multilingual_model
+        if not name or name == NO_MODEL:
+            return
+        multilingual = load_embedder(name, self.options.device, option="--multilingual-model")
+        if not multilingual.supports_text:
+            raise CatalogError(f"the multilingual model {name!r} cannot encode text")
+        dimension = self.embedder().dimension
+        if multilingual.dimension != dimension:
+            raise CatalogError(
+                f"the multilingual model {name!r} gives {multilingual.dimension}-dimensional vectors, but "
+                f"{self.model_name!r} gives {dimension}-dimensional ones: it must be trained into the image model's space"
+            )
 
     # The run -----------------------------------------------------------------------------------
     def run(self) -> Summary:
@@ -217,6 +241,10 @@ class Builder:
                 facts["model"] = model_key(self.model_name)
             if self.options.text_model and not self.reembed:
                 facts["text_model"] = model_key(self.options.text_model)
+            if self.options.multilingual_model:
+                self._check_multilingual()
+                if not self.reembed:
+                    facts["multilingual_model"] = self._multilingual_key()
             self.catalog.set_meta(**facts)
             found = scan(self.folder, skip=catalog_files(self.catalog.path))
             reembedded = self._reembed(found) if self.reembed else set()

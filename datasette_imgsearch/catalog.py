@@ -57,7 +57,7 @@ COLUMNS: dict[str, str] = {
 }
 BLOB_COLUMNS = ("thumbnail", "embedding")
 # What a build records about the model; a re-embed replaces all of them at once.
-MODEL_KEYS = ("model", "text_model", "dimension", "precision")
+MODEL_KEYS = ("model", "text_model", "multilingual_model", "dimension", "precision")
 
 _VERSION_1 = f"""
 CREATE TABLE IF NOT EXISTS [{TABLE}] (

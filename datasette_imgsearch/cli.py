@@ -17,7 +17,8 @@ from .catalog import Catalog
 from .embed import DEFAULT_MODEL, DEVICES, PRECISIONS, load_embedder
 from .errors import ImgsearchError
 from .index import INDEX_TYPES, write_index
-from .query import check_k, check_min_score, searcher_for
+from .languages import MULTILINGUAL, ROUTES
+from .query import ModelChoice, check_k, check_min_score, searcher_for
 from .status import catalog_status
 
 MAX_K = 10_000
@@ -35,12 +36,15 @@ def user_errors() -> Iterator[None]:
 
 
 def model_options(model_help: str) -> Callable[[F], F]:
-    """--model, --text-model and --device, the same on every command that loads a model."""
+    """--model, --text-model, --multilingual-model and --device, the same on every command that loads a model."""
 
     def decorate(command: F) -> F:
         command = click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True,
                                help="where the model runs")(command)
-        text_help = "a separate text encoder for queries, e.g. clip-ViT-B-32-multilingual-v1"
+        multilingual_help = ("the text model for terms that are not plain ASCII, trained into the image model's space "
+                             "(name, folder or 'none')  [default: clip-ViT-B-32-multilingual-v1 for clip-ViT-B-32]")
+        command = click.option("--multilingual-model", help=multilingual_help)(command)
+        text_help = "replaces the image model's own text tower for English-like terms"
         command = click.option("--text-model", help=text_help)(command)
         return click.option("--model", help=model_help)(command)
 
@@ -75,9 +79,9 @@ def cli() -> None:
 @click.option("--reembed", is_flag=True, help="re-embed every image (with --model: switch the catalog to that model)")
 @click.option("--silent", is_flag=True, help="no progress bar")
 def build_command(
-    database: str, folder: str | None, model: str | None, text_model: str | None, device: str, precision: str,
-    batch_size: int, workers: int | None, max_megapixels: float, thumbnail_size: int, no_thumbnails: bool,
-    reembed: bool, silent: bool,
+    database: str, folder: str | None, model: str | None, text_model: str | None, multilingual_model: str | None,
+    device: str, precision: str, batch_size: int, workers: int | None, max_megapixels: float, thumbnail_size: int,
+    no_thumbnails: bool, reembed: bool, silent: bool,
 ) -> None:
     """Catalog the images under FOLDER into DATABASE, with CLIP embeddings and a FAISS index.
 
@@ -89,7 +93,8 @@ def build_command(
         datasette-imgsearch build photos.db ./images --model ./my-clip-folder --precision bf16
     """
     options = BuildOptions(
-        model=model, text_model=text_model, device=device, precision=precision, batch_size=batch_size,
+        model=model, text_model=text_model, multilingual_model=multilingual_model, device=device, precision=precision,
+        batch_size=batch_size,
         max_megapixels=max_megapixels, thumbnail_size=None if no_thumbnails else thumbnail_size, reembed=reembed,
         **({"workers": workers} if workers else {}),
     )
@@ -168,28 +173,35 @@ def index_command(database: str, kind: str | None) -> None:
 @click.option("--min-score", help="leave out results scoring below this cosine similarity (-1 to 1)")
 @click.option("--json", "as_json", is_flag=True, help="print a JSON array of {id, path, score}")
 @model_options("override the catalog's image model (a moved local folder, say)")
+@click.option("--route", type=click.Choice(ROUTES), default="auto", show_default=True,
+              help="which text model reads each term: auto sends plain-ASCII terms to CLIP's text tower and the "
+                   "rest to the multilingual model")
 def search_command(
     database: str, query: str | None, image_path: str | None, k: str, min_score: str | None, as_json: bool,
-    model: str | None, text_model: str | None, device: str,
+    model: str | None, text_model: str | None, multilingual_model: str | None, device: str, route: str,
 ) -> None:
     """Search DATABASE by text QUERY, or by a reference image with --image.
 
-    QUERY may be plain text, row:ID for "more like this row", or a weighted mix such as
-    '2:dog + beach - night'.
+    QUERY may be plain text in any language, row:ID for "more like this row", or a weighted mix
+    such as '2:dog + beach - night' or '红色的圆 - 红色 + blue'.
 
     \b
         datasette-imgsearch search photos.db "a red bicycle"
+        datasette-imgsearch search photos.db "海滩上的狗"
         datasette-imgsearch search photos.db --image holiday.jpg -k 5 --json
     """
     if (query is None) == (image_path is None):
         raise click.UsageError("give either a QUERY or --image FILE")
     with user_errors():
         count, cutoff = check_k(k, MAX_K), check_min_score(min_score)
-        searcher = searcher_for(database, model, text_model, device)
+        searcher = searcher_for(database, ModelChoice(model, text_model, multilingual_model, route, device))
         if image_path is not None:
             hits = searcher.search_image_bytes(pixels.read_bytes(image_path), count, cutoff)
         else:
             hits = searcher.search(query or "", count, cutoff)
+            multilingual = [r.text or "" for r in searcher.readings(query or "") if r.reader == MULTILINGUAL]
+            if multilingual and not as_json:
+                click.echo(f"read by {searcher.multilingual_name}: {', '.join(multilingual)}", err=True)
         with Catalog(database) as catalog:
             paths = catalog.paths([hit.id for hit in hits])
     if as_json:

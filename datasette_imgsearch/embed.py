@@ -12,6 +12,7 @@ import os
 import socket
 import sys
 import threading
+import time
 import urllib.parse
 from pathlib import Path
 from typing import Any, Iterator
@@ -102,13 +103,13 @@ def same_model(recorded: str, asked: str) -> bool:
 class Embedder:
     """One loaded sentence-transformers model, used for images, text or both."""
 
-    def __init__(self, name: str, device: str = "auto", precision: str = "fp32") -> None:
+    def __init__(self, name: str, device: str = "auto", precision: str = "fp32", option: str = "--model") -> None:
         self.name = name
         self.device = resolve_device(device)
         if precision not in PRECISIONS:
             raise ModelError(f"unknown precision {precision!r}: use one of {', '.join(PRECISIONS)}")
         self.precision = best_precision(self.device) if precision == "auto" else precision
-        self.model = _load(name, self.device)
+        self.model = _load(name, self.device, option)
         dimension = getattr(self.model, "get_embedding_dimension", None) or self.model.get_sentence_embedding_dimension
         self.dimension = int(dimension() or 0)
         first = self.model[0]
@@ -278,8 +279,9 @@ def hub_reachable(timeout: float = HUB_CHECK_SECONDS) -> bool:
     return True
 
 
-def _load(name: str, device: str) -> Any:
-    """Load a model, turning the many ways this fails into one line a person can act on.
+def _load(name: str, device: str, option: str = "--model") -> Any:
+    """Load a model, turning the many ways this fails into one line a person can act on (``option`` is
+    the command-line option that names a local folder instead).
 
     A hub name is looked up in the local cache first, so a cached model never touches the network
     (and never changes under a catalog). Only when it is not cached is the hub asked, and only after
@@ -293,7 +295,7 @@ def _load(name: str, device: str) -> Any:
         folder = Path(name).expanduser()
         if not folder.is_dir():
             raise ModelError(
-                f"no model folder at {folder}: --model takes a sentence-transformers model name or a local model folder"
+                f"no model folder at {folder}: {option} takes a sentence-transformers model name or a local model folder"
             )
         try:
             return SentenceTransformer(str(folder), device=device)
@@ -308,8 +310,8 @@ def _load(name: str, device: str) -> Any:
     if not hub_reachable():
         raise ModelError(
             f"cannot load the model {name!r}: it is not in the local cache and the Hugging Face hub cannot be reached "
-            f"({_first_line(cached_error)[:120]}). Connect to the internet once to fetch it, check the spelling, "
-            "or pass --model PATH to a local model folder"
+            f"({_first_line(cached_error)[:120]}). Fetch it once with 'datasette-imgsearch fetch-model {name}' on a "
+            f"machine with internet, check the spelling, or pass {option} PATH to a local model folder"
         )
     from huggingface_hub.utils import disable_progress_bars, enable_progress_bars
 
@@ -320,7 +322,7 @@ def _load(name: str, device: str) -> Any:
     except Exception as error:
         raise ModelError(
             f"cannot load the model {name!r}: it is not in the local cache and could not be downloaded "
-            f"({_first_line(error)[:160]}). Check the spelling, or pass --model PATH to a local model folder"
+            f"({_first_line(error)[:160]}). Check the spelling, or pass {option} PATH to a local model folder"
         ) from None
     finally:
         disable_progress_bars()
@@ -355,12 +357,32 @@ def _first_line(error: Exception) -> str:
 
 _cache: dict[tuple[str, str, str], Embedder] = {}
 _cache_lock = threading.Lock()
+_failures: dict[tuple[str, str, str], tuple[float, ModelError]] = {}
+FAILURE_MEMORY_SECONDS = 60.0  # an uncached hub model is tried again at most this often
 
 
-def load_embedder(name: str, device: str = "auto", precision: str = "fp32") -> Embedder:
-    """A process-wide shared :class:`Embedder`: several catalogs on one server load a model once."""
+def load_embedder(name: str, device: str = "auto", precision: str = "fp32", option: str = "--model") -> Embedder:
+    """A process-wide shared :class:`Embedder`: several catalogs on one server load a model once.
+
+    A hub model that could not be loaded is not tried again for a minute: on a server without
+    internet every query would otherwise wait for the hub's connection check."""
     key = (model_key(name), device, precision)
     with _cache_lock:
         if key not in _cache:
-            _cache[key] = Embedder(name, device, precision)
+            failed = _failures.get(key)
+            if failed is not None and time.monotonic() - failed[0] < FAILURE_MEMORY_SECONDS:
+                raise failed[1]
+            try:
+                _cache[key] = Embedder(name, device, precision, option)
+            except ModelError as error:
+                if not looks_like_path(name):
+                    _failures[key] = (time.monotonic(), error)
+                raise
+            _failures.pop(key, None)
         return _cache[key]
+
+
+def is_loaded(name: str) -> bool:
+    """Whether this process has loaded the model ``name`` (on any device, at any precision)."""
+    with _cache_lock:
+        return any(key[0] == model_key(name) for key in _cache)

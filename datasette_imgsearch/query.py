@@ -20,8 +20,9 @@ from typing import Any, Callable, Generic, Hashable, TypeVar
 
 import numpy as np
 
-from .embed import Embedder, load_embedder
+from .embed import Embedder, is_loaded, load_embedder
 from .errors import ModelError, QueryError
+from .languages import CLIP, check_route, multilingual_model, reader_of
 from .pixels import DEFAULT_MAX_MEGAPIXELS, decode
 from .store import Hit, Loaded, VectorStore
 
@@ -200,6 +201,33 @@ class LRU(Generic[V]):
                 self._items.popitem(last=False)
 
 
+@dataclass(frozen=True)
+class ModelChoice:
+    """What a searcher is told beyond what the catalog records: model overrides, the multilingual text
+    model, how terms are routed between the text models, and the device."""
+
+    model: str | None = None  # the image model (a moved local folder, say)
+    text_model: str | None = None  # CLIP's text tower, or a replacement for it
+    multilingual_model: str | None = None  # reads the terms that are not English-like; "none" for none
+    route: str = "auto"  # auto, clip or multilingual (see languages.reader_of)
+    device: str = "auto"
+
+
+@dataclass(frozen=True)
+class Reading:
+    """One term of a query and what reads it: ``reader`` is ``clip``, ``multilingual`` or ``row`` (the
+    row's stored vector), ``model`` the text model's name (None for a row)."""
+
+    weight: float
+    text: str | None
+    row: int | None
+    reader: str
+    model: str | None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"weight": self.weight, "text": self.text, "row": self.row, "reader": self.reader, "model": self.model}
+
+
 class Searcher:
     """Ranks one catalog's rows against queries: parse → one unit vector → the store's top k.
 
@@ -208,18 +236,11 @@ class Searcher:
     """
 
     def __init__(
-        self,
-        db_path: str | Path,
-        model: str | None = None,
-        text_model: str | None = None,
-        device: str = "auto",
-        immutable: bool = False,
-        cache_size: int = 512,
+        self, db_path: str | Path, choice: ModelChoice = ModelChoice(), immutable: bool = False, cache_size: int = 512
     ) -> None:
         self.db_path = Path(db_path)
-        self.model_override = model
-        self.text_model_override = text_model
-        self.device = device
+        self.choice = ModelChoice(**{**choice.__dict__, "route": check_route(choice.route)})
+        self.device = choice.device
         self.store = VectorStore(db_path, immutable)
         self.store.current()  # a missing, foreign or empty catalog is refused here, not at the first query
         self._text_vectors: LRU[np.ndarray] = LRU(cache_size)
@@ -234,10 +255,13 @@ class Searcher:
     # Each query takes one snapshot of what is loaded (``Loaded``) and uses it throughout, so a query
     # that runs while a re-embed switches models never mixes the old model with the new vectors.
     def image_model(self, loaded: Loaded) -> str:
-        return self.model_override or loaded.model
+        return self.choice.model or loaded.model
 
     def text_model(self, loaded: Loaded) -> str:
-        return self.text_model_override or loaded.text_model or self.model_override or loaded.model
+        return self.choice.text_model or loaded.text_model or self.choice.model or loaded.model
+
+    def multilingual_model(self, loaded: Loaded) -> str | None:
+        return multilingual_model(loaded.model, loaded.multilingual_model, self.choice.multilingual_model)
 
     @property
     def model_name(self) -> str:
@@ -247,9 +271,21 @@ class Searcher:
     def text_model_name(self) -> str:
         return self.text_model(self.store.current())
 
-    def text_embedder(self, loaded: Loaded | None = None) -> Embedder:
+    @property
+    def multilingual_name(self) -> str | None:
+        return self.multilingual_model(self.store.current())
+
+    def text_embedder(self, loaded: Loaded | None = None, reader: str = CLIP) -> Embedder:
+        """The text model that reads terms routed to ``reader``; the multilingual one loads at its first term."""
         loaded = loaded or self.store.current()
-        return self._checked(load_embedder(self.text_model(loaded), self.device), loaded)
+        if reader == CLIP:
+            return self._checked(load_embedder(self.text_model(loaded), self.device), loaded)
+        name = self.multilingual_model(loaded)
+        assert name is not None  # reader_of routes nothing to a missing multilingual model
+        embedder = load_embedder(name, self.device, option="--multilingual-model")
+        if not embedder.supports_text:
+            raise ModelError(f"the multilingual model {name!r} cannot encode text")
+        return self._checked(embedder, loaded)
 
     def image_embedder(self, loaded: Loaded | None = None) -> Embedder:
         loaded = loaded or self.store.current()
@@ -287,11 +323,15 @@ class Searcher:
     def state(self) -> dict[str, Any]:
         """What this searcher loaded, for the status endpoint."""
         loaded = self._loaded.is_set()
+        multilingual = self.multilingual_model(self.store.current())
         return {
             "loaded": loaded and self._load_error is None,
             "load_seconds": self.load_seconds if loaded else None,
             "load_error": str(self._load_error) if self._load_error else None,
             "text_model": self.text_model_name,
+            "multilingual_model": multilingual,
+            "multilingual_loaded": multilingual is not None and is_loaded(multilingual),  # at its first term
+            "route": self.choice.route,
             "vectors": self.store.current().vectors_from,
             "rows": self.size,
         }
@@ -314,28 +354,49 @@ class Searcher:
             raise QueryError("the catalog switched to another model while this query ran: run it again")
         return vector
 
-    def text_vector(self, text: str, loaded: Loaded | None = None) -> np.ndarray:
+    def readings(self, query: str, loaded: Loaded | None = None) -> list[Reading]:
+        """The terms of ``query`` and the model that reads each (``row`` for a row's stored vector)."""
         loaded = loaded or self.store.current()
-        key = (self.text_model(loaded), text)
+        multilingual = self.multilingual_model(loaded)
+        readings = []
+        for term in parse(query):
+            if term.row is not None:
+                readings.append(Reading(term.weight, None, term.row, "row", None))
+                continue
+            reader = reader_of(term.text or "", self.choice.route, multilingual)
+            name = self.text_model(loaded) if reader == CLIP else multilingual
+            readings.append(Reading(term.weight, term.text, None, reader, name))
+        return readings
+
+    def text_vector(self, text: str, loaded: Loaded | None = None, reader: str = CLIP) -> np.ndarray:
+        loaded = loaded or self.store.current()
+        key = (reader, self.text_model(loaded), self.multilingual_model(loaded), text)
         vector = self._text_vectors.get(key)
         if vector is None:
-            vector = self.text_embedder(loaded).encode_text(text)
+            try:
+                embedder = self.text_embedder(loaded, reader)
+            except ModelError as error:
+                if reader == CLIP:
+                    raise
+                raise ModelError(f"{text!r} is not English-like, so the multilingual text model reads it: {error}") from None
+            vector = embedder.encode_text(text)
             self._text_vectors.put(key, vector)
         return vector
 
     def query_vector(self, query: str, loaded: Loaded | None = None) -> tuple[np.ndarray, set[int]]:
         """The unit vector a query stands for, and the rows it names (left out of its results)."""
         loaded = loaded or self.store.current()
-        terms = parse(query)
+        multilingual = self.multilingual_model(loaded)
         total: np.ndarray | None = None
         exclude = set()
-        for term in terms:
+        for term in parse(query):
             if term.row is not None:
                 vector = self.row_vector(term.row, loaded)
                 if term.weight > 0:
                     exclude.add(term.row)
             else:
-                vector = self.text_vector(term.text, loaded)  # type: ignore[arg-type]
+                text = term.text or ""
+                vector = self.text_vector(text, loaded, reader_of(text, self.choice.route, multilingual))
             total = term.weight * vector if total is None else total + term.weight * vector
         assert total is not None  # parse() never returns no terms
         norm = float(np.linalg.norm(total))
@@ -396,30 +457,20 @@ class Searcher:
         return self.store.current().vectors_from
 
 
-_searchers: dict[tuple[str, str | None, str | None, str, bool], Searcher] = {}
+_searchers: dict[tuple[str, ModelChoice, bool], Searcher] = {}
 _searchers_lock = threading.Lock()
 
 
-def _searcher_key(
-    db_path: str | Path, model: str | None, text_model: str | None, device: str, immutable: bool
-) -> tuple[str, str | None, str | None, str, bool]:
-    return (str(Path(db_path).resolve()), model, text_model, device, immutable)
-
-
-def existing_searcher(
-    db_path: str | Path, model: str | None = None, text_model: str | None = None, device: str = "auto", immutable: bool = False
-) -> Searcher | None:
+def existing_searcher(db_path: str | Path, choice: ModelChoice = ModelChoice(), immutable: bool = False) -> Searcher | None:
     """The process's :class:`Searcher` for a catalog if one was made; never makes one."""
     with _searchers_lock:
-        return _searchers.get(_searcher_key(db_path, model, text_model, device, immutable))
+        return _searchers.get((str(Path(db_path).resolve()), choice, immutable))
 
 
-def searcher_for(
-    db_path: str | Path, model: str | None = None, text_model: str | None = None, device: str = "auto", immutable: bool = False
-) -> Searcher:
+def searcher_for(db_path: str | Path, choice: ModelChoice = ModelChoice(), immutable: bool = False) -> Searcher:
     """A process-wide :class:`Searcher` per catalog, shared by SQL functions, pages and JSON."""
-    key = _searcher_key(db_path, model, text_model, device, immutable)
+    key = (str(Path(db_path).resolve()), choice, immutable)
     with _searchers_lock:
         if key not in _searchers:
-            _searchers[key] = Searcher(db_path, model, text_model, device, immutable)
+            _searchers[key] = Searcher(db_path, choice, immutable)
         return _searchers[key]

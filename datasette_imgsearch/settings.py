@@ -5,7 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import Any
 
+from .languages import ROUTES
 from .pixels import DEFAULT_MAX_MEGAPIXELS
+from .query import ModelChoice
 
 PLUGIN = "datasette-imgsearch"
 
@@ -14,6 +16,8 @@ PLUGIN = "datasette-imgsearch"
 class Settings:
     model: str | None = None  # overrides the model the catalog recorded (a moved local folder, say)
     text_model: str | None = None  # overrides the catalog's text model
+    multilingual_model: str | None = None  # overrides the catalog's multilingual text model ("none": none)
+    route: str = "auto"  # which text model reads each term: auto, clip or multilingual
     device: str = "auto"
     max_upload_mb: float = 20.0
     max_megapixels: float = DEFAULT_MAX_MEGAPIXELS  # an upload's size as its header states it
@@ -21,6 +25,14 @@ class Settings:
     max_k: int = 1000
     page_size: int = 24
     sql_wait_seconds: float = 0.8  # how long a SQL call waits for a model still loading at startup
+
+    def __post_init__(self) -> None:
+        if self.route not in ROUTES:
+            raise ValueError(f"{PLUGIN}: the route setting must be one of {', '.join(ROUTES)}, not {self.route!r}")
+
+    @property
+    def choice(self) -> ModelChoice:
+        return ModelChoice(self.model, self.text_model, self.multilingual_model, self.route, self.device)
 
     @property
     def max_upload_bytes(self) -> int:

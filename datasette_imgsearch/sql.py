@@ -23,7 +23,7 @@ def register_functions(conn: Any, db_path: str, settings: Settings, immutable: b
     """Add imgsearch(query [, k [, min_score [, candidates]]]) and imgsearch_score(embedding, query) to a connection."""
 
     def searcher() -> Searcher:
-        found = searcher_for(db_path, settings.model, settings.text_model, settings.device, immutable)
+        found = searcher_for(db_path, settings.choice, immutable)
         found.wait_until_loaded(settings.sql_wait_seconds)
         return found
 

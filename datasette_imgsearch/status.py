@@ -11,6 +11,7 @@ from typing import Any
 
 from .catalog import SCHEMA_VERSION, Catalog
 from .index import index_state
+from .languages import multilingual_model
 
 PACKAGES = ("datasette-imgsearch", "datasette", "sqlite-utils", "sentence-transformers", "torch", "faiss-cpu",
             "pillow", "pillow-heif", "pysqlite3-binary")
@@ -37,6 +38,7 @@ def catalog_status(catalog: Catalog) -> dict[str, Any]:
         "errors": catalog.error_count(),
         "model": meta.get("model"),
         "text_model": meta.get("text_model"),
+        "multilingual_model": multilingual_model(meta.get("model") or "", meta.get("multilingual_model")),
         "dimension": meta.get("dimension"),
         "folder": str(folder) if folder else None,
         "index": state.reason,

@@ -102,6 +102,7 @@ class Loaded:
     model: str
     text_model: str | None
     dimension: int
+    multilingual_model: str | None = None  # as recorded; languages.multilingual_model resolves the default
     ids: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     matrix: np.ndarray | None = None
     first_pass: Any = None  # a bfloat16 torch copy of ``matrix`` for large catalogs
@@ -157,7 +158,9 @@ class VectorStore:
             meta = catalog.all_meta()
             if not meta.get("model") or not meta.get("dimension"):
                 raise CatalogError(f"{self.db_path} has no embeddings yet: run 'datasette-imgsearch build' on it first")
-            loaded = Loaded(fingerprint, meta["model"], meta.get("text_model"), int(meta["dimension"]))
+            loaded = Loaded(
+                fingerprint, meta["model"], meta.get("text_model"), int(meta["dimension"]), meta.get("multilingual_model")
+            )
             state = index_state(catalog)
             if state.fresh:
                 index = read_index(index_path(self.db_path))

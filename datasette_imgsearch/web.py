@@ -25,8 +25,9 @@ from markupsafe import Markup, escape
 from . import csrf, pixels
 from .access import can_view_table
 from .catalog import BLOB_COLUMNS, COLUMNS, TABLE, Catalog, is_catalog
+from .embed import looks_like_path
 from .errors import ImgsearchError, QueryError, RequestError, web_message
-from .query import MAX_ROW_ID, Candidates, check_k, check_min_score, existing_searcher, parse, searcher_for
+from .query import MAX_ROW_ID, Candidates, Reading, check_k, check_min_score, existing_searcher, parse, searcher_for
 from .scan import media_type
 from .settings import Settings
 from .status import catalog_status, versions
@@ -56,7 +57,7 @@ class Target:
 
     def searcher(self) -> Any:
         settings = self.settings
-        return searcher_for(self.path, settings.model, settings.text_model, settings.device, self.immutable)
+        return searcher_for(self.path, settings.choice, self.immutable)
 
 
 def catalog_file(datasette: Any, database: str) -> tuple[str, bool] | None:
@@ -196,6 +197,7 @@ class Outcome:
     narrowing: Narrowing
     results: list[dict[str, Any]]
     has_more: bool
+    readings: list[Reading]  # each term of a text query and the model that read it
 
 
 async def search(datasette: Any, request: Any, target: Target) -> Outcome:
@@ -207,7 +209,8 @@ async def search(datasette: Any, request: Any, target: Target) -> Outcome:
     candidates = await candidates_for(datasette, target, narrowing)
     hits = await in_thread(run_search, target, wanted, candidates, narrowing.offset)
     has_more = len(hits) == wanted.k and narrowing.offset + wanted.k < target.settings.max_k
-    return Outcome(wanted, narrowing, await rows_for(datasette, target, hits, wanted.k), has_more)
+    readings = [] if wanted.image is not None else await in_thread(target.searcher().readings, wanted.query)
+    return Outcome(wanted, narrowing, await rows_for(datasette, target, hits, wanted.k), has_more, readings)
 
 
 def link(base: str, request: Any, add: tuple[tuple[str, str], ...] = (), drop: tuple[str, ...] = ()) -> str:
@@ -301,6 +304,7 @@ async def search_json(datasette: Any, request: Any) -> Response:
     return Response.json({
         "ok": True,
         "query": wanted.query if wanted.image is None else None,
+        "terms": [reading.as_dict() for reading in outcome.readings],
         "k": wanted.k,
         "count": len(outcome.results),
         "filters": narrowing.description or None,
@@ -340,7 +344,7 @@ async def search_page(datasette: Any, request: Any) -> Response:
     context.update(
         form_action=link(page, request, drop=FORM_FIELDS) if filters else page,
         clear_filters_url=link(page, request, drop=tuple(key for key, _ in filters if key != "_facet")),
-        facets={}, suggested_facets=[], filter_description=None, next_url=None, reference_urls=[],
+        facets={}, suggested_facets=[], filter_description=None, next_url=None, reference_urls=[], terms=[],
     )
     status = 200
     if request.method == "POST" or context["q"]:
@@ -355,6 +359,7 @@ async def search_page(datasette: Any, request: Any) -> Response:
                 (name, link(page, request, add=(("_facet", name),))) for name in SUGGESTED_FACETS if name not in narrowing.facets
             ]
             context["reference_urls"] = reference_thumbnails(page, wanted)
+            context["terms"] = [{**reading.as_dict(), "model_label": model_label(reading.model)} for reading in outcome.readings]
             if outcome.has_more and wanted.image is None:
                 context["next_url"] = link(page, request, add=(("_next", str(narrowing.offset + wanted.k)),))
             context["offset"] = narrowing.offset
@@ -362,6 +367,11 @@ async def search_page(datasette: Any, request: Any) -> Response:
             status, context["error"] = error.status, web_message(error)
     html = await datasette.render_template("imgsearch.html", context, request=request)
     return Response.html(html, status=status)
+
+
+def model_label(name: str | None) -> str:
+    """A model's name as the page shows it: a local folder by its last part (the full path is its title)."""
+    return Path(name).name if name and looks_like_path(name) else name or ""
 
 
 def reference_thumbnails(page: str, wanted: SearchRequest) -> list[str]:
@@ -528,7 +538,7 @@ async def status_view(datasette: Any, request: Any) -> Response:
         except ImgsearchError as error:
             catalogs[name] = {"error": error.message}
             continue
-        searcher = existing_searcher(path, settings.model, settings.text_model, settings.device, immutable)
+        searcher = existing_searcher(path, settings.choice, immutable)
         facts["searcher"] = await in_thread(searcher.state) if searcher is not None else None
         catalogs[name] = facts
     return Response.json({"versions": versions(), "catalogs": catalogs})

@@ -18,11 +18,18 @@ from datasette_imgsearch.cli import cli
 from datasette_imgsearch.toyworld import write_world
 
 TOY_MODEL = Path(__file__).parent / "fixtures" / "toy-clip"
+TOY_MULTILINGUAL = Path(__file__).parent / "fixtures" / "toy-multilingual"
 
 
 @pytest.fixture(scope="session")
 def toy_model() -> str:
     return str(TOY_MODEL)
+
+
+@pytest.fixture(scope="session")
+def toy_multilingual() -> str:
+    """The toy world's multilingual text model: Chinese and Russian captions in the toy CLIP's space."""
+    return str(TOY_MULTILINGUAL)
 
 
 @pytest.fixture(scope="session")

@@ -11,7 +11,7 @@ import pytest
 from datasette_imgsearch import sqlite_functions
 from datasette_imgsearch.catalog import SCHEMA_VERSION, Catalog, StoredFile, migrate
 from datasette_imgsearch.plan import plan_reembed, plan_update
-from datasette_imgsearch.query import Searcher
+from datasette_imgsearch.query import ModelChoice, Searcher
 from datasette_imgsearch.scan import FoundFile, ScanResult
 
 from .conftest import run_cli
@@ -29,7 +29,7 @@ def old_catalog(tmp_path: Path) -> Path:
 def test_a_version_1_catalog_is_read_as_it_is(old_catalog: Path, toy_model: str) -> None:
     with Catalog(old_catalog) as opened:
         assert opened.meta("schema_version") == 1 and opened.count() == 12
-    hits = Searcher(old_catalog, model=toy_model).search("a red circle", 3)
+    hits = Searcher(old_catalog, ModelChoice(model=toy_model)).search("a red circle", 3)
     assert len(hits) == 3
     version = sqlite3.connect(old_catalog).execute("select value from imgsearch_meta where key = 'schema_version'")
     assert version.fetchone() == (1,)  # reading never migrates
