@@ -20,6 +20,7 @@ from .index import INDEX_TYPES, write_index
 from .languages import MULTILINGUAL, ROUTES
 from .query import ModelChoice, check_k, check_min_score, searcher_for
 from .status import catalog_status
+from .strength import STRONG
 
 MAX_K = 10_000
 HIDDEN_INFO_KEYS = ("index_fresh", "index_type", "schema_version", "schema_version_written", "package_version")
@@ -170,7 +171,8 @@ def index_command(database: str, kind: str | None) -> None:
 @click.argument("query", required=False)
 @click.option("--image", "image_path", type=click.Path(dir_okay=False), help="search by a reference image instead")
 @click.option("-k", "k", default="10", show_default=True, help="how many results")
-@click.option("--min-score", help="leave out results scoring below this cosine similarity (-1 to 1)")
+@click.option("--min-score", help="leave out results scoring below this cosine similarity (-1 to 1), or 'strong' for "
+                                   "strong matches only")
 @click.option("--json", "as_json", is_flag=True, help="print a JSON array of {id, path, score}")
 @model_options("override the catalog's image model (a moved local folder, say)")
 @click.option("--route", type=click.Choice(ROUTES), default="auto", show_default=True,
@@ -205,12 +207,16 @@ def search_command(
         with Catalog(database) as catalog:
             paths = catalog.paths([hit.id for hit in hits])
     if as_json:
-        click.echo(json.dumps([{"id": h.id, "path": paths.get(h.id), "score": round(h.score, 6)} for h in hits], indent=2))
+        click.echo(json.dumps([{**hit.as_dict(), "path": paths.get(hit.id)} for hit in hits], indent=2))
         return
     if not hits:
         click.echo("no results", err=True)
     for rank, hit in enumerate(hits, 1):
-        click.echo(f"{rank:4d}  {hit.score:.4f}  {paths.get(hit.id)}")
+        strength = [] if hit.strength is None else [f"{hit.strength:4.0%}{'*' if hit.strength >= STRONG else ' '}"]
+        click.echo("  ".join([f"{rank:4d}", f"{hit.score:.4f}", *strength, str(paths.get(hit.id))]))
+    if hits and hits[0].strength is not None:
+        click.echo(f"strength: the share of random texts whose best match in this catalog scores lower; "
+                   f"* marks strong matches (at least {STRONG:.0%})", err=True)
 
 
 @cli.command(name="info")

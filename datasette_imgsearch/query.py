@@ -16,7 +16,7 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Generic, Hashable, TypeVar
+from typing import Any, Callable, Generic, Hashable, Literal, TypeVar, Union
 
 import numpy as np
 
@@ -25,11 +25,13 @@ from .errors import ModelError, QueryError
 from .languages import CLIP, check_route, multilingual_model, reader_of
 from .pixels import DEFAULT_MAX_MEGAPIXELS, decode
 from .store import Hit, Loaded, VectorStore
+from .strength import Calibration, random_texts
 
 MAX_QUERY_LENGTH = 1000
 MAX_TERMS = 16
 MAX_WEIGHT = 1000.0
 MAX_ROW_ID = 2**63 - 1  # SQLite's largest integer
+STRONG_ONLY = "strong"
 
 _SIGN = re.compile(r"(?:(?<=\s)|^)([+-])(?=\s|$)")
 _WEIGHT = re.compile(r"^(\d+(?:\.\d+)?|\.\d+)\s*:\s*(.*)$", re.S)
@@ -95,11 +97,17 @@ def check_k(k: Any, limit: int) -> int:
     return int(value)
 
 
-def check_min_score(min_score: Any) -> float | None:
-    """The cosine cut-off: empty means none; otherwise a number (or its text) from -1 to 1."""
+MinScore = Union[float, Literal["strong"], None]
+
+
+def check_min_score(min_score: Any) -> MinScore:
+    """The cut-off: empty means none; ``strong`` means strong matches only (see strength.py); otherwise a
+    cosine, as a number (or its text) from -1 to 1."""
     if min_score is None or min_score == "":
         return None
-    value = _number(min_score, "min_score", "a number from -1 to 1")
+    if isinstance(min_score, str) and min_score.strip().lower() == STRONG_ONLY:
+        return STRONG_ONLY
+    value = _number(min_score, "min_score", "a number from -1 to 1, or 'strong'")
     if not -1.0 <= value <= 1.0:
         raise QueryError(f"min_score must be between -1 and 1, not {min_score!r}")
     return value
@@ -245,6 +253,8 @@ class Searcher:
         self.store.current()  # a missing, foreign or empty catalog is refused here, not at the first query
         self._text_vectors: LRU[np.ndarray] = LRU(cache_size)
         self._results: LRU[list[Hit]] = LRU(cache_size)
+        self._calibrations: LRU[Calibration] = LRU(4)
+        self._random_text_vectors: LRU[np.ndarray] = LRU(4)
         self._loaded = threading.Event()
         self._loader: threading.Thread | None = None
         self._loader_lock = threading.Lock()
@@ -300,8 +310,22 @@ class Searcher:
         return embedder
 
     def load(self) -> None:
-        """Load the text model and the vectors now, so the first query is fast."""
-        self.text_embedder()
+        """Load the text model and the vectors, and measure what chance finds, so the first query is fast."""
+        self.calibration(self.store.current())
+
+    def calibration(self, loaded: Loaded) -> Calibration:
+        """What random text finds in this catalog (see strength.py): made once per catalog state and text model."""
+        name = self.text_model(loaded)
+        key = (loaded.fingerprint, name)
+        found = self._calibrations.get(key)
+        if found is None:
+            vectors = self._random_text_vectors.get(name)
+            if vectors is None:
+                vectors = self.text_embedder(loaded).encode_texts(random_texts())
+                self._random_text_vectors.put(name, vectors)
+            found = Calibration(np.sort(self.store.best_scores(vectors, loaded)))
+            self._calibrations.put(key, found)
+        return found
 
     def start_loading(self) -> None:
         """Load in a background thread (Datasette's startup), so the first query is fast."""
@@ -368,6 +392,12 @@ class Searcher:
             readings.append(Reading(term.weight, term.text, None, reader, name))
         return readings
 
+    def strong_score(self, query: str) -> float | None:
+        """The cosine from which a hit of ``query`` counts as strong here; None when the query has row: terms."""
+        if any(term.row is not None for term in parse(query)):
+            return None
+        return self.calibration(self.store.current()).strong_score
+
     def text_vector(self, text: str, loaded: Loaded | None = None, reader: str = CLIP) -> np.ndarray:
         loaded = loaded or self.store.current()
         key = (reader, self.text_model(loaded), self.multilingual_model(loaded), text)
@@ -407,23 +437,36 @@ class Searcher:
         return (total / norm).astype(np.float32), exclude
 
     def search(
-        self, query: str, k: int = 10, min_score: float | None = None, candidates: Candidates | None = None
+        self, query: str, k: int = 10, min_score: MinScore = None, candidates: Candidates | None = None
     ) -> list[Hit]:
-        """Rank the catalog against a text query (see :func:`parse`); only among ``candidates`` when given."""
+        """Rank the catalog against a text query (see :func:`parse`); only among ``candidates`` when given.
+
+        A query of text terms only gets each hit's strength; ``min_score="strong"`` keeps the strong ones."""
         loaded = self.store.current()
         key = (query, k, min_score, candidates and candidates.key, loaded.fingerprint)
         hits = self._results.get(key)
         if hits is None:
             vector, exclude = self.query_vector(query, loaded)
-            hits = self.store.search(vector, k, exclude, min_score, None if candidates is None else candidates.ids, loaded)
+            text_only = all(term.row is None for term in parse(query))
+            calibration = self.calibration(loaded) if text_only else None
+            if min_score == STRONG_ONLY:
+                if calibration is None:
+                    raise QueryError("strong matches are measured for text queries only, not for row: terms")
+                min_score = calibration.strong_score
+            ids = None if candidates is None else candidates.ids
+            hits = self.store.search(vector, k, exclude, min_score, ids, loaded)
+            if calibration is not None:
+                hits = [Hit(hit.id, hit.score, calibration.strength(hit.score)) for hit in hits]
             self._results.put(key, hits)
         return hits
 
     def search_image_bytes(
-        self, data: bytes, k: int = 10, min_score: float | None = None, max_megapixels: float = DEFAULT_MAX_MEGAPIXELS,
+        self, data: bytes, k: int = 10, min_score: MinScore = None, max_megapixels: float = DEFAULT_MAX_MEGAPIXELS,
         max_decoded_megapixels: float | None = None, candidates: Candidates | None = None,
     ) -> list[Hit]:
         """Rank the catalog against a reference image or an upload, decoded exactly as ``build`` decodes files."""
+        if min_score == STRONG_ONLY:
+            raise QueryError("strong matches are measured for text queries only, not for pictures")
         loaded = self.store.current()
         embedder = self.image_embedder(loaded)
         decoded = decode(data, max_megapixels, embedder.shrink_to(), max_decoded_megapixels)

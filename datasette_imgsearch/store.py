@@ -26,9 +26,13 @@ from .index import flat_vectors, index_state, read_index
 class Hit:
     id: int
     score: float
+    strength: float | None = None  # see strength.py; None for picture queries
 
     def as_dict(self) -> dict[str, Any]:
-        return {"id": self.id, "score": round(self.score, 6)}
+        found = {"id": self.id, "score": round(self.score, 6)}
+        if self.strength is not None:
+            found["strength"] = round(self.strength, 3)
+        return found
 
 
 def top_k(ids: np.ndarray, scores: np.ndarray, k: int, exclude: set[int], min_score: float | None) -> list[Hit]:
@@ -79,6 +83,7 @@ FIRST_PASS_ROWS = 250_000
 # and otherwise scores every row and picks theirs (a full pass costs about as much as gathering a quarter).
 GATHER_FRACTION = 4
 FIRST_PASS_MARGIN = 0.01
+BEST_SCORE_SLICE = 65_536
 
 
 def rescored_top_k(
@@ -211,6 +216,20 @@ class VectorStore:
         else:
             scores = self._exact_batcher((vector, loaded.matrix))[positions]
         return top_k(loaded.ids[positions], scores, k, exclude, min_score)
+
+    def best_scores(self, vectors: np.ndarray, loaded: Loaded) -> np.ndarray:
+        """Each vector's best score anywhere in the catalog, in one pass over it (in slices of rows, so a
+        large catalog never holds a rows x vectors table)."""
+        if loaded.faiss is not None:
+            scores, _ = loaded.faiss.search(np.ascontiguousarray(vectors, dtype=np.float32), 1)
+            return scores[:, 0]
+        if loaded.matrix is None or len(loaded.ids) == 0:
+            return np.full(len(vectors), -1.0, dtype=np.float32)
+        best = np.full(len(vectors), -np.inf, dtype=np.float32)
+        for start in range(0, len(loaded.matrix), BEST_SCORE_SLICE):
+            scores = exact_scores(loaded.matrix[start:start + BEST_SCORE_SLICE], list(vectors))
+            best = np.maximum(best, scores.max(axis=1))
+        return best
 
     def search(
         self, vector: np.ndarray, k: int, exclude: set[int], min_score: float | None, candidates: np.ndarray | None = None,

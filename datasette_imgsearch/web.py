@@ -27,11 +27,12 @@ from .access import can_view_table
 from .catalog import BLOB_COLUMNS, COLUMNS, TABLE, Catalog, is_catalog
 from .embed import looks_like_path
 from .errors import ImgsearchError, QueryError, RequestError, web_message
-from .query import MAX_ROW_ID, Candidates, Reading, check_k, check_min_score, existing_searcher, parse, searcher_for
+from .query import MAX_ROW_ID, Candidates, MinScore, Reading, check_k, check_min_score, existing_searcher, parse, searcher_for
 from .scan import media_type
 from .settings import Settings
 from .status import catalog_status, versions
 from .store import Hit
+from .strength import STRONG
 from .uploads import read_upload
 
 PAGE_LOAD_TIMEOUT = 120.0  # a page may wait this long for a model still loading at startup
@@ -104,7 +105,7 @@ class SearchRequest:
     query: str
     image: bytes | None
     k: int
-    min_score: float | None
+    min_score: MinScore
 
 
 async def read_search_request(datasette: Any, request: Any, settings: Settings) -> SearchRequest:
@@ -198,6 +199,7 @@ class Outcome:
     results: list[dict[str, Any]]
     has_more: bool
     readings: list[Reading]  # each term of a text query and the model that read it
+    strong_score: float | None  # the cosine from which a text query's hit is strong in this catalog
 
 
 async def search(datasette: Any, request: Any, target: Target) -> Outcome:
@@ -209,8 +211,15 @@ async def search(datasette: Any, request: Any, target: Target) -> Outcome:
     candidates = await candidates_for(datasette, target, narrowing)
     hits = await in_thread(run_search, target, wanted, candidates, narrowing.offset)
     has_more = len(hits) == wanted.k and narrowing.offset + wanted.k < target.settings.max_k
-    readings = [] if wanted.image is not None else await in_thread(target.searcher().readings, wanted.query)
-    return Outcome(wanted, narrowing, await rows_for(datasette, target, hits, wanted.k), has_more, readings)
+    readings, strong_score = ([], None) if wanted.image is not None else await in_thread(explain, target, wanted.query)
+    results = await rows_for(datasette, target, hits, wanted.k)
+    return Outcome(wanted, narrowing, results, has_more, readings, strong_score)
+
+
+def explain(target: Target, query: str) -> tuple[list[Reading], float | None]:
+    """Which model read each term of ``query``, and the score from which its hits are strong."""
+    searcher = target.searcher()
+    return searcher.readings(query), searcher.strong_score(query)
 
 
 def link(base: str, request: Any, add: tuple[tuple[str, str], ...] = (), drop: tuple[str, ...] = ()) -> str:
@@ -257,6 +266,8 @@ async def rows_for(datasette: Any, target: Target, hits: list[Hit], k: int) -> l
         results.append({
             **row,
             "score": round(hit.score, 6),
+            "strength": None if hit.strength is None else round(hit.strength, 3),
+            "strong": None if hit.strength is None else hit.strength >= STRONG,
             "row_url": datasette.urls.row(target.database, target.table, str(hit.id)),
             "thumbnail_url": f"{base}/thumbnail/{hit.id}",
             "more_like_this_url": f"{base}?{urllib.parse.urlencode({'q': f'row:{hit.id}', 'k': k})}",
@@ -305,6 +316,7 @@ async def search_json(datasette: Any, request: Any) -> Response:
         "ok": True,
         "query": wanted.query if wanted.image is None else None,
         "terms": [reading.as_dict() for reading in outcome.readings],
+        "strong_score": None if outcome.strong_score is None else round(outcome.strong_score, 6),
         "k": wanted.k,
         "count": len(outcome.results),
         "filters": narrowing.description or None,
@@ -329,6 +341,7 @@ async def search_page(datasette: Any, request: Any) -> Response:
         "q": request.args.get("q", ""),
         "k": request.args.get("k", str(target.settings.page_size)),
         "min_score": request.args.get("min_score", ""),
+        "strong_only": request.args.get("min_score", "").strip().lower() == "strong",
         "results": None,
         "error": None,
         "sql_url": None,

@@ -57,7 +57,7 @@ async def test_imgsearch_returns_ranked_ids_and_scores(ds: Datasette) -> None:
     response = await sql(ds, "select imgsearch('a red circle', 5) as hits")
     assert response.status_code == 200
     hits = json.loads(response.json()[0]["hits"])
-    assert len(hits) == 5 and set(hits[0]) == {"id", "score"}
+    assert len(hits) == 5 and set(hits[0]) == {"id", "score", "strength"}
     assert [h["score"] for h in hits] == sorted((h["score"] for h in hits), reverse=True)
 
 
