@@ -133,12 +133,9 @@ class Candidates:
 
     @property
     def ids(self) -> np.ndarray:
-        """The ids, sorted and unique (``json_group_array`` over a table scan gives them that way already)."""
+        """The ids as given: in any order (an index on the filtered column decides it), repeats allowed."""
         if self._ids is None:
-            ids = _parse_ids(self.text)
-            if len(ids) > 1 and not bool(np.all(ids[1:] > ids[:-1])):
-                ids = np.unique(ids)
-            self._ids = ids
+            self._ids = _parse_ids(self.text)
         return self._ids
 
 

@@ -83,6 +83,7 @@ FIRST_PASS_ROWS = 250_000
 # and otherwise scores every row and picks theirs (a full pass costs about as much as gathering a quarter).
 GATHER_FRACTION = 4
 FIRST_PASS_MARGIN = 0.01
+ID_TABLE_SLACK = 4
 BEST_SCORE_SLICE = 65_536
 
 
@@ -113,6 +114,7 @@ class Loaded:
     first_pass: Any = None  # a bfloat16 torch copy of ``matrix`` for large catalogs
     faiss: Any = None
     vectors_from: str = "not loaded"  # the index file, or the stored embeddings and why
+    row_of_id: np.ndarray | None = None  # id -> position in ``ids`` (-1: none), for ids dense enough to index
 
     @property
     def size(self) -> int:
@@ -208,9 +210,9 @@ class VectorStore:
         their vectors are gathered. A catalog served from an approximate index has no matrix in
         memory: the candidates' stored embeddings are read instead, so the ranking is exact either way."""
         if loaded.matrix is None:
-            ids, matrix = self.catalog().embeddings_of(candidates)
+            ids, matrix = self.catalog().embeddings_of(np.unique(candidates))
             return top_k(ids, matrix @ vector if len(ids) else np.zeros(0, np.float32), k, exclude, min_score)
-        positions = _positions(loaded.ids, candidates)
+        positions = self._positions(loaded, candidates)
         if len(positions) * GATHER_FRACTION < len(loaded.ids):
             scores = loaded.matrix[positions] @ vector
         else:
@@ -231,11 +233,42 @@ class VectorStore:
             best = np.maximum(best, scores.max(axis=1))
         return best
 
+    def _positions(self, loaded: Loaded, wanted: np.ndarray) -> np.ndarray:
+        """Where the wanted row ids (any order, repeats allowed) sit in ``loaded.ids``, ascending and unique;
+        ids that are not there are left out.
+
+        Ids are looked up in a table from id to position when they are dense enough (at most
+        ``ID_TABLE_SLACK`` times as many possible ids as rows), else by binary search; repeats go by a
+        mask over the rows, never by sorting the candidates, which cost 25 ms for 80,000 ids in the
+        order an index on ``taken`` gives them."""
+        ids = loaded.ids
+        if len(ids) == 0 or len(wanted) == 0:
+            return np.zeros(0, dtype=np.int64)
+        largest = int(ids[-1])
+        if loaded.row_of_id is None and 0 <= int(ids[0]) and largest < ID_TABLE_SLACK * len(ids):
+            with self._lock:
+                if loaded.row_of_id is None:
+                    table = np.full(largest + 1, -1, dtype=np.int32 if len(ids) < 2**31 else np.int64)
+                    table[ids] = np.arange(len(ids))
+                    loaded.row_of_id = table
+        if loaded.row_of_id is not None:
+            inside = wanted[(wanted >= 0) & (wanted <= largest)]
+            found = loaded.row_of_id[inside]
+            found = found[found >= 0]
+        else:
+            found = np.searchsorted(ids, wanted)
+            inside = found < len(ids)
+            found = found[inside]
+            found = found[ids[found] == wanted[inside]]
+        chosen = np.zeros(len(ids), dtype=bool)
+        chosen[found] = True
+        return np.flatnonzero(chosen)
+
     def search(
         self, vector: np.ndarray, k: int, exclude: set[int], min_score: float | None, candidates: np.ndarray | None = None,
         loaded: Loaded | None = None,
     ) -> list[Hit]:
-        """The k best rows for a unit vector, best first; only among ``candidates`` (sorted unique row ids) when
+        """The k best rows for a unit vector, best first; only among ``candidates`` (row ids, any order) when
         given. ``loaded`` is the snapshot the vector was made against (the current one if not given)."""
         loaded = loaded or self.current()
         if candidates is not None:
@@ -254,14 +287,6 @@ class VectorStore:
             return top_k(loaded.ids, self._exact_batcher((vector, loaded.matrix)), k, exclude, min_score)
         rough = self._exact_batcher((vector, first_pass))
         return rescored_top_k(loaded.ids, loaded.matrix, vector, rough, k, exclude, min_score)
-
-
-def _positions(ids: np.ndarray, wanted: np.ndarray) -> np.ndarray:
-    """Where each wanted row id sits in ``ids`` (sorted ascending), leaving out ids that are not there."""
-    positions = np.searchsorted(ids, wanted)
-    inside = positions < len(ids)
-    positions = positions[inside]
-    return positions[ids[positions] == wanted[inside]]
 
 
 def _score_batch(items: list[tuple[np.ndarray, Any]]) -> list[np.ndarray]:

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from datasette.app import Datasette
 
+from datasette_imgsearch import store
 from datasette_imgsearch.catalog import from_blob
 from datasette_imgsearch.query import Candidates, Searcher
 from datasette_imgsearch.toyworld import label_of
@@ -43,6 +44,28 @@ def test_a_filtered_ranking_is_the_exact_ranking_of_the_rows_that_passed(shared_
     expected = brute_force(shared_catalog, vector, where)[:10]
     assert [h.id for h in hits] == expected
     assert len(hits) == min(10, len(candidates))
+
+
+@pytest.mark.parametrize("lookup", ["id table", "binary search"])
+@pytest.mark.parametrize("order", ["shuffled", "repeated", "with ids that are not rows"])
+def test_candidates_in_any_order_with_repeats_rank_like_the_sorted_unique_ids(
+    shared_catalog: Path, monkeypatch: pytest.MonkeyPatch, lookup: str, order: str
+) -> None:
+    if lookup == "binary search":  # what ids too sparse for a table (large gaps) go through
+        monkeypatch.setattr(store, "ID_TABLE_SLACK", 0)
+    with sqlite3.connect(shared_catalog) as conn:
+        passing = [r[0] for r in conn.execute("select id from images where name not like 'red-circle%'")]
+    given = list(reversed(passing))
+    if order == "repeated":
+        given = given + passing[:20]
+    elif order == "with ids that are not rows":
+        given = [0, 10**9, 2**63 - 1] + given
+    searcher = Searcher(shared_catalog)
+    loaded = searcher.store.current()
+    hits = searcher.search("a red circle", 60, None, Candidates(json.dumps(given)))
+    vector, _ = searcher.query_vector("a red circle")
+    assert [h.id for h in hits] == brute_force(shared_catalog, vector, "name not like 'red-circle%'")
+    assert (loaded.row_of_id is not None) == (lookup == "id table")
 
 
 def test_an_approximate_index_still_ranks_the_candidates_exactly(catalog: Path) -> None:
