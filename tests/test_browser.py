@@ -132,3 +132,51 @@ def test_typing_a_query_and_uploading_an_image(server: str, browser, tmp_path: P
     browser.execute_script("window.scrollTo(0, 0)")
     if os.environ.get("IMGSEARCH_SCREENSHOT"):
         browser.save_screenshot(os.environ["IMGSEARCH_SCREENSHOT"])
+
+
+def current_query(driver) -> dict[str, list[str]]:
+    import urllib.parse
+
+    return urllib.parse.parse_qs(urllib.parse.urlsplit(driver.current_url).query)
+
+
+def test_filters_facets_the_strong_box_and_a_row_preview(server: str, browser) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    browser.get(server + "/photos/images/-/imgsearch?q=a+circle&k=12&name__startswith=blue-&_facet=format")
+    wait_for(lambda: result_names(browser))
+    assert all(label_of(name)[0] == "blue" for name in result_names(browser))
+    assert "Ranking only rows where name starts with" in results_text(browser)
+    facet = browser.execute_script(
+        "const a = document.querySelector('.imgsearch-facets a'); return a ? [a.innerText, a.getAttribute('href')] : null;"
+    )
+    assert facet is not None and facet[0] == "JPEG", facet
+    browser.get(server + facet[1])  # the facet value narrows the same search
+    wait_for(lambda: current_query(browser).get("format") == ["JPEG"] and result_names(browser))
+
+    box = browser.find_element(By.NAME, "q")
+    box.clear()
+    box.send_keys("a square", Keys.ENTER)  # a new query keeps the filters and the facet
+    wait_for(lambda: current_query(browser).get("q") == ["a square"] and result_names(browser))
+    query = current_query(browser)
+    assert query["name__startswith"] == ["blue-"] and query["format"] == ["JPEG"] and query["_facet"] == ["format"]
+    assert all(label_of(name) == ("blue", "square") for name in result_names(browser)[:4])
+    assert browser.execute_script("return document.querySelectorAll('.imgsearch-grid .strength.strong').length") >= 4
+
+    box = browser.find_element(By.NAME, "q")
+    box.clear()
+    box.send_keys("xyzzy plugh")
+    browser.find_element(By.CSS_SELECTOR, "input[name=min_score]").click()  # strong matches only
+    box.send_keys(Keys.ENTER)
+    wait_for(lambda: current_query(browser).get("min_score") == ["strong"])
+    wait_for(lambda: "0 results" in results_text(browser))
+
+    browser.get(server + "/photos/images/-/imgsearch?q=row%3A3")
+    wait_for(lambda: browser.execute_script(
+        "const i = document.querySelector('.imgsearch-reference img'); return !!i && i.complete && i.naturalWidth > 0;"))
+    if os.environ.get("IMGSEARCH_SCREENSHOT_FILTERS"):
+        browser.get(server + "/photos/images/-/imgsearch?q=a+square&k=12&name__startswith=blue-&_facet=format")
+        wait_for(lambda: thumbnails_loaded(browser))
+        browser.execute_script("window.scrollTo(0, 0)")
+        browser.save_screenshot(os.environ["IMGSEARCH_SCREENSHOT_FILTERS"])
