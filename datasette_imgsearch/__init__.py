@@ -1,6 +1,7 @@
 """datasette-imgsearch: semantic image search (CLIP + FAISS) in a SQLite catalog, as a Datasette plugin.
 
-The hook functions here are thin: each hands over to plain library code in this package.
+The hook functions here are thin: each hands over to plain library code in this package. They import
+the web module when first called, so the command line never pays for Datasette's views.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from typing import Any
 from datasette import hookimpl
 from markupsafe import Markup
 
-from . import csrf, web
+from . import csrf
 from .catalog import REMOVED_TABLE, TABLE, has_embeddings, is_catalog
 from .query import searcher_for
 from .settings import Settings
@@ -29,6 +30,8 @@ def _is_catalog(datasette: Any, database: str) -> bool:
 
 @hookimpl
 def prepare_connection(conn: Any, database: str, datasette: Any) -> None:
+    from . import web
+
     found = web.catalog_file(datasette, database)
     if found and is_catalog(conn):
         _catalogs.setdefault(datasette, set()).add(database)
@@ -39,6 +42,8 @@ def prepare_connection(conn: Any, database: str, datasette: Any) -> None:
 @hookimpl
 def startup(datasette: Any) -> None:
     """Start loading each catalog's model and vectors in the background, so the first query is fast."""
+    from . import web
+
     for name in list(datasette.databases):
         found = web.catalog_file(datasette, name)
         if found and has_embeddings(*found):
@@ -48,6 +53,8 @@ def startup(datasette: Any) -> None:
 
 @hookimpl
 def register_routes() -> list[tuple[str, Any]]:
+    from . import web
+
     return [
         (_ROUTE + r"$", web.search_page),
         (_ROUTE + r"\.json$", web.search_json),
@@ -59,6 +66,8 @@ def register_routes() -> list[tuple[str, Any]]:
 
 @hookimpl
 def table_actions(datasette: Any, database: str, table: str) -> list[dict[str, str]] | None:
+    from . import web
+
     if table != TABLE or not _is_catalog(datasette, database):
         return None
     return [{
@@ -73,6 +82,8 @@ def render_cell(value: Any, column: str, table: str | None, database: str, datas
     """Thumbnails as pictures; paths with their picture, a link to the original and "more like this"."""
     if table not in (TABLE, REMOVED_TABLE, None) or not _is_catalog(datasette, database):
         return None
+    from . import web
+
     return web.render_cell(value, column, table, database, datasette, row)
 
 

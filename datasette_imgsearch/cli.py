@@ -14,7 +14,7 @@ import click
 from . import pixels
 from .build import BuildOptions, build
 from .catalog import Catalog
-from .embed import DEFAULT_MODEL, DEVICES, PRECISIONS, load_embedder
+from .embed import DEFAULT_MODEL, DEVICES, PRECISIONS, Embedder
 from .errors import ImgsearchError
 from .index import INDEX_TYPES, write_index
 from .languages import MULTILINGUAL, ROUTES
@@ -178,9 +178,11 @@ def index_command(database: str, kind: str | None) -> None:
 @click.option("--route", type=click.Choice(ROUTES), default="auto", show_default=True,
               help="which text model reads each term: auto sends plain-ASCII terms to CLIP's text tower and the "
                    "rest to the multilingual model")
+@click.option("--precision", type=click.Choice(PRECISIONS), default="auto", show_default=True,
+              help="how the query is encoded: auto uses bf16 only where the CPU computes it natively")
 def search_command(
     database: str, query: str | None, image_path: str | None, k: str, min_score: str | None, as_json: bool,
-    model: str | None, text_model: str | None, multilingual_model: str | None, device: str, route: str,
+    model: str | None, text_model: str | None, multilingual_model: str | None, device: str, route: str, precision: str,
 ) -> None:
     """Search DATABASE by text QUERY, or by a reference image with --image.
 
@@ -196,7 +198,7 @@ def search_command(
         raise click.UsageError("give either a QUERY or --image FILE")
     with user_errors():
         count, cutoff = check_k(k, MAX_K), check_min_score(min_score)
-        searcher = searcher_for(database, ModelChoice(model, text_model, multilingual_model, route, device))
+        searcher = searcher_for(database, ModelChoice(model, text_model, multilingual_model, route, device, precision))
         if image_path is not None:
             hits = searcher.search_image_bytes(pixels.read_bytes(image_path), count, cutoff)
         else:
@@ -257,7 +259,7 @@ def fetch_model_command(name: str, save_to: str | None) -> None:
     from huggingface_hub import constants
 
     with user_errors():
-        embedder = load_embedder(name, "cpu")
+        embedder = Embedder(name, "cpu", plain=False)  # sentence-transformers downloads it, and can save it
         if save_to:
             embedder.model.save(save_to)
     where = f"saved to {save_to}" if save_to else f"cached under {constants.HF_HUB_CACHE}"

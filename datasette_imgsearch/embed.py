@@ -15,13 +15,16 @@ import threading
 import time
 import urllib.parse
 from pathlib import Path
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 import numpy as np
 
 from .batcher import Batcher
 from .errors import ModelError
 from .pixels import DEFAULT_THUMBNAIL_SIZE
+
+if TYPE_CHECKING:
+    from .fastclip import FastClip
 
 DEFAULT_MODEL = "clip-ViT-B-32"
 DEVICES = ("auto", "cpu", "cuda", "mps")
@@ -101,23 +104,34 @@ def same_model(recorded: str, asked: str) -> bool:
 
 
 class Embedder:
-    """One loaded sentence-transformers model, used for images, text or both."""
+    """One loaded model, used for images, text or both.
 
-    def __init__(self, name: str, device: str = "auto", precision: str = "fp32", option: str = "--model") -> None:
+    A CLIP folder (or a cached hub CLIP) runs on :mod:`fastclip`'s plain-torch towers, with no
+    sentence-transformers import; any other model, or ``plain=False``, through sentence-transformers."""
+
+    def __init__(
+        self, name: str, device: str = "auto", precision: str = "fp32", option: str = "--model", plain: bool = True
+    ) -> None:
         self.name = name
         self.device = resolve_device(device)
         if precision not in PRECISIONS:
             raise ModelError(f"unknown precision {precision!r}: use one of {', '.join(PRECISIONS)}")
         self.precision = best_precision(self.device) if precision == "auto" else precision
+        self._lock = threading.Lock()
+        self._template: dict[str, Any] = {}
+        self._text_batcher = Batcher(self.encode_texts)
+        self.clip = _plain_clip(name, self.device) if plain and PLAIN_CLIP else None
+        if self.clip is not None:
+            self.model: Any = None
+            self.dimension = self.clip.towers.dimension
+            self.modalities: list[str] = ["text", "image"]
+            self._pixels: ClipPixels | None = ClipPixels(self.clip.image_processor)
+            return
         self.model = _load(name, self.device, option)
         dimension = getattr(self.model, "get_embedding_dimension", None) or self.model.get_sentence_embedding_dimension
         self.dimension = int(dimension() or 0)
-        first = self.model[0]
-        self.modalities: list[str] = list(getattr(first, "modalities", ["text"]))
-        self._lock = threading.Lock()
-        self._template: dict[str, Any] = {}
+        self.modalities = list(getattr(self.model[0], "modalities", ["text"]))
         self._pixels = self._fast_pixels() if self.supports_images else None
-        self._text_batcher = Batcher(self.encode_texts)
 
     @property
     def supports_images(self) -> bool:
@@ -130,6 +144,8 @@ class Embedder:
     @property
     def input_size(self) -> int:
         """The largest side the model's processor resizes or crops a picture to."""
+        if self.clip is not None:
+            return model_input_side(self.clip.image_processor)
         processor = getattr(self.model[0], "processor", None)
         return model_input_side(getattr(processor, "image_processor", None))
 
@@ -188,7 +204,10 @@ class Embedder:
             else:
                 features[key] = value
         with self._lock, torch.inference_mode(), self._autocast():
-            output = self.model.forward(features)["sentence_embedding"]
+            if self.clip is not None:
+                output = self.clip.towers.encode_images(features["pixel_values"])
+            else:
+                output = self.model.forward(features)["sentence_embedding"]
         return _normalise(output.float().cpu().numpy())
 
     def encode_images(self, images: list[Any]) -> np.ndarray:
@@ -199,7 +218,12 @@ class Embedder:
         import torch
 
         self._require("text")
-        with self._lock, torch.inference_mode():
+        if self.clip is not None:
+            ids = torch.tensor([encoding.ids for encoding in self.clip.tokenizer.encode_batch(texts)], device=self.device)
+            with self._lock, torch.inference_mode(), self._autocast():
+                output = self.clip.towers.encode_text(ids)
+            return _normalise(output.float().cpu().numpy())
+        with self._lock, torch.inference_mode(), self._autocast():
             features = self.model.preprocess(texts)
             features = {k: v.to(self.device) if isinstance(v, torch.Tensor) else v for k, v in features.items()}
             output = self.model.forward(features)["sentence_embedding"]
@@ -254,6 +278,22 @@ class ClipPixels:
         image = image.crop((left, top, left + crop_width, top + crop_height))
         pixels = (np.asarray(image, dtype=np.float32) * self.scale - self.mean) / self.std
         return np.ascontiguousarray(pixels.transpose(2, 0, 1))
+
+
+PLAIN_CLIP = os.environ.get("IMGSEARCH_PLAIN_CLIP", "1") != "0"  # 0: always through sentence-transformers
+
+
+def _plain_clip(name: str, device: str) -> FastClip | None:
+    """The model as fastclip's plain-torch towers when its layout allows; None means sentence-transformers."""
+    from . import fastclip
+
+    try:
+        found = fastclip.load(name, device, looks_like_path(name))
+        if found is not None:
+            ClipPixels(found.image_processor)  # a processor of another kind raises here
+        return found
+    except Exception:  # anything fastclip cannot read: sentence-transformers reads it, or says why not
+        return None
 
 
 def _normalise(vectors: np.ndarray) -> np.ndarray:

@@ -216,6 +216,7 @@ class ModelChoice:
     multilingual_model: str | None = None  # reads the terms that are not English-like; "none" for none
     route: str = "auto"  # auto, clip or multilingual (see languages.reader_of)
     device: str = "auto"
+    precision: str = "auto"  # bf16 only where the hardware has it (see embed.best_precision)
 
 
 @dataclass(frozen=True)
@@ -246,6 +247,7 @@ class Searcher:
         self.db_path = Path(db_path)
         self.choice = ModelChoice(**{**choice.__dict__, "route": check_route(choice.route)})
         self.device = choice.device
+        self.precision = choice.precision
         self.store = VectorStore(db_path, immutable)
         self.store.current()  # a missing, foreign or empty catalog is refused here, not at the first query
         self._text_vectors: LRU[np.ndarray] = LRU(cache_size)
@@ -286,17 +288,17 @@ class Searcher:
         """The text model that reads terms routed to ``reader``; the multilingual one loads at its first term."""
         loaded = loaded or self.store.current()
         if reader == CLIP:
-            return self._checked(load_embedder(self.text_model(loaded), self.device), loaded)
+            return self._checked(load_embedder(self.text_model(loaded), self.device, self.precision), loaded)
         name = self.multilingual_model(loaded)
         assert name is not None  # reader_of routes nothing to a missing multilingual model
-        embedder = load_embedder(name, self.device, option="--multilingual-model")
+        embedder = load_embedder(name, self.device, self.precision, option="--multilingual-model")
         if not embedder.supports_text:
             raise ModelError(f"the multilingual model {name!r} cannot encode text")
         return self._checked(embedder, loaded)
 
     def image_embedder(self, loaded: Loaded | None = None) -> Embedder:
         loaded = loaded or self.store.current()
-        return self._checked(load_embedder(self.image_model(loaded), self.device), loaded)
+        return self._checked(load_embedder(self.image_model(loaded), self.device, self.precision), loaded)
 
     def _checked(self, embedder: Embedder, loaded: Loaded) -> Embedder:
         if embedder.dimension != loaded.dimension:

@@ -19,6 +19,7 @@ class Settings:
     multilingual_model: str | None = None  # overrides the catalog's multilingual text model ("none": none)
     route: str = "auto"  # which text model reads each term: auto, clip or multilingual
     device: str = "auto"
+    precision: str = "auto"  # for query encoding: bf16 only where the hardware computes it natively
     max_upload_mb: float = 20.0
     max_megapixels: float = DEFAULT_MAX_MEGAPIXELS  # an upload's size as its header states it
     max_upload_megapixels: float = 16.0  # the pixels an upload may decode to (a JPEG decodes reduced)
@@ -32,7 +33,7 @@ class Settings:
 
     @property
     def choice(self) -> ModelChoice:
-        return ModelChoice(self.model, self.text_model, self.multilingual_model, self.route, self.device)
+        return ModelChoice(self.model, self.text_model, self.multilingual_model, self.route, self.device, self.precision)
 
     @property
     def max_upload_bytes(self) -> int:

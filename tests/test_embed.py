@@ -21,13 +21,14 @@ from .conftest import run_cli
 
 @pytest.mark.parametrize("size", [(301, 207), (64, 64), (640, 480), (90, 400), (3, 1000)])
 def test_the_fast_preprocessing_gives_the_processors_own_numbers(toy_model: str, size: tuple[int, int]) -> None:
-    embedder = load_embedder(toy_model, "cpu")
-    assert embedder._pixels is not None, "the toy model's processor should take the fast path"
+    plain, through_st = load_embedder(toy_model, "cpu"), Embedder(toy_model, "cpu", plain=False)
     image = Image.fromarray(np.random.default_rng(1).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8))
-    fast = embedder.preprocess(image)["pixel_values"]
-    reference = embedder.model.preprocess([image])["pixel_values"]
-    assert fast.shape == reference.shape
-    assert float((fast - reference).abs().max()) < 1e-4
+    reference = through_st.model.preprocess([image])["pixel_values"]
+    for embedder in (plain, through_st):  # from the folder's settings (fastclip), and checked against the processor
+        assert embedder._pixels is not None, "the toy model's processor should take the fast path"
+        fast = embedder.preprocess(image)["pixel_values"]
+        assert fast.shape == reference.shape
+        assert float((fast - reference).abs().max()) < 1e-4
 
 
 def test_concurrent_text_queries_are_encoded_together_and_correctly() -> None:
@@ -158,8 +159,9 @@ def test_reduced_decoding_gives_the_model_the_input_its_own_processor_gives(toy_
     embedder = load_embedder(toy_model, "cpu")
     data = photo(*size)
     fast = embedder.preprocess(pixels.decode(data, shrink_to=embedder.shrink_to()).image)["pixel_values"]
-    reference = embedder.model.preprocess([pixels.decode(data).image])["pixel_values"]  # full decode, the model's processor
-    grey_levels = (fast - reference).float() * float(np.mean(embedder.model[0].processor.image_processor.image_std)) * 255
+    processor = Embedder(toy_model, "cpu", plain=False).model  # the model's own processor, on the full decode
+    reference = processor.preprocess([pixels.decode(data).image])["pixel_values"]
+    grey_levels = (fast - reference).float() * float(np.mean(processor[0].processor.image_processor.image_std)) * 255
     assert float(grey_levels.pow(2).mean().sqrt()) < 2.0  # RMS, in 8-bit grey levels
     vectors = embedder.encode_preprocessed([{**embedder._template, "pixel_values": fast},
                                             {**embedder._template, "pixel_values": reference}])
@@ -205,3 +207,17 @@ def test_bf16_vectors_stay_within_cosine_0_999_of_fp32_and_rank_the_same(tmp_pat
             paths = [conn.execute("select path from images where id = ?", [hit.id]).fetchone()[0] for hit in found]
         assert all(label_of(path) == ("red", "circle") for path in paths), (precision, paths)
     assert min(float(vectors["fp32"][p] @ vectors["bf16"][p]) for p in vectors["fp32"]) >= 0.999
+
+
+def test_queries_encoded_in_bf16_stay_within_cosine_0_999_of_fp32_and_rank_the_same(shared_catalog: Path) -> None:
+    from datasette_imgsearch.query import ModelChoice
+    from datasette_imgsearch.toyworld import COLOURS, SHAPES
+
+    queries = [f"a {colour} {shape}" for colour in COLOURS for shape in SHAPES] + ["something red - red + blue"]
+    searchers = {precision: Searcher(shared_catalog, ModelChoice(precision=precision)) for precision in ("fp32", "bf16")}
+    for query in queries:
+        fp32, bf16 = (searchers[p].query_vector(query)[0] for p in ("fp32", "bf16"))
+        assert float(fp32 @ bf16) >= 0.999, query
+        top = {p: {h.id for h in searchers[p].search(query, 5)} for p in searchers}  # near-ties may swap places
+        assert top["fp32"] == top["bf16"], query
+    assert searchers["bf16"].text_embedder().precision == "bf16"

@@ -27,6 +27,7 @@ from datasette_imgsearch.toyworld import COLOURS, SHAPES, label_of
 
 from .conftest import run_cli
 from .test_plugin import make_datasette, started
+from .test_plugin import sql as run_sql
 
 CHINESE_COLOURS = {"red": ("红色", "红"), "green": ("绿色", "绿"), "blue": ("蓝色", "蓝"), "yellow": ("黄色", "黄")}
 CHINESE_SHAPES = {"circle": ("圆形", "圆"), "square": ("正方形", "方块"), "triangle": ("三角形", "三角")}
@@ -149,7 +150,7 @@ async def test_sql_json_and_page_answer_chinese(ml_ds: Datasette, colour: str, s
     query = chinese("一个{c}{s}", colour, shape)
     sql = ("select images.path from json_each(imgsearch(:q, 5)) as hit "
            "join images on images.id = json_extract(hit.value, '$.id') order by hit.key")
-    response = await ml_ds.client.get("/photos.json", params={"sql": sql, "q": query, "_shape": "array"})
+    response = await run_sql(ml_ds, sql, q=query)
     assert precision_at_5([row["path"] for row in response.json()], colour, shape) >= 0.9
     response = await ml_ds.client.get("/photos/images/-/imgsearch.json", params={"q": query, "k": 5})
     assert precision_at_5([row["path"] for row in response.json()["results"]], colour, shape) >= 0.9

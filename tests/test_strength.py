@@ -18,7 +18,7 @@ from datasette_imgsearch.strength import STRONG, Calibration, random_texts
 from datasette_imgsearch.toyworld import COLOURS, SHAPES, draw_image
 
 from .conftest import run_cli
-from .test_plugin import make_datasette, started
+from .test_plugin import make_datasette, sql, started
 
 CLASS_QUERIES = [f"a {colour} {shape}" for colour in COLOURS for shape in SHAPES]
 NONSENSE = ["xyzzy plugh", "qwv kjh", "lorem ipsum dolor", "!!!", "asdf", "zzzz"]
@@ -103,8 +103,7 @@ async def ds(shared_catalog: Path) -> Datasette:
 @pytest.mark.asyncio
 @pytest.mark.parametrize("query, count", [("a red circle", 5), ("xyzzy plugh", 0)])
 async def test_sql_takes_strong_as_the_cut_off(ds: Datasette, query: str, count: int) -> None:
-    response = await ds.client.get("/photos.json", params={
-        "sql": "select imgsearch(:q, 5, 'strong') as hits", "q": query, "_shape": "array"})
+    response = await sql(ds, "select imgsearch(:q, 5, 'strong') as hits", q=query)
     hits = json.loads(response.json()[0]["hits"])
     assert len(hits) == count and all(hit["strength"] >= STRONG for hit in hits)
 
