@@ -9,7 +9,7 @@ from __future__ import annotations
 import weakref
 from typing import Any
 
-from datasette import hookimpl
+import pluggy
 from markupsafe import Markup
 
 from . import csrf
@@ -18,6 +18,9 @@ from .query import searcher_for
 from .settings import Settings
 from .sql import register_functions
 
+# Datasette's own marker (``datasette.hookimpl``) is this one; making it here spares the command line
+# the import of Datasette itself.
+hookimpl = pluggy.HookimplMarker("datasette")
 _ROUTE = r"^/(?P<database>[^/]+)/(?P<table>[^/]+)/-/imgsearch"
 # Per Datasette instance, the databases found to hold a catalog when their first connection opened:
 # the table action and the cell links appear only there, never on any other table called images.

@@ -134,6 +134,19 @@ class Embedder:
         self._pixels = self._fast_pixels() if self.supports_images else None
 
     @property
+    def identity(self) -> tuple[object, ...]:
+        """What names this model's exact numbers: its name, how it runs, and for a local folder the size and
+        time of every file in it (a retrained model in the same folder is another model)."""
+        files: list[tuple[str, int, int]] = []
+        if looks_like_path(self.name):
+            folder = Path(self.name).expanduser()
+            for file in sorted(folder.rglob("*")):
+                if file.is_file():
+                    info = file.stat()
+                    files.append((str(file.relative_to(folder)), info.st_size, info.st_mtime_ns))
+        return (model_key(self.name), self.device, self.precision, self.clip is not None, tuple(files))
+
+    @property
     def supports_images(self) -> bool:
         return "image" in self.modalities
 

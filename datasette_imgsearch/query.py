@@ -25,7 +25,7 @@ from .errors import ModelError, QueryError
 from .languages import CLIP, check_route, multilingual_model, reader_of
 from .pixels import DEFAULT_MAX_MEGAPIXELS, decode
 from .store import Hit, Loaded, VectorStore
-from .strength import Calibration, random_texts
+from .strength import Calibration, random_text_vectors
 
 MAX_QUERY_LENGTH = 1000
 MAX_TERMS = 16
@@ -320,7 +320,8 @@ class Searcher:
         if found is None:
             vectors = self._random_text_vectors.get(name)
             if vectors is None:
-                vectors = self.text_embedder(loaded).encode_texts(random_texts())
+                embedder = self.text_embedder(loaded)
+                vectors = random_text_vectors(embedder.identity, embedder.encode_texts)
                 self._random_text_vectors.put(name, vectors)
             found = Calibration(np.sort(self.store.best_scores(vectors, loaded)))
             self._calibrations.put(key, found)

@@ -15,13 +15,25 @@ near 0.5 and is strong about one time in a hundred.
 
 Strength is given for text queries only; a picture compared with pictures (an upload or a ``row:``
 term) scores on another scale.
+
+Encoding the random strings costs about a second with a full-size text tower, so their vectors are
+kept in a small file per model and precision in the user's cache folder (``IMGSEARCH_CACHE``, else
+``$XDG_CACHE_HOME/datasette-imgsearch``); a one-off ``search`` then reads them instead. Where that
+folder cannot be written (a read-only deployment), they are simply encoded each time the process
+starts.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 import random
 import string
+import tempfile
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -52,3 +64,32 @@ class Calibration:
     def strong_score(self) -> float:
         """The lowest cosine that is strong: above the best match of ``STRONG`` of the random strings."""
         return float(np.nextafter(float(self.best[int(np.ceil(STRONG * len(self.best))) - 1]), np.inf))
+
+
+def cache_folder() -> Path:
+    if os.environ.get("IMGSEARCH_CACHE"):
+        return Path(os.environ["IMGSEARCH_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "datasette-imgsearch"
+
+
+def random_text_vectors(identity: object, encode: Callable[[list[str]], np.ndarray]) -> np.ndarray:
+    """The random strings' vectors from the model ``identity`` names: from the cache file when there is a
+    good one, else encoded with ``encode`` and written there (silently skipped where that fails)."""
+    texts = random_texts()
+    key = hashlib.sha256(json.dumps([repr(identity), texts]).encode()).hexdigest()[:32]
+    path = cache_folder() / f"random-text-{key}.npy"
+    try:
+        vectors = np.load(path, allow_pickle=False)
+        if vectors.ndim == 2 and len(vectors) == len(texts) and vectors.dtype == np.float32:
+            return vectors
+    except (OSError, ValueError, EOFError):
+        pass
+    vectors = np.ascontiguousarray(encode(texts), dtype=np.float32)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".tmp", delete=False) as handle:
+            np.save(handle, vectors)
+        os.replace(handle.name, path)
+    except OSError:
+        pass
+    return vectors

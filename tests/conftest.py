@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import tempfile
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a hub name fails in seconds, not minutes of retries
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("IMGSEARCH_CACHE", tempfile.mkdtemp(prefix="imgsearch-cache-"))  # not the user's ~/.cache
 
 import shutil
 from pathlib import Path

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -136,3 +137,40 @@ async def test_an_upload_with_the_strong_cut_off_gets_a_400(ds: Datasette) -> No
     response = await ds.client.post("/photos/images/-/imgsearch.json", data={"min_score": "strong"},
                                     files={"image": ("red.png", buffer.getvalue(), "image/png")})
     assert response.status_code == 400 and "text queries only" in response.json()["error"]
+
+
+def test_the_random_texts_are_encoded_once_per_model_and_kept_in_the_cache(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, toy_model: str
+) -> None:
+    from datasette_imgsearch.embed import load_embedder
+    from datasette_imgsearch.strength import random_text_vectors
+
+    monkeypatch.setenv("IMGSEARCH_CACHE", str(tmp_path / "cache"))
+    embedder = load_embedder(toy_model, "cpu")
+    calls: list[int] = []
+
+    def encode(texts: list[str]) -> np.ndarray:
+        calls.append(len(texts))
+        return embedder.encode_texts(texts)
+
+    first = random_text_vectors(embedder.identity, encode)
+    again = random_text_vectors(embedder.identity, encode)
+    assert calls == [200] and np.array_equal(first, again)
+    random_text_vectors(("another model",), encode)
+    assert calls == [200, 200]
+    for cached in (tmp_path / "cache").glob("*.npy"):
+        cached.write_bytes(b"not a numpy file")  # a damaged cache file is encoded again
+    assert np.array_equal(random_text_vectors(embedder.identity, encode), first) and calls == [200, 200, 200]
+    monkeypatch.setenv("IMGSEARCH_CACHE", str(tmp_path / "a-file"))
+    (tmp_path / "a-file").write_text("a cache folder that cannot be made")
+    assert np.array_equal(random_text_vectors(embedder.identity, encode), first)
+
+
+def test_a_model_folder_changed_in_place_is_another_model(tmp_path: Path, toy_model: str) -> None:
+    from datasette_imgsearch.embed import Embedder
+
+    folder = tmp_path / "model"
+    shutil.copytree(toy_model, folder)
+    before = Embedder(str(folder), "cpu").identity
+    (folder / "config.json").write_text((folder / "config.json").read_text() + "\n")
+    assert Embedder(str(folder), "cpu").identity != before

@@ -1,0 +1,70 @@
+"""Cold start: a one-off `datasette-imgsearch search` (text and --image) against `python -c "import torch"`,
+each a fresh process, on the toy model and a full-size ViT-B/32, with and without fastclip.
+
+Target (issue: fast from the first keystroke): a cold search within 1.5x `import torch` on the same
+machine with the toy model; `--help` and `info` load no model code.
+
+    python benchmarks/cold_start.py [--repeat 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from common import TOY_MODEL, table, vit_b32
+
+CLI = [sys.executable, "-m", "datasette_imgsearch"]
+
+
+def seconds(command: list[str], repeat: int, plain: bool = True) -> float:
+    """The median wall time of ``command`` run ``repeat`` times, each in a fresh process."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "IMGSEARCH_PLAIN_CLIP": "1" if plain else "0"}
+    runs = []
+    for _ in range(repeat):
+        started = time.perf_counter()
+        subprocess.run(command, check=True, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        runs.append(time.perf_counter() - started)
+    return statistics.median(runs)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeat", type=int, default=5)
+    args = parser.parse_args()
+    from datasette_imgsearch.build import BuildOptions, build
+    from datasette_imgsearch.toyworld import write_world
+
+    folder = Path(tempfile.mkdtemp(prefix="cold-start-"))
+    images = folder / "images"
+    written = write_world(images, count=60, seed=3)
+    catalogs = {}
+    for name, model in (("toy model", TOY_MODEL), ("ViT-B/32", vit_b32())):
+        catalogs[name] = folder / f"{name.replace('/', '')}.db"
+        build(catalogs[name], images, BuildOptions(model=str(model)))
+    torch_s = seconds([sys.executable, "-c", "import torch"], args.repeat)
+    rows = [["`python -c \"import torch\"`", f"{torch_s:.2f}", "1.00x", ""]]
+    rows.append(["`datasette-imgsearch --help`", f"{seconds(CLI + ['--help'], args.repeat):.2f}", "", ""])
+    info = seconds(CLI + ["info", str(catalogs["toy model"])], args.repeat)
+    rows.append(["`datasette-imgsearch info`", f"{info:.2f}", "", ""])
+    for name, db in catalogs.items():
+        for plain in (True, False):
+            way = "fastclip" if plain else "sentence-transformers"
+            text = seconds(CLI + ["search", str(db), "a red circle"], args.repeat, plain)
+            image = seconds(CLI + ["search", str(db), "--image", str(written[0].path)], args.repeat, plain)
+            target = "≤ 1.50x" if name == "toy model" and plain else ""
+            rows.append([f"cold `search`, text, {name}, {way}", f"{text:.2f}", f"{text / torch_s:.2f}x", target])
+            rows.append([f"cold `search --image`, {name}, {way}", f"{image:.2f}", f"{image / torch_s:.2f}x", target])
+    print(f"CPU: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; median of {args.repeat}")
+    table("Cold start, each a fresh process (seconds)", ["command", "s", "of import torch", "target"], rows)
+
+
+if __name__ == "__main__":
+    main()
