@@ -84,6 +84,22 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
+def file_stamp(path: Path) -> str:
+    """Size, modification time and inode: what changes whenever another file takes this one's place."""
+    info = path.stat()
+    return f"{info.st_size}:{info.st_mtime_ns}:{info.st_ino}"
+
+
+_hashed: dict[tuple[str, str], str] = {}  # (path, stamp) -> sha256: each process hashes a file once
+
+
+def sha256_once(path: Path) -> str:
+    key = (str(path), file_stamp(path))
+    if key not in _hashed:
+        _hashed[key] = sha256_of(path)
+    return _hashed[key]
+
+
 def write_index(catalog: Catalog, kind: str | None = None) -> Path:
     """Rebuild the index file from the stored embeddings, atomically, and record its fingerprint."""
     import faiss
@@ -98,7 +114,8 @@ def write_index(catalog: Catalog, kind: str | None = None) -> Path:
     with open(temporary, "rb+") as handle:
         os.fsync(handle.fileno())
     os.replace(temporary, target)
-    catalog.set_meta(index_type=kind, index_version=version, index_sha256=sha256_of(target), index_count=len(ids))
+    catalog.set_meta(index_type=kind, index_version=version, index_sha256=sha256_of(target), index_count=len(ids),
+                     index_stamp=file_stamp(target))
     return target
 
 
@@ -111,12 +128,18 @@ class IndexState:
 
 
 def index_state(catalog: Catalog, check_hash: bool = True) -> IndexState:
+    """Fresh when the index was written at the catalog's current version and is the very file written then.
+
+    That file is recognised by its stamp (size, time, inode) as recorded at writing; any other file (a
+    copy, another catalog's index) is hashed, once per process, and compared with the recorded hash.
+    Hashing at every reload read the whole file each time a build committed."""
     path = index_path(catalog.path)
     if not path.exists():
         return IndexState(False, f"missing: {path.name} does not exist")
     if catalog.meta("index_version") != catalog.catalog_version:
         return IndexState(False, "stale: the catalog changed after the index was written")
-    if check_hash and sha256_of(path) != catalog.meta("index_sha256"):
+    same_file = catalog.meta("index_stamp") == file_stamp(path)
+    if check_hash and not same_file and sha256_once(path) != catalog.meta("index_sha256"):
         return IndexState(False, f"stale: {path.name} is not the file this catalog wrote")
     return IndexState(True, f"fresh: {catalog.meta('index_type')} index of {catalog.meta('index_count')} vectors")
 

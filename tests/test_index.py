@@ -65,6 +65,26 @@ def test_a_foreign_index_file_is_detected(catalog: Path, tmp_path: Path, images:
     assert not state.fresh and "not the file this catalog wrote" in state.reason
 
 
+def test_the_index_file_is_hashed_only_when_it_is_not_the_file_written_and_then_once(
+    catalog: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from datasette_imgsearch import index
+
+    hashed: list[Path] = []
+    real = index.sha256_of
+    monkeypatch.setattr(index, "sha256_of", lambda path: hashed.append(path) or real(path))
+    monkeypatch.setattr(index, "_hashed", {})
+    with Catalog(catalog) as opened:
+        assert index_state(opened).fresh and index_state(opened).fresh
+    assert hashed == []  # the very file build wrote: recognised by its stamp
+    moved = index_path(catalog).with_name("copy")
+    shutil.copy(index_path(catalog), moved)
+    moved.replace(index_path(catalog))  # the same bytes in another file, as a copy to another machine gives
+    with Catalog(catalog) as opened:
+        assert index_state(opened).fresh and index_state(opened).fresh
+    assert hashed == [index_path(catalog)]  # hashed once, then remembered
+
+
 @pytest.mark.parametrize("kind", ["hnsw", "sq8", "ivf"])
 def test_index_types_can_be_chosen_and_are_remembered(catalog: Path, kind: str) -> None:
     assert f"({kind}, 60 vectors)" in run_cli("index", catalog, "--type", kind)
