@@ -233,8 +233,9 @@ class Embedder:
         self._require("text")
         if self.clip is not None:
             ids = torch.tensor([encoding.ids for encoding in self.clip.tokenizer.encode_batch(texts)], device=self.device)
-            with self._lock, torch.inference_mode(), self._autocast():
-                output = self.clip.towers.encode_text(ids)
+            half = self.precision == "bf16" and self.device != "mps"  # a half copy of the weights, not autocast
+            with self._lock, torch.inference_mode():
+                output = self.clip.towers.encode_text(ids, half)
             return _normalise(output.float().cpu().numpy())
         with self._lock, torch.inference_mode(), self._autocast():
             features = self.model.preprocess(texts)
