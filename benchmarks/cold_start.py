@@ -2,7 +2,8 @@
 each a fresh process, on the toy model and a full-size ViT-B/32, with and without fastclip.
 
 Target (issue: fast from the first keystroke): a cold search within 1.5x `import torch` on the same
-machine with the toy model; `--help` and `info` load no model code.
+machine with the toy model; `--help` and `info` load no model code; Datasette's startup not slowed by
+the plugin (time to the first answer of `/-/versions.json`, and to the first search).
 
     python benchmarks/cold_start.py [--repeat 5]
 """
@@ -19,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import TOY_MODEL, table, vit_b32
+from common import TOY_MODEL, free_port, table, vit_b32
 
 CLI = [sys.executable, "-m", "datasette_imgsearch"]
 
@@ -33,6 +34,35 @@ def seconds(command: list[str], repeat: int, plain: bool = True) -> float:
         subprocess.run(command, check=True, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         runs.append(time.perf_counter() - started)
     return statistics.median(runs)
+
+
+def served(db: Path, path: str, plugins: bool = True) -> float:
+    """Seconds from starting `datasette serve db` until ``path`` first answers 200."""
+    import httpx
+
+    port = free_port()
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", **({} if plugins else {"DATASETTE_LOAD_PLUGINS": ""})}
+    started = time.perf_counter()
+    server = subprocess.Popen([sys.executable, "-m", "datasette", "serve", str(db), "--port", str(port)], env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        while True:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}{path}", timeout=30).status_code == 200:
+                    return time.perf_counter() - started
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.02)
+    finally:
+        server.terminate()
+        server.wait(10)
+
+
+def plugins_can_be_switched_off() -> bool:
+    """Whether this Datasette reads DATASETTE_LOAD_PLUGINS (1.0 does; 0.65 always loads every plugin)."""
+    import datasette.plugins
+
+    return hasattr(datasette.plugins, "DATASETTE_LOAD_PLUGINS")
 
 
 def main() -> None:
@@ -62,6 +92,15 @@ def main() -> None:
             target = "≤ 1.50x" if name == "toy model" and plain else ""
             rows.append([f"cold `search`, text, {name}, {way}", f"{text:.2f}", f"{text / torch_s:.2f}x", target])
             rows.append([f"cold `search --image`, {name}, {way}", f"{image:.2f}", f"{image / torch_s:.2f}x", target])
+    db = catalogs["ViT-B/32"]
+    versions = statistics.median(served(db, "/-/versions.json") for _ in range(args.repeat))
+    rows.append(["`datasette serve` (ViT-B/32 catalog): first `/-/versions.json`", f"{versions:.2f}", "", "not slowed"])
+    if plugins_can_be_switched_off():
+        bare = statistics.median(served(db, "/-/versions.json", plugins=False) for _ in range(args.repeat))
+        rows.append(["  the same with no plugins (`DATASETTE_LOAD_PLUGINS=`)", f"{bare:.2f}", "", ""])
+    search = f"/{db.stem}/images/-/imgsearch.json?q=a+red+circle"
+    first = statistics.median(served(db, search) for _ in range(args.repeat))
+    rows.append(["`datasette serve` (ViT-B/32 catalog): first search answered", f"{first:.2f}", "", ""])
     print(f"CPU: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; median of {args.repeat}")
     table("Cold start, each a fresh process (seconds)", ["command", "s", "of import torch", "target"], rows)
 
