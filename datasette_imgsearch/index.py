@@ -145,8 +145,18 @@ def index_state(catalog: Catalog, check_hash: bool = True) -> IndexState:
 
 
 def read_index(path: Path):  # -> faiss.Index
+    """The index file, memory-mapped where FAISS can map it (the inverted lists of ``ivf``: a million rows
+    then cost pages the OS can share and drop, not 2 GB of each server's memory), else read in full."""
     import faiss
 
-    index = faiss.read_index(str(path))
+    mapped = getattr(faiss, "IO_FLAG_MMAP", None)
+    index = None
+    if mapped is not None:
+        try:
+            index = faiss.read_index(str(path), mapped | getattr(faiss, "IO_FLAG_READ_ONLY", 0))
+        except RuntimeError:  # an index type FAISS cannot map
+            index = None
+    if index is None:
+        index = faiss.read_index(str(path))
     tune(index)
     return index

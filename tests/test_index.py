@@ -122,3 +122,22 @@ def test_a_rebuilt_index_is_picked_up_without_a_restart(catalog: Path) -> None:
 def test_the_index_is_written_atomically(catalog: Path) -> None:
     write_index(Catalog(catalog, write=True))
     assert not Path(str(index_path(catalog)) + ".tmp").exists()
+
+
+@pytest.mark.parametrize("mapping", ["memory-mapped", "read in full"])
+def test_an_ivf_index_is_memory_mapped_where_faiss_can_and_answers_alike(
+    catalog: Path, monkeypatch: pytest.MonkeyPatch, mapping: str
+) -> None:
+    import faiss
+
+    from datasette_imgsearch.index import read_index
+    from datasette_imgsearch.query import Searcher
+
+    run_cli("index", catalog, "--type", "ivf")
+    expected = [h.id for h in Searcher(catalog).search("a blue square", 5)]
+    if mapping == "read in full":  # a FAISS without memory mapping
+        monkeypatch.delattr(faiss, "IO_FLAG_MMAP")
+    index = read_index(index_path(catalog))  # held: the lists below belong to it
+    lists = faiss.downcast_InvertedLists(faiss.extract_index_ivf(index).invlists)
+    assert type(lists).__name__ == ("OnDiskInvertedLists" if mapping == "memory-mapped" else "ArrayInvertedLists")
+    assert [h.id for h in Searcher(catalog).search("a blue square", 5)] == expected
