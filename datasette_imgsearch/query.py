@@ -22,10 +22,10 @@ import numpy as np
 
 from .embed import Embedder, is_loaded, load_embedder
 from .errors import ModelError, QueryError
-from .languages import CLIP, check_route, multilingual_model, reader_of
+from .languages import CLIP, MULTILINGUAL, check_route, multilingual_model, reader_of
 from .pixels import DEFAULT_MAX_MEGAPIXELS, decode
 from .store import Hit, Loaded, VectorStore
-from .strength import Calibration, random_text_vectors
+from .strength import Calibration, random_text_vectors, random_texts
 
 MAX_QUERY_LENGTH = 1000
 MAX_TERMS = 16
@@ -312,20 +312,27 @@ class Searcher:
         """Load the text model and the vectors, and measure what chance finds, so the first query is fast."""
         self.calibration(self.store.current())
 
-    def calibration(self, loaded: Loaded) -> Calibration:
-        """What random text finds in this catalog (see strength.py): made once per catalog state and text model."""
-        name = self.text_model(loaded)
-        key = (loaded.fingerprint, name)
+    def calibration(self, loaded: Loaded, multilingual: bool = False) -> Calibration:
+        """What random text finds in this catalog (see strength.py), through CLIP's text tower and, with
+        ``multilingual``, through the multilingual model too: made once per catalog state and models."""
+        readers = [CLIP, MULTILINGUAL] if multilingual else [CLIP]
+        names = tuple(self.text_model(loaded) if reader == CLIP else self.multilingual_model(loaded) for reader in readers)
+        key = (loaded.fingerprint, names)
         found = self._calibrations.get(key)
         if found is None:
-            vectors = self._random_text_vectors.get(name)
-            if vectors is None:
-                embedder = self.text_embedder(loaded)
-                vectors = random_text_vectors(embedder.identity, embedder.encode_texts)
-                self._random_text_vectors.put(name, vectors)
-            found = Calibration(np.sort(self.store.best_scores(vectors, loaded)))
+            best = [self.store.best_scores(self._random_vectors(loaded, reader), loaded) for reader in readers]
+            found = Calibration(np.sort(np.concatenate(best)))
             self._calibrations.put(key, found)
         return found
+
+    def _random_vectors(self, loaded: Loaded, reader: str) -> np.ndarray:
+        embedder = self.text_embedder(loaded, reader)
+        vectors = self._random_text_vectors.get(embedder.identity)
+        if vectors is None:
+            texts = random_texts(foreign=reader == MULTILINGUAL)
+            vectors = random_text_vectors(embedder.identity, embedder.encode_texts, texts)
+            self._random_text_vectors.put(embedder.identity, vectors)
+        return vectors
 
     def start_loading(self) -> None:
         """Load in a background thread (Datasette's startup), so the first query is fast."""
@@ -394,9 +401,16 @@ class Searcher:
 
     def strong_score(self, query: str) -> float | None:
         """The cosine from which a hit of ``query`` counts as strong here; None when the query has row: terms."""
-        if any(term.row is not None for term in parse(query)):
+        loaded = self.store.current()
+        calibration = self._calibration_for(query, loaded)
+        return None if calibration is None else calibration.strong_score
+
+    def _calibration_for(self, query: str, loaded: Loaded) -> Calibration | None:
+        """The calibration a query's strength is measured with; None for a query with row: terms."""
+        readings = self.readings(query, loaded)
+        if any(reading.row is not None for reading in readings):
             return None
-        return self.calibration(self.store.current()).strong_score
+        return self.calibration(loaded, any(reading.reader == MULTILINGUAL for reading in readings))
 
     def text_vector(self, text: str, loaded: Loaded | None = None, reader: str = CLIP) -> np.ndarray:
         loaded = loaded or self.store.current()
@@ -447,8 +461,7 @@ class Searcher:
         hits = self._results.get(key)
         if hits is None:
             vector, exclude = self.query_vector(query, loaded)
-            text_only = all(term.row is None for term in parse(query))
-            calibration = self.calibration(loaded) if text_only else None
+            calibration = self._calibration_for(query, loaded)
             if min_score == STRONG_ONLY:
                 if calibration is None:
                     raise QueryError("strong matches are measured for text queries only, not for row: terms")

@@ -284,3 +284,22 @@ async def test_the_plugin_settings_choose_the_multilingual_model_and_the_route(
     await ds.invoke_startup()
     data = (await ds.client.get("/photos/images/-/imgsearch.json", params={"q": "黄色的方块", "k": 5})).json()
     assert data["terms"][0]["model"] == toy_model
+
+
+@pytest.mark.parametrize("query", ["乱七八糟", "бессмыслица", "ñoñería ßß"])
+def test_nonsense_in_other_scripts_looks_like_nonsense_too(ml_catalog: Path, query: str) -> None:
+    from datasette_imgsearch.strength import STRONG
+
+    searcher = Searcher(ml_catalog)
+    assert searcher.readings(query)[0].reader == "multilingual"
+    assert searcher.search(query, 1)[0].strength < STRONG
+    assert all(hit.strength >= STRONG for hit in searcher.search("一个黄三角", 5))
+
+
+def test_strong_keeps_its_meaning_for_random_text_in_the_multilingual_scripts(ml_catalog: Path) -> None:
+    from datasette_imgsearch.strength import STRONG, random_texts
+
+    searcher = Searcher(ml_catalog)
+    fresh = random_texts(200, seed=11, foreign=True)  # not the strings the calibration used
+    strong = sum(searcher.search(text, 1)[0].strength >= STRONG for text in fresh)
+    assert strong / len(fresh) <= 0.03
