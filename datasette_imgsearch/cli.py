@@ -203,9 +203,9 @@ def search_command(
             hits = searcher.search_image_bytes(pixels.read_bytes(image_path), count, cutoff)
         else:
             hits = searcher.search(query or "", count, cutoff)
-            multilingual = [r.text or "" for r in searcher.readings(query or "") if r.reader == MULTILINGUAL]
+            multilingual = [r for r in searcher.readings(query or "") if r.reader == MULTILINGUAL]
             if multilingual and not as_json:
-                click.echo(f"read by {searcher.multilingual_name}: {', '.join(multilingual)}", err=True)
+                click.echo(f"read by {multilingual[0].model}: {', '.join(r.text or '' for r in multilingual)}", err=True)
         with Catalog(database) as catalog:
             paths = catalog.paths([hit.id for hit in hits])
     if as_json:
@@ -214,7 +214,7 @@ def search_command(
     if not hits:
         click.echo("no results", err=True)
     for rank, hit in enumerate(hits, 1):
-        strength = [] if hit.strength is None else [f"{hit.strength:4.0%}{'*' if hit.strength >= STRONG else ' '}"]
+        strength = [] if hit.strength is None else [f"{hit.strength:4.0%}{'*' if hit.strong else ' '}"]
         click.echo("  ".join([f"{rank:4d}", f"{hit.score:.4f}", *strength, str(paths.get(hit.id))]))
     if hits and hits[0].strength is not None:
         click.echo(f"strength: the share of random texts whose best match in this catalog scores lower; "

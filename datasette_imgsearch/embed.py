@@ -120,12 +120,13 @@ class Embedder:
         self._lock = threading.Lock()
         self._template: dict[str, Any] = {}
         self._text_batcher = Batcher(self.encode_texts)
-        self.clip = _plain_clip(name, self.device) if plain and PLAIN_CLIP else None
-        if self.clip is not None:
+        plain_clip = _plain_clip(name, self.device) if plain and PLAIN_CLIP else None
+        self.clip = plain_clip[0] if plain_clip else None
+        if plain_clip is not None:
             self.model: Any = None
-            self.dimension = self.clip.towers.dimension
+            self.dimension = plain_clip[0].towers.dimension
             self.modalities: list[str] = ["text", "image"]
-            self._pixels: ClipPixels | None = ClipPixels(self.clip.image_processor)
+            self._pixels: ClipPixels | None = plain_clip[1]
             return
         self.model = _load(name, self.device, option)
         dimension = getattr(self.model, "get_embedding_dimension", None) or self.model.get_sentence_embedding_dimension
@@ -297,15 +298,14 @@ class ClipPixels:
 PLAIN_CLIP = os.environ.get("IMGSEARCH_PLAIN_CLIP", "1") != "0"  # 0: always through sentence-transformers
 
 
-def _plain_clip(name: str, device: str) -> FastClip | None:
-    """The model as fastclip's plain-torch towers when its layout allows; None means sentence-transformers."""
+def _plain_clip(name: str, device: str) -> tuple[FastClip, ClipPixels] | None:
+    """The model as fastclip's plain-torch towers with its preprocessing, when its layout allows; None
+    means sentence-transformers."""
     from . import fastclip
 
     try:
         found = fastclip.load(name, device, looks_like_path(name))
-        if found is not None:
-            ClipPixels(found.image_processor)  # a processor of another kind raises here
-        return found
+        return None if found is None else (found, ClipPixels(found.image_processor))  # another processor raises
     except Exception:  # anything fastclip cannot read: sentence-transformers reads it, or says why not
         return None
 

@@ -197,7 +197,7 @@ class ClipTowers:
 
     def __init__(self, config: dict[str, Any], weights: dict[str, Any], device: str) -> None:
         self.config = config
-        self.weights = {key: value.to(device=device, dtype=value.dtype) for key, value in weights.items()}
+        self.weights = {key: value.to(device) for key, value in weights.items()}
         self.text = self._text_tower(self.weights)
         self._half_text: tuple[Tower, dict[str, Any]] | None = None
         vision = {**VISION_DEFAULTS, **(config.get("vision_config") or {})}
@@ -276,8 +276,9 @@ def load(name: str, device: str, local: bool) -> FastClip | None:
     if folder is None:
         return None
     config = json.loads((folder / "config.json").read_text())
-    text, vision = config.get("text_config") or {}, config.get("vision_config") or {}
-    if text.get("hidden_act", "quick_gelu") not in ACTIVATIONS or vision.get("hidden_act", "quick_gelu") not in ACTIVATIONS:
+    text = {**TEXT_DEFAULTS, **(config.get("text_config") or {})}
+    vision = {**VISION_DEFAULTS, **(config.get("vision_config") or {})}
+    if text["hidden_act"] not in ACTIVATIONS or vision["hidden_act"] not in ACTIVATIONS:
         return None
     processor = image_processor(folder)
     weights = read_weights(folder)

@@ -280,10 +280,6 @@ class Searcher:
     def text_model_name(self) -> str:
         return self.text_model(self.store.current())
 
-    @property
-    def multilingual_name(self) -> str | None:
-        return self.multilingual_model(self.store.current())
-
     def text_embedder(self, loaded: Loaded | None = None, reader: str = CLIP) -> Embedder:
         """The text model that reads terms routed to ``reader``; the multilingual one loads at its first term."""
         loaded = loaded or self.store.current()
@@ -353,18 +349,19 @@ class Searcher:
 
     def state(self) -> dict[str, Any]:
         """What this searcher loaded, for the status endpoint."""
-        loaded = self._loaded.is_set()
-        multilingual = self.multilingual_model(self.store.current())
+        done = self._loaded.is_set()
+        current = self.store.current()
+        multilingual = self.multilingual_model(current)
         return {
-            "loaded": loaded and self._load_error is None,
-            "load_seconds": self.load_seconds if loaded else None,
+            "loaded": done and self._load_error is None,
+            "load_seconds": self.load_seconds if done else None,
             "load_error": str(self._load_error) if self._load_error else None,
-            "text_model": self.text_model_name,
+            "text_model": self.text_model(current),
             "multilingual_model": multilingual,
             "multilingual_loaded": multilingual is not None and is_loaded(multilingual),  # at its first term
             "route": self.choice.route,
-            "vectors": self.store.current().vectors_from,
-            "rows": self.size,
+            "vectors": current.vectors_from,
+            "rows": current.size,
         }
 
     def wait_until_loaded(self, timeout: float | None) -> None:
@@ -399,15 +396,14 @@ class Searcher:
             readings.append(Reading(term.weight, term.text, None, reader, name))
         return readings
 
-    def strong_score(self, query: str) -> float | None:
-        """The cosine from which a hit of ``query`` counts as strong here; None when the query has row: terms."""
-        loaded = self.store.current()
-        calibration = self._calibration_for(query, loaded)
+    def strong_score(self, readings: list[Reading]) -> float | None:
+        """The cosine from which a hit of the query ``readings`` describe counts as strong here; None when it
+        has row: terms."""
+        calibration = self._calibration_of(readings, self.store.current())
         return None if calibration is None else calibration.strong_score
 
-    def _calibration_for(self, query: str, loaded: Loaded) -> Calibration | None:
+    def _calibration_of(self, readings: list[Reading], loaded: Loaded) -> Calibration | None:
         """The calibration a query's strength is measured with; None for a query with row: terms."""
-        readings = self.readings(query, loaded)
         if any(reading.row is not None for reading in readings):
             return None
         return self.calibration(loaded, any(reading.reader == MULTILINGUAL for reading in readings))
@@ -430,18 +426,19 @@ class Searcher:
     def query_vector(self, query: str, loaded: Loaded | None = None) -> tuple[np.ndarray, set[int]]:
         """The unit vector a query stands for, and the rows it names (left out of its results)."""
         loaded = loaded or self.store.current()
-        multilingual = self.multilingual_model(loaded)
+        return self._vector_of(query, self.readings(query, loaded), loaded)
+
+    def _vector_of(self, query: str, readings: list[Reading], loaded: Loaded) -> tuple[np.ndarray, set[int]]:
         total: np.ndarray | None = None
         exclude = set()
-        for term in parse(query):
-            if term.row is not None:
-                vector = self.row_vector(term.row, loaded)
-                if term.weight > 0:
-                    exclude.add(term.row)
+        for reading in readings:
+            if reading.row is not None:
+                vector = self.row_vector(reading.row, loaded)
+                if reading.weight > 0:
+                    exclude.add(reading.row)
             else:
-                text = term.text or ""
-                vector = self.text_vector(text, loaded, reader_of(text, self.choice.route, multilingual))
-            total = term.weight * vector if total is None else total + term.weight * vector
+                vector = self.text_vector(reading.text or "", loaded, reading.reader)
+            total = reading.weight * vector if total is None else total + reading.weight * vector
         assert total is not None  # parse() never returns no terms
         norm = float(np.linalg.norm(total))
         if not math.isfinite(norm):
@@ -460,8 +457,9 @@ class Searcher:
         key = (query, k, min_score, candidates and candidates.key, loaded.fingerprint)
         hits = self._results.get(key)
         if hits is None:
-            vector, exclude = self.query_vector(query, loaded)
-            calibration = self._calibration_for(query, loaded)
+            readings = self.readings(query, loaded)
+            vector, exclude = self._vector_of(query, readings, loaded)
+            calibration = self._calibration_of(readings, loaded)
             if min_score == STRONG_ONLY:
                 if calibration is None:
                     raise QueryError("strong matches are measured for text queries only, not for row: terms")

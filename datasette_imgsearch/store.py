@@ -20,6 +20,7 @@ from .batcher import Batcher
 from .catalog import Catalog, index_path
 from .errors import CatalogError
 from .index import flat_vectors, index_state, read_index
+from .strength import STRONG
 
 
 @dataclass(frozen=True)
@@ -27,6 +28,10 @@ class Hit:
     id: int
     score: float
     strength: float | None = None  # see strength.py; None for picture queries
+
+    @property
+    def strong(self) -> bool | None:
+        return None if self.strength is None else self.strength >= STRONG
 
     def as_dict(self) -> dict[str, Any]:
         found = {"id": self.id, "score": round(self.score, 6)}

@@ -27,12 +27,11 @@ from .access import can_view_table
 from .catalog import BLOB_COLUMNS, COLUMNS, TABLE, Catalog, is_catalog
 from .embed import looks_like_path
 from .errors import ImgsearchError, QueryError, RequestError, web_message
-from .query import MAX_ROW_ID, Candidates, MinScore, Reading, check_k, check_min_score, existing_searcher, parse, searcher_for
+from .query import MAX_ROW_ID, Candidates, MinScore, Reading, check_k, check_min_score, existing_searcher, searcher_for
 from .scan import media_type
 from .settings import Settings
 from .status import catalog_status, versions
 from .store import Hit
-from .strength import STRONG
 from .uploads import read_upload
 
 PAGE_LOAD_TIMEOUT = 120.0  # a page may wait this long for a model still loading at startup
@@ -219,7 +218,8 @@ async def search(datasette: Any, request: Any, target: Target) -> Outcome:
 def explain(target: Target, query: str) -> tuple[list[Reading], float | None]:
     """Which model read each term of ``query``, and the score from which its hits are strong."""
     searcher = target.searcher()
-    return searcher.readings(query), searcher.strong_score(query)
+    readings = searcher.readings(query)
+    return readings, searcher.strong_score(readings)
 
 
 def link(base: str, request: Any, add: tuple[tuple[str, str], ...] = (), drop: tuple[str, ...] = ()) -> str:
@@ -267,7 +267,7 @@ async def rows_for(datasette: Any, target: Target, hits: list[Hit], k: int) -> l
             **row,
             "score": round(hit.score, 6),
             "strength": None if hit.strength is None else round(hit.strength, 3),
-            "strong": None if hit.strength is None else hit.strength >= STRONG,
+            "strong": hit.strong,
             "row_url": datasette.urls.row(target.database, target.table, str(hit.id)),
             "thumbnail_url": f"{base}/thumbnail/{hit.id}",
             "more_like_this_url": f"{base}?{urllib.parse.urlencode({'q': f'row:{hit.id}', 'k': k})}",
@@ -371,7 +371,7 @@ async def search_page(datasette: Any, request: Any) -> Response:
             context["suggested_facets"] = [
                 (name, link(page, request, add=(("_facet", name),))) for name in SUGGESTED_FACETS if name not in narrowing.facets
             ]
-            context["reference_urls"] = reference_thumbnails(page, wanted)
+            context["reference_urls"] = reference_thumbnails(page, outcome.readings)
             context["terms"] = [{**reading.as_dict(), "model_label": model_label(reading.model)} for reading in outcome.readings]
             if outcome.has_more and wanted.image is None:
                 context["next_url"] = link(page, request, add=(("_next", str(narrowing.offset + wanted.k)),))
@@ -387,11 +387,10 @@ def model_label(name: str | None) -> str:
     return Path(name).name if name and looks_like_path(name) else name or ""
 
 
-def reference_thumbnails(page: str, wanted: SearchRequest) -> list[str]:
-    """The pictures a query searches by (its ``row:`` terms with a positive weight), to show above the results."""
-    if wanted.image is not None or not wanted.query:
-        return []
-    return [f"{page}/thumbnail/{term.row}" for term in parse(wanted.query) if term.row is not None and term.weight > 0]
+def reference_thumbnails(page: str, readings: list[Reading]) -> list[str]:
+    """The pictures a text query searches by (its ``row:`` terms with a positive weight), to show above the
+    results; an upload has no readings."""
+    return [f"{page}/thumbnail/{reading.row}" for reading in readings if reading.row is not None and reading.weight > 0]
 
 
 # Cells in Datasette's own pages ---------------------------------------------------------------------
