@@ -7,8 +7,10 @@ catalogued and ``imgsearch_removed`` the rows of files that left the folder, so 
 back keeps its id and embedding. ``imgsearch_reembed`` holds the new model's vectors while a
 ``--reembed`` runs, so the catalog keeps answering with the old model until the switch. Triggers bump
 ``catalog_version`` on every change of an embedding, whoever makes it, so any reader can tell whether
-the sibling FAISS index still matches, and refuse any embedding whose length is not the catalog's
-dimension, whichever program writes it.
+the sibling FAISS index still matches, and log the id of each changed row in ``imgsearch_changes``, so
+a server catches a stale index up with the rows changed since it was written instead of reloading
+every vector at every commit of a build. They also refuse any embedding whose length is not the
+catalog's dimension, whichever program writes it.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ META_TABLE = "imgsearch_meta"
 ERRORS_TABLE = "imgsearch_errors"
 REMOVED_TABLE = "imgsearch_removed"
 REEMBED_TABLE = "imgsearch_reembed"
+CHANGES_TABLE = "imgsearch_changes"
 CATALOG_SUFFIXES = ("", "-wal", "-shm", "-journal", ".faiss", ".faiss.tmp")
 
 # Every column of an image row except ``id``, in table order, with its SQL type.
@@ -107,6 +110,39 @@ CREATE TRIGGER IF NOT EXISTS [{TABLE}_embedding_length_on_update] BEFORE UPDATE 
 WHEN {_WRONG_LENGTH} BEGIN SELECT RAISE(ABORT, '{_DIMENSION_MESSAGE}'); END;
 """
 
+# The change log: each change of a row's embedding logs the row's id under the catalog_version it
+# made. Writing the index prunes what it covers; ``changes_from`` is the version from which the log is
+# whole (a catalog migrated from schema 2 has no log of its earlier changes).
+_BUMP = f"UPDATE [{META_TABLE}] SET value = value + 1 WHERE key = 'catalog_version';"
+
+
+def _log(row: str, condition: str = "") -> str:
+    return (f"INSERT INTO [{CHANGES_TABLE}] (version, id) SELECT value, {row}.id FROM [{META_TABLE}] "
+            f"WHERE key = 'catalog_version'{condition};")
+
+
+_VERSION_3 = f"""
+CREATE TABLE IF NOT EXISTS [{CHANGES_TABLE}] (
+    version INTEGER NOT NULL,
+    id INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS [idx_{CHANGES_TABLE}_version] ON [{CHANGES_TABLE}] (version);
+INSERT OR REPLACE INTO [{META_TABLE}] (key, value)
+    SELECT 'changes_from', value FROM [{META_TABLE}] WHERE key = 'catalog_version';
+DROP TRIGGER IF EXISTS [{TABLE}_inserted];
+DROP TRIGGER IF EXISTS [{TABLE}_deleted];
+DROP TRIGGER IF EXISTS [{TABLE}_embedding_changed];
+CREATE TRIGGER [{TABLE}_inserted] AFTER INSERT ON [{TABLE}] BEGIN
+    {_BUMP} {_log("NEW")}
+END;
+CREATE TRIGGER [{TABLE}_deleted] AFTER DELETE ON [{TABLE}] BEGIN
+    {_BUMP} {_log("OLD")}
+END;
+CREATE TRIGGER [{TABLE}_embedding_changed] AFTER UPDATE OF id, embedding ON [{TABLE}] BEGIN
+    {_BUMP} {_log("OLD")} {_log("NEW", " AND NEW.id != OLD.id")}
+END;
+"""
+
 
 def _run_script(script: str) -> Callable[[sqlite3.Connection], None]:
     """A migration that runs ``script`` statement by statement inside the caller's transaction
@@ -127,7 +163,9 @@ def _run_script(script: str) -> Callable[[sqlite3.Connection], None]:
 
 # Migration N brings a catalog from schema N-1 to N; each runs in its own transaction. Never edit a
 # released migration: add the next one (the way sqlite-utils and llm do it).
-MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_run_script(_VERSION_1), _run_script(_VERSION_2)]
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
+    _run_script(_VERSION_1), _run_script(_VERSION_2), _run_script(_VERSION_3),
+]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -349,6 +387,56 @@ class Catalog:
             return ids, np.zeros((0, int(self.meta("dimension") or 0)), dtype="float32")
         matrix = np.frombuffer(bytearray(b"".join(r[1] for r in rows)), dtype="<f4").reshape(len(rows), -1)
         return ids, matrix.astype("float32", copy=False)
+
+    def iter_embeddings(self, chunk_rows: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """All (ids, matrix) in id order, ``chunk_rows`` at a time: ten million rows never sit in memory
+        at once. Run it inside :meth:`snapshot` for one consistent view."""
+        last = -(2**63)
+        while True:
+            rows = self.db.execute(
+                f"select id, embedding from [{TABLE}] where id > ? order by id limit ?", [last, chunk_rows]
+            ).fetchall()
+            if not rows:
+                return
+            ids = np.fromiter((r[0] for r in rows), dtype="int64", count=len(rows))
+            yield ids, np.frombuffer(b"".join(r[1] for r in rows), dtype="<f4").reshape(len(rows), -1).astype("float32")
+            last = int(ids[-1])
+
+    def sample_embeddings(self, count: int, seed: int = 0) -> np.ndarray:
+        """The vectors of ``count`` rows chosen at random (seeded, so an index is rebuilt alike)."""
+        ids = np.fromiter((r[0] for r in self.db.execute(f"select id from [{TABLE}]")), dtype="int64")
+        if count < len(ids):
+            ids = np.sort(np.random.default_rng(seed).choice(ids, count, replace=False))
+        return self.embeddings_of(ids)[1]
+
+    def changed_since(self, version: int) -> np.ndarray | None:
+        """Ids of the rows whose embedding changed (added, replaced, removed) after ``version``, or
+        ``None`` when the change log does not reach back that far."""
+        if self.meta("changes_from") is None or version < int(self.meta("changes_from")):
+            return None
+        rows = self.db.execute(f"select distinct id from [{CHANGES_TABLE}] where version > ?", [version])
+        return np.fromiter((r[0] for r in rows), dtype="int64")
+
+    def index_written(self, **facts: Any) -> None:
+        """Record a freshly written index and forget the changes it holds, in one transaction."""
+        conn = self.db.conn
+        with conn:
+            conn.executemany(f"insert or replace into [{META_TABLE}] (key, value) values (?, ?)", list(facts.items()))
+            conn.execute(f"delete from [{CHANGES_TABLE}] where version <= ?", [facts["index_version"]])
+
+    @contextlib.contextmanager
+    def snapshot(self) -> Iterator[None]:
+        """Read inside one transaction: every query sees the catalog as it was at the first one, while a
+        build goes on writing (WAL mode)."""
+        conn = self.db.conn
+        if conn.in_transaction:
+            yield
+            return
+        conn.execute("BEGIN")
+        try:
+            yield
+        finally:
+            conn.execute("COMMIT")
 
     def embeddings_of(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(ids, matrix) of the given rows that exist, in id order."""

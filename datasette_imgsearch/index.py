@@ -22,29 +22,67 @@ INDEX_TYPES: dict[str, str] = {
     "hnsw": "HNSW graph: approximate, about 1 ms a query at a million rows, more memory",
     "ivf": "inverted lists over k-means cells: approximate, quick to build",
     "sq8": "8-bit scalar quantised, exact scan: a quarter of the memory, approximate scores",
+    "ivfpq": "inverted lists of 64-byte product-quantised codes, memory-mapped, re-ranked exactly from the "
+             "stored embeddings: the index for ten million images and more",
 }
+# Index types whose scores are rough: a search takes more candidates than it needs from the index and
+# re-scores them exactly from the catalog's stored embeddings.
+RERANKED_TYPES = {"ivfpq"}
 HNSW_EF_SEARCH = 512
 IVF_PROBES = 32
 TRAINING_POINTS_PER_CELL = 64
+PQ_CELLS_PER_ROOT = 0.65  # 2,055 cells at ten million rows
+PQ_TRAINING_POINTS_PER_CELL = 40
+PQ_BYTES_PER_DIMENSION = 1 / 8  # 64 one-byte codes for a 512-d vector
+CHUNK_ROWS = 50_000  # the embeddings an index write holds in memory at once
 
 
-def make_index(ids: np.ndarray, matrix: np.ndarray, kind: str = "flat"):  # -> faiss.Index
-    """A FAISS inner-product index holding ``matrix`` under the labels ``ids``."""
+def new_index(dimension: int, count: int, kind: str = "flat"):  # -> faiss.Index
+    """An empty FAISS inner-product index for ``count`` vectors, keyed by row id, still to be trained."""
     import faiss
 
     if kind not in INDEX_TYPES:
         raise ValueError(f"unknown index type {kind!r}: use one of {', '.join(INDEX_TYPES)}")
-    dimension = matrix.shape[1]
-    training_size = len(ids)
     if kind == "ivf":
-        cells = max(1, min(int(4 * math.sqrt(len(ids))), len(ids) // 39))
-        index = faiss.index_factory(dimension, f"IVF{cells},Flat", faiss.METRIC_INNER_PRODUCT)
-        training_size = TRAINING_POINTS_PER_CELL * cells  # k-means needs a few dozen points a cell, not millions
-    else:
-        factory = {"flat": "IDMap2,Flat", "hnsw": "IDMap2,HNSW32", "sq8": "IDMap2,SQ8"}[kind]
-        index = faiss.index_factory(dimension, factory, faiss.METRIC_INNER_PRODUCT)
+        cells = max(1, min(int(4 * math.sqrt(count)), count // 39))
+        return faiss.index_factory(dimension, f"IVF{cells},Flat", faiss.METRIC_INNER_PRODUCT)
+    if kind == "ivfpq":
+        # Fewer, larger cells than ``ivf``: k-means over a few thousand cells is what a build on two cores
+        # can afford at ten million rows, and an HNSW graph over the centroids assigns each vector quickly.
+        cells = max(1, min(int(PQ_CELLS_PER_ROOT * math.sqrt(count)), count // PQ_TRAINING_POINTS_PER_CELL))
+        codes = _pq_codes(dimension)
+        quantizer = f"IVF{cells}_HNSW32" if cells >= 1024 else f"IVF{cells}"
+        return faiss.index_factory(dimension, f"{quantizer},PQ{codes}", faiss.METRIC_INNER_PRODUCT)
+    factory = {"flat": "IDMap2,Flat", "hnsw": "IDMap2,HNSW32", "sq8": "IDMap2,SQ8"}[kind]
+    return faiss.index_factory(dimension, factory, faiss.METRIC_INNER_PRODUCT)
+
+
+def _pq_codes(dimension: int) -> int:
+    """The most sub-quantisers, up to one per eight dimensions, that divide the dimension."""
+    codes = max(1, int(dimension * PQ_BYTES_PER_DIMENSION))
+    while dimension % codes:
+        codes -= 1
+    return codes
+
+
+def training_size(index, count: int) -> int:  # index: faiss.Index
+    """How many vectors training needs: k-means wants a few dozen points a cell, not millions."""
+    import faiss
+
+    inner = faiss.downcast_index(index.index) if hasattr(index, "id_map") else faiss.downcast_index(index)
+    if isinstance(inner, faiss.IndexIVFPQ):
+        return min(count, max(PQ_TRAINING_POINTS_PER_CELL * inner.nlist, 256 * 39))  # and 256 codes a sub-quantiser
+    if isinstance(inner, faiss.IndexIVF):
+        return min(count, TRAINING_POINTS_PER_CELL * inner.nlist)
+    return count
+
+
+def make_index(ids: np.ndarray, matrix: np.ndarray, kind: str = "flat"):  # -> faiss.Index
+    """A FAISS inner-product index holding ``matrix`` (in memory) under the labels ``ids``."""
+    index = new_index(matrix.shape[1], len(ids), kind)
     if not index.is_trained and len(ids):
-        sample = np.random.default_rng(0).permutation(len(ids))[:training_size] if len(ids) > training_size else slice(None)
+        wanted = training_size(index, len(ids))
+        sample = np.random.default_rng(0).permutation(len(ids))[:wanted] if wanted < len(ids) else slice(None)
         index.train(np.ascontiguousarray(matrix[sample], dtype=np.float32))
     if len(ids):
         index.add_with_ids(np.ascontiguousarray(matrix, dtype=np.float32), np.ascontiguousarray(ids, dtype=np.int64))
@@ -101,21 +139,32 @@ def sha256_once(path: Path) -> str:
 
 
 def write_index(catalog: Catalog, kind: str | None = None) -> Path:
-    """Rebuild the index file from the stored embeddings, atomically, and record its fingerprint."""
+    """Rebuild the index file from the stored embeddings, atomically, and record its fingerprint.
+
+    The embeddings are read in chunks from one snapshot of the catalog, so ten million rows (20 GB of
+    vectors) never sit in memory at once; training reads a random sample of them first."""
     import faiss
 
     kind = kind or catalog.meta("index_type") or "flat"
-    version = catalog.catalog_version
-    ids, matrix = catalog.embeddings()
-    index = make_index(ids, matrix, kind)
+    with catalog.snapshot():
+        version = catalog.catalog_version
+        count = catalog.count()
+        dimension = int(catalog.meta("dimension") or 0)
+        index = new_index(dimension, count, kind)
+        if not index.is_trained and count:
+            index.train(np.ascontiguousarray(catalog.sample_embeddings(training_size(index, count)), dtype=np.float32))
+        largest = 0
+        for ids, matrix in catalog.iter_embeddings(CHUNK_ROWS):
+            index.add_with_ids(np.ascontiguousarray(matrix, dtype=np.float32), ids)
+            largest = int(ids[-1])
     target = index_path(catalog.path)
     temporary = target.with_name(target.name + ".tmp")
     faiss.write_index(index, str(temporary))
     with open(temporary, "rb+") as handle:
         os.fsync(handle.fileno())
     os.replace(temporary, target)
-    catalog.set_meta(index_type=kind, index_version=version, index_sha256=sha256_of(target), index_count=len(ids),
-                     index_stamp=file_stamp(target))
+    catalog.index_written(index_type=kind, index_version=version, index_sha256=sha256_of(target), index_count=count,
+                          index_largest_id=largest, index_stamp=file_stamp(target))
     return target
 
 
@@ -125,23 +174,25 @@ class IndexState:
 
     fresh: bool
     reason: str
+    written_by_catalog: bool = False  # the file this catalog wrote, fresh or at an older catalog_version
 
 
-def index_state(catalog: Catalog, check_hash: bool = True) -> IndexState:
-    """Fresh when the index was written at the catalog's current version and is the very file written then.
+def index_state(catalog: Catalog) -> IndexState:
+    """Fresh when the index is the very file this catalog wrote, at its current version.
 
     That file is recognised by its stamp (size, time, inode) as recorded at writing; any other file (a
     copy, another catalog's index) is hashed, once per process, and compared with the recorded hash.
-    Hashing at every reload read the whole file each time a build committed."""
+    Hashing at every reload read the whole file each time a build committed. A file the catalog wrote
+    at an older version is stale, but a server can catch it up from the change log (see store.py)."""
     path = index_path(catalog.path)
     if not path.exists():
         return IndexState(False, f"missing: {path.name} does not exist")
-    if catalog.meta("index_version") != catalog.catalog_version:
-        return IndexState(False, "stale: the catalog changed after the index was written")
     same_file = catalog.meta("index_stamp") == file_stamp(path)
-    if check_hash and not same_file and sha256_once(path) != catalog.meta("index_sha256"):
+    if not same_file and sha256_once(path) != catalog.meta("index_sha256"):
         return IndexState(False, f"stale: {path.name} is not the file this catalog wrote")
-    return IndexState(True, f"fresh: {catalog.meta('index_type')} index of {catalog.meta('index_count')} vectors")
+    if catalog.meta("index_version") != catalog.catalog_version:
+        return IndexState(False, "stale: the catalog changed after the index was written", written_by_catalog=True)
+    return IndexState(True, f"fresh: {catalog.meta('index_type')} index of {catalog.meta('index_count')} vectors", True)
 
 
 def read_index(path: Path):  # -> faiss.Index

@@ -65,7 +65,7 @@ def test_candidates_in_any_order_with_repeats_rank_like_the_sorted_unique_ids(
     hits = searcher.search("a red circle", 60, None, Candidates(json.dumps(given)))
     vector, _ = searcher.query_vector("a red circle")
     assert [h.id for h in hits] == brute_force(shared_catalog, vector, "name not like 'red-circle%'")
-    assert (loaded.row_of_id is not None) == (lookup == "id table")
+    assert (loaded.base.row_of_id is not None) == (lookup == "id table")
 
 
 def test_an_approximate_index_still_ranks_the_candidates_exactly(catalog: Path) -> None:

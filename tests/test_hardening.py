@@ -171,7 +171,7 @@ def test_an_interrupted_first_build_remembers_its_model_dimension_and_folder(
     refused = run_cli("build", db, images, "--model", other_dimension_model, "--silent", expect=1)
     assert "was built with the model" in refused
     assert run_cli("build", db, "--silent").startswith("60 images:")  # the folder and the model come from the catalog
-    assert {len(v) for v in Searcher(db).store.current().matrix} == {32}
+    assert {len(v) for v in Searcher(db).store.current().base.matrix} == {32}
 
 
 def test_no_write_path_can_store_a_vector_of_another_length(catalog: Path) -> None:

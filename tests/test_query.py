@@ -173,7 +173,7 @@ def test_a_large_catalog_searches_through_the_first_pass_and_ranks_exactly(share
     searcher.store.first_pass_rows = 1  # as if it held millions of rows
     vector, _ = searcher.query_vector("a red circle")
     hits = searcher.search_vector(vector, 10, set(), None)
-    assert searcher.store.current().first_pass is not None
+    assert searcher.store.current().base.first_pass is not None
     expected = top_k(ids, matrix @ vector, 10, set(), None)
     assert [h.id for h in hits] == [h.id for h in expected]
     assert [h.score for h in hits] == pytest.approx([h.score for h in expected], abs=1e-5)

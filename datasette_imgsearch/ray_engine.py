@@ -1,0 +1,163 @@
+"""``build --engine ray``: read, decode and embed on a Ray cluster while this process stays the catalog's
+only writer.
+
+The driver (``build``) scans and plans exactly as a local build does and sends out only the files whose
+bytes it has to read. Ray Data reads, hashes and decodes them on CPU workers (``Decode`` actors, which
+skip the decoding of bytes the catalog already holds), embeds the pixels on GPU or CPU workers
+(``Encode`` actors, each loading the model once), and streams the results back in the order they were
+sent, so the driver commits the same rows under the same ids as a local build would.
+
+Every worker must see the image folder at the same path (a shared file system) and have
+datasette-imgsearch installed; the model is loaded on each worker (a hub name, or a folder every worker
+sees).
+"""
+
+from __future__ import annotations
+
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterator
+
+import numpy as np
+
+from .errors import CatalogError
+
+if TYPE_CHECKING:
+    from .build import BuildOptions, Inspected
+    from .scan import FoundFile
+
+INSTALL_HINT = "--engine ray needs Ray: pip install 'datasette-imgsearch[ray]'"
+
+
+@dataclass(frozen=True)
+class RayOptions:
+    address: str | None = None  # None: the cluster in RAY_ADDRESS, else a local Ray started for this build
+    encoders: int = 1  # Encode actors (one GPU each with --device cuda)
+
+
+class Decode:
+    """Ray actor: read, hash, decode and preprocess files (see :func:`build.inspect_file`)."""
+
+    def __init__(self, model: str, options: "BuildOptions", reusable: frozenset[str]) -> None:
+        from .embed import load_embedder
+
+        self.embedder = load_embedder(model, "cpu", "fp32")  # the processor's settings; the network stays idle
+        self.options = options
+        self.reusable = reusable
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        from .build import inspect_file
+        from .scan import FoundFile
+
+        out: dict[str, list[Any]] = {"number": [], "hash": [], "facts": [], "error": [], "features": []}
+        for number, path, absolute, size, mtime_ns in zip(
+            batch["number"], batch["path"], batch["absolute"], batch["size"], batch["mtime_ns"]
+        ):
+            found = FoundFile(str(path), Path(str(absolute)), int(size), int(mtime_ns))
+            result = inspect_file(found, self.reusable, self.embedder, self.options)
+            out["number"].append(int(number))
+            out["hash"].append(result.hash)
+            out["facts"].append(pickle.dumps(result.facts))
+            out["error"].append(pickle.dumps(result.error) if result.error is not None else b"")
+            out["features"].append(pickle.dumps(result.features) if result.features is not None else b"")
+        return _columns(out)
+
+
+class Encode:
+    """Ray actor: embed the preprocessed pixels of a batch with the model, loaded once per actor."""
+
+    def __init__(self, model: str, device: str, precision: str) -> None:
+        from .embed import load_embedder
+
+        self.embedder = load_embedder(model, device, precision)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        features = [pickle.loads(blob) for blob in batch["features"] if len(blob)]
+        vectors = iter(self.embedder.encode_preprocessed(features) if features else [])
+        out = {key: batch[key] for key in ("number", "hash", "facts", "error")}
+        out["vector"] = _object_column([next(vectors).astype("<f4").tobytes() if len(blob) else b"" for blob in batch["features"]])
+        out["precision"] = _object_column([self.embedder.precision] * len(batch["number"]))
+        return out
+
+
+def _object_column(values: list[Any]) -> np.ndarray:
+    column = np.empty(len(values), dtype=object)
+    column[:] = values
+    return column
+
+
+def _columns(values: dict[str, list[Any]]) -> dict[str, np.ndarray]:
+    return {key: np.asarray(column) if key == "number" else _object_column(column) for key, column in values.items()}
+
+
+class RayEngine:
+    """Runs the read-decode-embed part of a build on Ray; :class:`build.Builder` does the rest."""
+
+    def __init__(self, options: RayOptions) -> None:
+        try:
+            import ray
+        except ImportError:
+            raise CatalogError(INSTALL_HINT) from None
+        self.ray = ray
+        self.started_here = not ray.is_initialized()
+        if self.started_here:
+            try:
+                ray.init(address=options.address, include_dashboard=False, log_to_driver=False,
+                         configure_logging=False)
+            except (ConnectionError, RuntimeError, ValueError) as error:
+                raise CatalogError(f"could not reach the Ray cluster {options.address or '(local)'}: {error}") from None
+        self.options = options
+        self.precision: str | None = None  # as the Encode actors ran the model
+
+    def close(self) -> None:
+        if self.started_here:
+            self.ray.shutdown()
+
+    def results(
+        self, items: list["FoundFile"], reusable: set[str], model: str, options: "BuildOptions"
+    ) -> Iterator["Inspected"]:
+        """The :class:`build.Inspected` of each item, in the order given, with ``vector`` set for new pixels."""
+        from .build import Inspected
+
+        if not items:
+            return
+        ray = self.ray
+        context = ray.data.DataContext.get_current()
+        context.execution_options.preserve_order = True  # the driver assigns ids in scan order
+        context.enable_progress_bars = False
+        gpus = 1 if options.device.startswith("cuda") or (
+            options.device == "auto" and ray.cluster_resources().get("GPU", 0) > 0
+        ) else 0
+        rows = [{"number": number, "path": item.path, "absolute": str(item.absolute), "size": item.size,
+                 "mtime_ns": item.mtime_ns} for number, item in enumerate(items)]
+        cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
+        decoders = max(1, min(options.workers, cpus - (0 if gpus else self.options.encoders)))
+        dataset = (
+            ray.data.from_items(rows, override_num_blocks=max(1, min(len(rows) // options.batch_size, 4 * decoders)))
+            .map_batches(Decode, fn_constructor_kwargs={"model": model, "options": options,
+                                                        "reusable": frozenset(reusable)},
+                         batch_size=options.batch_size, concurrency=(1, decoders), num_cpus=1)
+            .map_batches(Encode, fn_constructor_kwargs={"model": model, "device": "cuda" if gpus else "cpu",
+                                                        "precision": options.precision},
+                         batch_size=options.batch_size, concurrency=self.options.encoders, num_gpus=gpus,
+                         num_cpus=0 if gpus else 1)
+        )
+        try:
+            for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
+                for number, hash_, facts, error, vector, precision in zip(
+                    batch["number"], batch["hash"], batch["facts"], batch["error"], batch["vector"], batch["precision"]
+                ):
+                    self.precision = self.precision or str(precision)
+                    yield Inspected(
+                        items[int(number)], str(hash_), facts=pickle.loads(facts),
+                        error=pickle.loads(error) if len(error) else None,
+                        vector=np.frombuffer(vector, dtype="<f4") if len(vector) else None,
+                    )
+        except ray.exceptions.RayError as error:
+            raise CatalogError(f"the Ray build failed on a worker: {_first_line(error)}") from None
+
+
+def _first_line(error: Exception) -> str:
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[-1] if lines else type(error).__name__
