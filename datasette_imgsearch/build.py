@@ -2,9 +2,11 @@
 
 Unchanged files (same size and modification time) are not read. Changed and new files are hashed;
 bytes the catalog already holds (a moved, renamed, copied or returning file) reuse the stored
-embedding, so only genuinely new pixels reach the model. Worker threads read, hash, decode and
-preprocess while the main thread runs the model on full batches and commits each batch in one
-transaction, so an interrupted build leaves a consistent catalog and the next run carries on.
+embedding, so only genuinely new pixels reach the model. An *engine* reads, hashes, decodes and embeds
+the files it is given and returns them in order: here, worker threads decode while the main thread
+runs the model on full batches; with ``--engine ray``, a Ray cluster does both (ray_engine.py). This
+process alone writes the catalog, one transaction per batch, so an interrupted build leaves a
+consistent catalog and the next run carries on.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
+
+import numpy as np
 
 from . import pixels
 from .catalog import (
@@ -41,7 +45,10 @@ from .errors import CatalogError
 from .index import index_state, write_index
 from .languages import NO_MODEL
 from .plan import plan_reembed, plan_update
+from .ray_engine import RayEngine, RayOptions
 from .scan import FoundFile, ScanResult, scan
+
+ENGINES = ("local", "ray")
 
 # What a file with already-catalogued bytes takes over from the row that holds them.
 REUSED_COLUMNS = (
@@ -61,6 +68,8 @@ class BuildOptions:
     max_megapixels: float = pixels.DEFAULT_MAX_MEGAPIXELS
     thumbnail_size: int | None = pixels.DEFAULT_THUMBNAIL_SIZE
     reembed: bool = False
+    engine: str = "local"  # or "ray"
+    ray: RayOptions = field(default_factory=RayOptions)
 
 
 @dataclass
@@ -87,13 +96,37 @@ class Summary:
 
 @dataclass
 class Inspected:
-    """What a worker learned about one file: its hash, and pixels ready for the model when needed."""
+    """What a worker learned about one file: its hash, and its pixels ready for the model (``features``)
+    and then its vector, when its bytes are new."""
 
     found: FoundFile
     hash: str = ""
     features: Any = None
     facts: dict[str, Any] = field(default_factory=dict)
     error: pixels.ImageError | None = None
+    vector: np.ndarray | None = None
+
+
+def inspect_file(
+    item: FoundFile, reusable: set[str] | frozenset[str], embedder: Callable[[], Embedder], options: BuildOptions
+) -> Inspected:
+    """Read and hash a file; decode and preprocess it only when its bytes are new (any thread or worker).
+    ``embedder`` gives the model when it is first needed, so a run of moved files never loads it."""
+    result = Inspected(item)
+    try:
+        data = pixels.read_bytes(item.absolute)
+        result.hash = hashlib.blake2b(data, digest_size=16).hexdigest()
+        if result.hash in reusable:
+            return result
+        model = embedder()
+        decoded = pixels.decode(data, options.max_megapixels, model.shrink_to(options.thumbnail_size))
+        result.facts = {"format": decoded.format, "width": decoded.width, "height": decoded.height, **decoded.facts}
+        if options.thumbnail_size:
+            result.facts["thumbnail"] = pixels.thumbnail(decoded.image, options.thumbnail_size)
+        result.features = model.preprocess(decoded.image)
+    except pixels.ImageError as error:
+        result.error = error
+    return result
 
 
 def file_facts(found: FoundFile, hash_: str) -> dict[str, Any]:
@@ -143,6 +176,7 @@ class Builder:
         self._recorded_dimension = self.catalog.meta("dimension")
         self._embedder: Embedder | None = None
         self._embedder_lock = threading.Lock()
+        self._ray: RayEngine | None = None
 
     # Set-up ------------------------------------------------------------------------------------
     def _choose_model(self) -> tuple[str, bool]:
@@ -182,7 +216,9 @@ class Builder:
         """The model, loaded the first time a file actually needs it (so a no-op run never loads it)."""
         with self._embedder_lock:
             if self._embedder is None:
-                embedder = load_embedder(self.model_name, self.options.device, self.options.precision)
+                # With Ray the workers run the model; this process only checks it and records its facts.
+                device = "cpu" if self.options.engine == "ray" else self.options.device
+                embedder = load_embedder(self.model_name, device, self.options.precision)
                 if not embedder.supports_images:
                     raise CatalogError(f"the model {self.model_name!r} cannot encode images; use a CLIP model")
                 recorded = self._recorded_dimension
@@ -207,7 +243,7 @@ class Builder:
             "text_model": text_model,
             "multilingual_model": multilingual,
             "dimension": embedder.dimension,
-            "precision": embedder.precision,
+            "precision": (self._ray and self._ray.precision) or embedder.precision,
         }
 
     def _multilingual_key(self) -> str | None:
@@ -266,29 +302,22 @@ class Builder:
         stored = self.catalog.stored_files()
         staged = self.catalog.reembedded_ids()
         todo = plan_reembed(found, stored, staged)
-        facts = self._model_facts()
-        batch: list[Inspected] = []
-        for result in self._inspected(todo, reusable=set()):
-            if result.features is not None:
-                batch.append(result)
-            if len(batch) >= self.options.batch_size:
-                self.catalog.write(self._stage(batch, stored))
-                batch = []
-        self.catalog.write(self._stage(batch, stored))
+        changes: list[Change] = []
+        for result in self._results(todo, reusable=set()):
+            if result.vector is not None:
+                changes.append(StageEmbedding(stored[result.found.path].id, to_blob(result.vector)))
+            if len(changes) >= self.options.batch_size:
+                self.catalog.write(changes)
+                changes = []
+        self.catalog.write(changes)
         staged = self.catalog.reembedded_ids()
-        self.catalog.switch_model(**facts)
+        self.catalog.switch_model(**self._model_facts())
         reembedded = {path for path, row in stored.items() if row.id in staged}
         self.summary.updated += len(reembedded)
         return reembedded
 
-    def _stage(self, batch: list[Inspected], stored: dict[str, StoredFile]) -> list[Change]:
-        if not batch:
-            return []
-        vectors = self.embedder().encode_preprocessed([item.features for item in batch])
-        return [StageEmbedding(stored[item.found.path].id, to_blob(vector)) for item, vector in zip(batch, vectors)]
-
     def _update(self, found: ScanResult, reembedded: set[str]) -> None:
-        """Bring the rows in line with the folder, committing batch by batch."""
+        """Bring the rows in line with the folder, committing batch by batch in scan order."""
         stored = self.catalog.stored_files()
         sources = self.catalog.embedding_sources()
         plan = plan_update(found, stored)
@@ -299,76 +328,96 @@ class Builder:
             self._moves[row.hash].append(row)
         self._moved_ids: set[int] = set()
 
-        pending: list[Change] = list(plan.failures)
-        batch: list[Inspected] = []
-        for result in self._inspected(plan.to_read, reusable=set(sources)):
-            if result.features is not None:
-                batch.append(result)
+        changes: list[Change] = list(plan.failures)
+        for result in self._results(plan.to_read, reusable=set(sources)):
+            if result.vector is not None:
+                changes += self._embedded(result, stored)
             else:
-                pending += self._reuse_or_fail(result, stored, sources)
-            # Commit only when nothing read earlier is still waiting for the model.
-            if len(batch) >= self.options.batch_size or (not batch and len(pending) >= self.options.batch_size):
-                self._commit(pending + self._embed(batch, stored))
-                pending, batch = [], []
-        self._commit(pending + self._embed(batch, stored))
+                changes += self._reuse_or_fail(result, stored, sources)
+            if len(changes) >= self.options.batch_size:
+                self._commit(changes)
+                changes = []
+        self._commit(changes)
 
         leaving = [row for row in plan.vanished if row.id not in self._moved_ids]
         self.catalog.write(Remove(row.id) for row in leaving)
         self.summary.removed += len(leaving)
         self.catalog.clear_errors_not_in(plan.present)
 
+    # Engines: each returns an Inspected per item, in order, with the vector of every new picture ----
+    def _results(self, items: list[FoundFile], reusable: set[str]) -> Iterator[Inspected]:
+        total = len(items)
+        if self.options.engine == "ray" and items:
+            results = self._ray_engine().results(items, reusable, self.model_name, self.options, self.folder)
+        else:
+            results = self._embedded_locally(items, reusable)
+        for finished, result in enumerate(results, 1):
+            yield result
+            if self.progress:
+                self.progress(finished, total)
+
+    def _ray_engine(self) -> RayEngine:
+        if self._ray is None:
+            self.embedder()  # the model is checked here (images, dimension) before any worker starts
+            self._ray = RayEngine(self.options.ray)
+        return self._ray
+
+    def close(self) -> None:
+        self.catalog.close()
+        if self._ray is not None:
+            self._ray.close()
+
+    def _embedded_locally(self, items: list[FoundFile], reusable: set[str]) -> Iterator[Inspected]:
+        """Worker threads inspect; this thread runs the model on full batches, as the threads go on reading."""
+        waiting: list[Inspected] = []
+        pictures = 0
+        for result in self._inspected(items, reusable):
+            waiting.append(result)
+            pictures += result.features is not None
+            if pictures >= self.options.batch_size or len(waiting) >= 4 * self.options.batch_size:
+                yield from self._encoded(waiting)
+                waiting, pictures = [], 0
+        yield from self._encoded(waiting)
+
+    def _encoded(self, results: list[Inspected]) -> list[Inspected]:
+        pictures = [result for result in results if result.features is not None]
+        if pictures:
+            vectors = self.embedder().encode_preprocessed([result.features for result in pictures])
+            for result, vector in zip(pictures, vectors):
+                result.vector, result.features = vector, None
+        return results
+
     def _inspected(self, items: list[FoundFile], reusable: set[str]) -> Iterator[Inspected]:
-        """Read, hash, decode and preprocess ``items`` in worker threads; yield the results in order."""
+        """Inspect ``items`` (:func:`inspect_file`) in worker threads; yield the results in order."""
         with ThreadPoolExecutor(max_workers=max(1, self.options.workers)) as pool:
             in_flight: collections.deque[Future[Inspected]] = collections.deque()
             queue = iter(items)
             try:
-                for finished in range(1, len(items) + 1):
+                for _ in range(len(items)):
                     while len(in_flight) < max(4, self.options.batch_size * 3):
                         item = next(queue, None)
                         if item is None:
                             break
                         in_flight.append(pool.submit(self._inspect, item, reusable))
                     yield in_flight.popleft().result()
-                    if self.progress:
-                        self.progress(finished, len(items))
             finally:
                 for future in in_flight:
                     future.cancel()
 
     def _inspect(self, item: FoundFile, reusable: set[str]) -> Inspected:
-        """Worker thread: read and hash the file; decode and preprocess it only when its bytes are new."""
-        result = Inspected(item)
-        try:
-            data = pixels.read_bytes(item.absolute)
-            result.hash = hashlib.blake2b(data, digest_size=16).hexdigest()
-            if result.hash in reusable:
-                return result
-            embedder = self.embedder()
-            decoded = pixels.decode(data, self.options.max_megapixels, embedder.shrink_to(self.options.thumbnail_size))
-            result.facts = {"format": decoded.format, "width": decoded.width, "height": decoded.height, **decoded.facts}
-            if self.options.thumbnail_size:
-                result.facts["thumbnail"] = pixels.thumbnail(decoded.image, self.options.thumbnail_size)
-            result.features = embedder.preprocess(decoded.image)
-        except pixels.ImageError as error:
-            result.error = error
-        return result
+        return inspect_file(item, reusable, self.embedder, self.options)
 
-    def _embed(self, batch: list[Inspected], stored: dict[str, StoredFile]) -> list[Change]:
-        if not batch:
-            return []
-        vectors = self.embedder().encode_preprocessed([item.features for item in batch])
-        changes: list[Change] = []
-        for item, vector in zip(batch, vectors):
-            values = {**file_facts(item.found, item.hash), **item.facts, "embedding": to_blob(vector)}
-            values.setdefault("thumbnail", None)
-            known = stored.get(item.found.path)
-            changes.append(Upsert(values, known.id if known else None))
-            if known:
-                self.summary.updated += 1
-            else:
-                self.summary.added += 1
-        return changes
+    # Changes ------------------------------------------------------------------------------------
+    def _embedded(self, item: Inspected, stored: dict[str, StoredFile]) -> list[Change]:
+        """The row of a file whose new pixels were embedded."""
+        values = {**file_facts(item.found, item.hash), **item.facts, "embedding": to_blob(item.vector)}
+        values.setdefault("thumbnail", None)
+        known = stored.get(item.found.path)
+        if known:
+            self.summary.updated += 1
+        else:
+            self.summary.added += 1
+        return [Upsert(values, known.id if known else None)]
 
     def _reuse_or_fail(self, item: Inspected, stored: dict[str, StoredFile], sources: dict[str, tuple[str, int]]) -> list[Change]:
         """Changes for a file whose bytes are already catalogued, or that could not be read."""
@@ -400,7 +449,8 @@ class Builder:
         return [Upsert(values)]
 
     def _commit(self, changes: list[Change]) -> None:
-        if changes and self._embedder is not None and not self.catalog.meta("dimension"):
+        if any(isinstance(change, Upsert) and "embedding" in change.values for change in changes) and \
+                not self.catalog.meta("dimension"):
             # The first vectors and the dimension they must all share land in one transaction.
             changes = [SetMeta(self._model_facts())] + changes
         self.catalog.write(changes)
@@ -439,4 +489,4 @@ def build(db_path: str | Path, folder: str | Path | None, options: BuildOptions 
                 path.unlink(missing_ok=True)
         raise
     finally:
-        builder.catalog.close()
+        builder.close()

@@ -12,13 +12,14 @@ from typing import Any, Callable, Iterator, TypeVar
 import click
 
 from . import pixels
-from .build import BuildOptions, build
+from .build import ENGINES, BuildOptions, build
 from .catalog import Catalog
 from .embed import DEFAULT_MODEL, DEVICES, PRECISIONS, Embedder
 from .errors import ImgsearchError
 from .index import INDEX_TYPES, write_index
 from .languages import MULTILINGUAL, ROUTES
 from .query import ModelChoice, check_k, check_min_score, searcher_for
+from .ray_engine import RayOptions
 from .status import catalog_status
 from .strength import STRONG
 
@@ -78,11 +79,17 @@ def cli() -> None:
 @click.option("--thumbnail-size", type=click.IntRange(16, 2048), default=pixels.DEFAULT_THUMBNAIL_SIZE, show_default=True)
 @click.option("--no-thumbnails", is_flag=True, help="store no thumbnail BLOBs")
 @click.option("--reembed", is_flag=True, help="re-embed every image (with --model: switch the catalog to that model)")
+@click.option("--engine", type=click.Choice(ENGINES), default="local", show_default=True,
+              help="ray: read, decode and embed on a Ray cluster (pip install 'datasette-imgsearch[ray]'); "
+                   "this process still writes the catalog")
+@click.option("--ray-address", help="the Ray cluster to use, as for ray.init  [default: RAY_ADDRESS, else a local Ray]")
+@click.option("--ray-encoders", type=click.IntRange(1, 1024), default=1, show_default=True,
+              help="model workers on Ray (each takes a GPU with --device cuda)")
 @click.option("--silent", is_flag=True, help="no progress bar")
 def build_command(
     database: str, folder: str | None, model: str | None, text_model: str | None, multilingual_model: str | None,
     device: str, precision: str, batch_size: int, workers: int | None, max_megapixels: float, thumbnail_size: int,
-    no_thumbnails: bool, reembed: bool, silent: bool,
+    no_thumbnails: bool, reembed: bool, engine: str, ray_address: str | None, ray_encoders: int, silent: bool,
 ) -> None:
     """Catalog the images under FOLDER into DATABASE, with CLIP embeddings and a FAISS index.
 
@@ -92,12 +99,15 @@ def build_command(
     \b
         datasette-imgsearch build photos.db ~/Pictures
         datasette-imgsearch build photos.db ./images --model ./my-clip-folder --precision bf16
+        datasette-imgsearch build photos.db /shared/photos --engine ray --ray-address auto --device cuda
     """
+    if engine == "local" and (ray_address or ray_encoders != 1):
+        raise click.UsageError("--ray-address and --ray-encoders go with --engine ray")
     options = BuildOptions(
         model=model, text_model=text_model, multilingual_model=multilingual_model, device=device, precision=precision,
         batch_size=batch_size,
         max_megapixels=max_megapixels, thumbnail_size=None if no_thumbnails else thumbnail_size, reembed=reembed,
-        **({"workers": workers} if workers else {}),
+        engine=engine, ray=RayOptions(ray_address, ray_encoders), **({"workers": workers} if workers else {}),
     )
     show_progress = not silent and sys.stderr.isatty()
     with user_errors(), _progress(show_progress) as progress:

@@ -49,6 +49,10 @@ class ImageError(ImgsearchError):
     def __init__(self, kind: str, message: str) -> None:
         super().__init__(message, kind=kind)
 
+    def __reduce__(self) -> tuple[type, tuple[str, str]]:
+        """Pickled as its own arguments: it travels from Ray's workers to the build that records it."""
+        return ImageError, (self.kind, self.message)
+
     def __str__(self) -> str:
         return f"{self.message} ({self.kind})"
 

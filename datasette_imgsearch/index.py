@@ -51,8 +51,9 @@ def new_index(dimension: int, count: int, kind: str = "flat"):  # -> faiss.Index
         # can afford at ten million rows, and an HNSW graph over the centroids assigns each vector quickly.
         cells = max(1, min(int(PQ_CELLS_PER_ROOT * math.sqrt(count)), count // PQ_TRAINING_POINTS_PER_CELL))
         codes = _pq_codes(dimension)
+        bits = max(1, min(8, int(math.log2(max(count, 2)))))  # k-means needs a point per centroid at least
         quantizer = f"IVF{cells}_HNSW32" if cells >= 1024 else f"IVF{cells}"
-        return faiss.index_factory(dimension, f"{quantizer},PQ{codes}", faiss.METRIC_INNER_PRODUCT)
+        return faiss.index_factory(dimension, f"{quantizer},PQ{codes}x{bits}", faiss.METRIC_INNER_PRODUCT)
     factory = {"flat": "IDMap2,Flat", "hnsw": "IDMap2,HNSW32", "sq8": "IDMap2,SQ8"}[kind]
     return faiss.index_factory(dimension, factory, faiss.METRIC_INNER_PRODUCT)
 
@@ -71,7 +72,7 @@ def training_size(index, count: int) -> int:  # index: faiss.Index
 
     inner = faiss.downcast_index(index.index) if hasattr(index, "id_map") else faiss.downcast_index(index)
     if isinstance(inner, faiss.IndexIVFPQ):
-        return min(count, max(PQ_TRAINING_POINTS_PER_CELL * inner.nlist, 256 * 39))  # and 256 codes a sub-quantiser
+        return min(count, max(PQ_TRAINING_POINTS_PER_CELL * inner.nlist, 39 * inner.pq.ksub))  # and each code's k-means
     if isinstance(inner, faiss.IndexIVF):
         return min(count, TRAINING_POINTS_PER_CELL * inner.nlist)
     return count

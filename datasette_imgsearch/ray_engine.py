@@ -25,6 +25,7 @@ from .errors import CatalogError
 
 if TYPE_CHECKING:
     from .build import BuildOptions, Inspected
+    from .embed import Embedder
     from .scan import FoundFile
 
 INSTALL_HINT = "--engine ray needs Ray: pip install 'datasette-imgsearch[ray]'"
@@ -39,12 +40,23 @@ class RayOptions:
 class Decode:
     """Ray actor: read, hash, decode and preprocess files (see :func:`build.inspect_file`)."""
 
-    def __init__(self, model: str, options: "BuildOptions", reusable: frozenset[str]) -> None:
-        from .embed import load_embedder
+    def __init__(self, model: str, options: "BuildOptions", reusable: frozenset[str], folder: str) -> None:
+        if not Path(folder).is_dir():  # else every file would be recorded as unreadable
+            import socket
 
-        self.embedder = load_embedder(model, "cpu", "fp32")  # the processor's settings; the network stays idle
+            raise CatalogError(
+                f"the image folder {folder} is not there on the Ray worker {socket.gethostname()}: every worker must "
+                "see the images at the same path (a shared file system)"
+            )
+        self.model = model
         self.options = options
         self.reusable = reusable
+
+    def embedder(self) -> "Embedder":
+        """The model, for its processor's settings (the network stays idle), loaded at the first new picture."""
+        from .embed import load_embedder
+
+        return load_embedder(self.model, "cpu", "fp32")
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         from .build import inspect_file
@@ -76,7 +88,8 @@ class Encode:
         features = [pickle.loads(blob) for blob in batch["features"] if len(blob)]
         vectors = iter(self.embedder.encode_preprocessed(features) if features else [])
         out = {key: batch[key] for key in ("number", "hash", "facts", "error")}
-        out["vector"] = _object_column([next(vectors).astype("<f4").tobytes() if len(blob) else b"" for blob in batch["features"]])
+        out["vector"] = _object_column([next(vectors).astype("<f4").tobytes() if len(blob) else b""
+                                        for blob in batch["features"]])
         out["precision"] = _object_column([self.embedder.precision] * len(batch["number"]))
         return out
 
@@ -115,13 +128,17 @@ class RayEngine:
             self.ray.shutdown()
 
     def results(
-        self, items: list["FoundFile"], reusable: set[str], model: str, options: "BuildOptions"
+        self, items: list["FoundFile"], reusable: set[str], model: str, options: "BuildOptions", folder: Path
     ) -> Iterator["Inspected"]:
         """The :class:`build.Inspected` of each item, in the order given, with ``vector`` set for new pixels."""
         from .build import Inspected
 
         if not items:
             return
+        from .embed import looks_like_path
+
+        if looks_like_path(model):  # workers start in folders of their own: a relative path would miss
+            model = str(Path(model).expanduser().resolve())
         ray = self.ray
         context = ray.data.DataContext.get_current()
         context.execution_options.preserve_order = True  # the driver assigns ids in scan order
@@ -136,12 +153,13 @@ class RayEngine:
         dataset = (
             ray.data.from_items(rows, override_num_blocks=max(1, min(len(rows) // options.batch_size, 4 * decoders)))
             .map_batches(Decode, fn_constructor_kwargs={"model": model, "options": options,
-                                                        "reusable": frozenset(reusable)},
-                         batch_size=options.batch_size, concurrency=(1, decoders), num_cpus=1)
+                                                        "reusable": frozenset(reusable), "folder": str(folder)},
+                         batch_size=options.batch_size, num_cpus=1,
+                         compute=ray.data.ActorPoolStrategy(min_size=1, max_size=decoders))
             .map_batches(Encode, fn_constructor_kwargs={"model": model, "device": "cuda" if gpus else "cpu",
                                                         "precision": options.precision},
-                         batch_size=options.batch_size, concurrency=self.options.encoders, num_gpus=gpus,
-                         num_cpus=0 if gpus else 1)
+                         batch_size=options.batch_size, num_gpus=gpus, num_cpus=0 if gpus else 1,
+                         compute=ray.data.ActorPoolStrategy(size=self.options.encoders))
         )
         try:
             for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):

@@ -1,0 +1,256 @@
+"""Serving past a million rows: ten million rows on an ``ivfpq`` index, and queries during a build.
+
+    python benchmarks/serving_scale.py --parts ten-million     # 10M rows: about 22 GB of disk, 40 min on two cores
+    python benchmarks/serving_scale.py --parts during-build    # a million rows, 10k added while querying: 10 min
+    python benchmarks/serving_scale.py --rows 2000000          # a smaller first part
+
+Part 1 writes a catalog of synthetic clustered 512-d unit vectors (cached in benchmarks/.cache), writes
+its ``ivfpq`` index with the product's ``write_index``, then starts a fresh process that serves it the way
+the plugin does (:class:`VectorStore`) and reports the time to the first answer, query latency, recall@10
+against exact search over every stored vector, and the server's memory.
+
+Part 2 serves a million-row catalog (the default ``flat`` index) while another process commits 10,000
+rows, 32 a transaction, as ``build`` does. It queries through :class:`Searcher` (text encoding and the
+strength calibration included) the whole time, once catching up with the change log and once reading
+every vector again at each commit, as the plugin did before.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import os
+import resource
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from common import CACHE, ROOT, percentiles, table, vit_b32
+
+DIMENSION = 512
+CLUSTERS = 2000
+CHUNK = 100_000
+QUERIES = 200
+
+
+def centres(seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).normal(size=(CLUSTERS, DIMENSION)).astype(np.float32)
+
+
+def clustered_chunk(start: int, count: int) -> np.ndarray:
+    """Rows ``start`` .. ``start + count`` of the synthetic collection: the same rows whatever the chunking."""
+    rng = np.random.default_rng([1, start])
+    rows = centres()[rng.integers(0, CLUSTERS, count)] + 0.6 * rng.normal(size=(count, DIMENSION)).astype(np.float32)
+    rows /= np.linalg.norm(rows, axis=1, keepdims=True)
+    return rows
+
+
+def synthetic_catalog(rows: int, model: str, kind: str) -> Path:
+    """A catalog in the product's schema with ``rows`` synthetic vectors and an index of ``kind`` (cached)."""
+    from datasette_imgsearch.catalog import Catalog, to_blob
+    from datasette_imgsearch.embed import model_key
+    from datasette_imgsearch.index import write_index
+
+    db = CACHE / f"serving-{rows}.db"
+    done = CACHE / f"serving-{rows}.{kind}.done"
+    if done.exists():
+        return db
+    if not (CACHE / f"serving-{rows}.rows.done").exists():
+        for stale in CACHE.glob(f"serving-{rows}.db*"):
+            stale.unlink()
+        started = time.perf_counter()
+        catalog = Catalog(db, create=True)
+        catalog.set_meta(model=model_key(model), dimension=DIMENSION, folder=str(CACHE), folder_relative=".")
+        conn = catalog.db.conn
+        conn.execute("PRAGMA synchronous = OFF")
+        for start in range(0, rows, CHUNK):
+            matrix = clustered_chunk(start, min(CHUNK, rows - start))
+            with conn:
+                conn.executemany(
+                    "insert into images (path, name, folder, size, modified, mtime_ns, hash, taken, embedding) "
+                    "values (?, ?, '', 1000, '2024-01-01T00:00:00+00:00', 0, ?, ?, ?)",
+                    ((f"{i:08d}.jpg", f"{i:08d}.jpg", f"{i:032x}", f"20{10 + i % 15}-01-01", to_blob(vector))
+                     for i, vector in zip(range(start, start + len(matrix)), matrix)),
+                )
+            print(f"\r{start + len(matrix):,} rows written", end="", file=sys.stderr, flush=True)
+        print(f"\n{rows:,} rows in {time.perf_counter() - started:.0f} s", file=sys.stderr)
+        catalog.close()
+        (CACHE / f"serving-{rows}.rows.done").touch()
+    catalog = Catalog(db, write=True)
+    started = time.perf_counter()
+    write_index(catalog, kind)
+    seconds = time.perf_counter() - started
+    catalog.close()
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
+    done.write_text(json.dumps({"seconds": seconds, "peak_gb": peak}))
+    return db
+
+
+def probes(rows: int, count: int = QUERIES) -> np.ndarray:
+    """Queries near stored pictures (cosine about 0.8), as a caption or a "more like this" is."""
+    rng = np.random.default_rng(2)
+    picked = rng.integers(0, rows, count)
+    vectors = np.stack([clustered_chunk(int(i), 1)[0] for i in picked])
+    vectors += 0.03 * rng.normal(size=vectors.shape).astype(np.float32)
+    return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+
+
+def exact_truth(db: Path, queries: np.ndarray, k: int = 10) -> list[list[int]]:
+    """Exact top k for each query over every stored vector, read in chunks (cached)."""
+    from datasette_imgsearch.catalog import Catalog
+
+    cached = db.with_suffix(".truth.npy")
+    if cached.exists():
+        return np.load(cached).tolist()
+    best_scores = np.full((len(queries), k), -np.inf, dtype=np.float32)
+    best_ids = np.zeros((len(queries), k), dtype=np.int64)
+    with Catalog(db) as catalog:
+        for ids, matrix in catalog.iter_embeddings(200_000):
+            scores = queries @ matrix.T
+            top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+            all_scores = np.concatenate([best_scores, np.take_along_axis(scores, top, 1)], axis=1)
+            all_ids = np.concatenate([best_ids, ids[top]], axis=1)
+            order = np.argsort(-all_scores, axis=1)[:, :k]
+            best_scores, best_ids = np.take_along_axis(all_scores, order, 1), np.take_along_axis(all_ids, order, 1)
+    np.save(cached, best_ids)
+    return best_ids.tolist()
+
+
+SERVE = """
+import json, resource, sys, time
+started = time.perf_counter()
+import numpy as np
+from datasette_imgsearch.store import VectorStore
+store = VectorStore(sys.argv[1])
+queries = np.load(sys.argv[2])
+first = store.search(queries[0], 10, set(), None)
+ready = time.perf_counter() - started
+samples, found = [], []
+for vector in queries:
+    began = time.perf_counter()
+    hits = store.search(vector, 10, set(), None)
+    samples.append(time.perf_counter() - began)
+    found.append([hit.id for hit in hits])
+status = dict(line.split(":", 1) for line in open("/proc/self/status") if ":" in line)
+print(json.dumps({"ready": ready, "samples": samples, "found": found, "vectors_from": store.current().vectors_from,
+                  "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6,
+                  "rss_anon_gb": int(status["RssAnon"].split()[0]) / 1e6, "rss_file_gb": int(status["RssFile"].split()[0]) / 1e6}))
+"""
+
+
+def ten_million(rows: int) -> list[list[object]]:
+    model = str(vit_b32())
+    db = synthetic_catalog(rows, model, "ivfpq")
+    built = json.loads((CACHE / f"serving-{rows}.ivfpq.done").read_text())
+    queries = probes(rows)
+    truth = exact_truth(db, queries)
+    np.save(CACHE / "serving-queries.npy", queries)
+    results = []
+    for label in ("first start (cold page cache for the index)", "second start"):
+        if label.startswith("first"):
+            subprocess.run(["sync"], check=False)
+            with open("/proc/sys/vm/drop_caches", "w") as handle:  # needs root; the figure says so when it cannot
+                handle.write("1\n")
+        started = time.perf_counter()
+        out = subprocess.run([sys.executable, "-c", SERVE, str(db), str(CACHE / "serving-queries.npy")], cwd=ROOT,
+                             capture_output=True, text=True, check=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+        wall = time.perf_counter() - started
+        served = json.loads(out.stdout.strip().splitlines()[-1])
+        recall = np.mean([len(set(f) & set(t)) / 10 for f, t in zip(served["found"], truth)])
+        p50, p95 = percentiles(served["samples"])
+        results.append([label, f"{wall:.1f}", f"{p50:.1f}", f"{p95:.1f}", f"{recall:.3f}",
+                        f"{served['rss_anon_gb']:.2f} + {served['rss_file_gb']:.2f} mapped", served["vectors_from"]])
+    index_gb = (Path(str(db) + ".faiss")).stat().st_size / 1e9
+    results.append([f"index written in {built['seconds'] / 60:.1f} min, peak memory {built['peak_gb']:.1f} GB, "
+                    f"file {index_gb:.2f} GB; catalog {db.stat().st_size / 1e9:.1f} GB", "", "", "", "", "", ""])
+    return results
+
+
+def writer(db: str, rows: int, per_commit: int, pause: float, done: multiprocessing.Event) -> None:
+    """Commit ``rows`` new rows, ``per_commit`` a transaction, as a build does."""
+    from datasette_imgsearch.catalog import to_blob
+
+    conn = sqlite3.connect(db)
+    conn.execute("PRAGMA busy_timeout = 5000")
+    matrix = clustered_chunk(10**9, rows)
+    for start in range(0, rows, per_commit):
+        with conn:
+            conn.executemany(
+                "insert into images (path, name, folder, size, modified, mtime_ns, hash, embedding) "
+                "values (?, ?, '', 1000, '2024-01-01T00:00:00+00:00', 0, ?, ?)",
+                ((f"new-{i:06d}.jpg", f"new-{i:06d}.jpg", f"new{i:029x}", to_blob(matrix[i]))
+                 for i in range(start, min(rows, start + per_commit))),
+            )
+        time.sleep(pause)
+    conn.close()
+    done.set()
+
+
+def during_build(rows: int, added: int) -> list[list[object]]:
+    import shutil
+
+    from datasette_imgsearch import store
+    from datasette_imgsearch.query import Searcher
+
+    model = str(vit_b32())
+    source = synthetic_catalog(rows, model, "flat")
+    results = []
+    for label, catch_up in (("catching up with the change log (now)", True),
+                            ("reading every vector at each commit (before)", False)):
+        db = CACHE / "during-build.db"
+        for stale in CACHE.glob("during-build.db*"):
+            stale.unlink()
+        shutil.copy(source, db)
+        shutil.copy(str(source) + ".faiss", str(db) + ".faiss")
+        if not catch_up:
+            store.CATCH_UP_MIN_ROWS, store.CATCH_UP_SHARE = 0, 0.0
+        searcher = Searcher(db)
+        searcher.search("warm up", 10)
+        done = multiprocessing.Event()
+        process = multiprocessing.Process(target=writer, args=(str(db), added, 32, 0.05, done))
+        began = time.perf_counter()
+        process.start()
+        samples, number = [], 0
+        while not done.is_set():
+            started = time.perf_counter()
+            searcher.search(f"query number {number}", 10)
+            samples.append(time.perf_counter() - started)
+            number += 1
+        process.join()
+        seconds = time.perf_counter() - began
+        p50, p95 = percentiles(samples)
+        results.append([label, f"{len(samples)}", f"{seconds:.0f}", f"{p50:.0f}", f"{p95:.0f}", f"{max(samples) * 1000:.0f}"])
+        store.CATCH_UP_MIN_ROWS, store.CATCH_UP_SHARE = 20_000, 0.25
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rows", type=int, default=10_000_000)
+    parser.add_argument("--build-rows", type=int, default=1_000_000)
+    parser.add_argument("--added", type=int, default=10_000)
+    parser.add_argument("--parts", default="ten-million,during-build")
+    args = parser.parse_args()
+    CACHE.mkdir(parents=True, exist_ok=True)
+    out = ROOT / "benchmarks" / "results"
+    out.mkdir(exist_ok=True)
+    saved = json.loads((out / "serving.json").read_text()) if (out / "serving.json").exists() else {}
+    if "ten-million" in args.parts:
+        saved.update(scale=ten_million(args.rows), rows=args.rows)
+    if "during-build" in args.parts:
+        saved.update(during=during_build(args.build_rows, args.added), build_rows=args.build_rows, added=args.added)
+    (out / "serving.json").write_text(json.dumps(saved, indent=2))
+    if "scale" in saved:
+        table(f"Serving {saved['rows']:,} rows from an `ivfpq` index, 512-d, k=10, {QUERIES} queries",
+              ["start", "ready s", "p50 ms", "p95 ms", "recall@10", "server memory GB", "vectors from"], saved["scale"])
+    if "during" in saved:
+        table(f"Text queries on {saved['build_rows']:,} rows while a build commits {saved['added']:,} more, 32 a transaction",
+              ["server", "queries", "seconds", "p50 ms", "p95 ms", "max ms"], saved["during"])
+
+
+if __name__ == "__main__":
+    main()

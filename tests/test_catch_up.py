@@ -1,0 +1,149 @@
+"""A server that searches while a build writes catches up with the changed rows, never reloading every
+vector at each commit, and stays exact throughout."""
+
+from __future__ import annotations
+
+import shutil
+import sqlite3
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from datasette_imgsearch import store
+from datasette_imgsearch.build import BuildOptions, build
+from datasette_imgsearch.catalog import Catalog, index_path
+from datasette_imgsearch.query import Searcher
+from datasette_imgsearch.store import top_k
+from datasette_imgsearch.toyworld import write_world
+
+from .conftest import run_cli
+
+
+def exact_top(db: Path, vector: np.ndarray, k: int) -> list[int]:
+    """The top k over the rows committed right now, straight from the stored embeddings."""
+    with Catalog(db) as catalog:
+        ids, matrix = catalog.embeddings()
+    return [hit.id for hit in top_k(ids, matrix @ vector, k, set(), None)]
+
+
+def change_the_folder(images: Path, tmp_path: Path) -> None:
+    """Six new pictures, two removed, one replaced by new pixels: what a day's photos do to a folder."""
+    write_world(tmp_path / "new", count=7, seed=41)
+    new = sorted((tmp_path / "new").iterdir())
+    for number, picture in enumerate(new[:6]):
+        shutil.copy(picture, images / f"new-{number}.jpg")
+    old = sorted(images.glob("[a-z]*-[a-z]*.jpg"))
+    old[0].unlink()
+    old[1].unlink()
+    shutil.copy(new[6], old[2])
+
+
+@pytest.mark.parametrize("kind", ["flat", "hnsw", "ivfpq", "no index"])
+def test_a_server_searching_during_a_build_catches_up_and_stays_exact(
+    catalog: Path, images: Path, tmp_path: Path, toy_model: str, kind: str
+) -> None:
+    if kind == "no index":
+        index_path(catalog).unlink()
+    else:
+        run_cli("index", catalog, "--type", kind)
+    searcher = Searcher(catalog)
+    vector, _ = searcher.query_vector("a red circle")
+    base = searcher.store.current().base
+    change_the_folder(images, tmp_path)
+    views: list[str] = []
+
+    def search_now(done: int, total: int) -> None:  # runs between the build's commits
+        found = [hit.id for hit in searcher.search_vector(vector, 8, set(), None)]
+        assert found == exact_top(catalog, vector, 8)
+        loaded = searcher.store.current()
+        assert loaded.base is base  # caught up, never read in full again
+        views.append(loaded.vectors_from)
+
+    build(catalog, images, BuildOptions(model=toy_model, batch_size=2), progress=search_now)
+    assert any("caught up with" in view for view in views)
+    found = [hit.id for hit in searcher.search_vector(vector, 8, set(), None)]
+    assert found == exact_top(catalog, vector, 8)
+    assert searcher.store.current().base is not base  # the new index file: one full load
+    assert searcher.size == 64
+
+
+def test_a_row_changed_in_place_is_found_by_its_new_vector_only(catalog: Path) -> None:
+    searcher = Searcher(catalog)
+    conn = sqlite3.connect(catalog)
+    ids = [row[0] for row in conn.execute("select id from images order by id")]
+    changed, donor = ids[3], ids[40]
+    old = np.frombuffer(conn.execute("select embedding from images where id = ?", [changed]).fetchone()[0], "<f4")
+    new = np.frombuffer(conn.execute("select embedding from images where id = ?", [donor]).fetchone()[0], "<f4")
+    assert searcher.search_vector(old, 1, set(), None)[0].id == changed
+    with conn:
+        conn.execute("update images set embedding = (select embedding from images where id = ?) where id = ?", [donor, changed])
+    conn.close()
+    assert changed not in [hit.id for hit in searcher.search_vector(old, 1, set(), None)]
+    assert {hit.id for hit in searcher.search_vector(new, 2, set(), None)} == {changed, donor}
+    assert "caught up with 1 row changed since" in searcher.vectors_from
+
+
+def test_filtered_search_during_a_catch_up_sees_new_rows_and_not_removed_ones(catalog: Path) -> None:
+    searcher = Searcher(catalog)
+    conn = sqlite3.connect(catalog)
+    ids = [row[0] for row in conn.execute("select id from images order by id")]
+    with conn:
+        conn.execute("delete from images where id = ?", [ids[0]])
+        conn.execute("insert into images (path, name, folder, size, modified, mtime_ns, hash, embedding) "
+                     "select 'copy.jpg', 'copy.jpg', '', size, modified, mtime_ns, hash, embedding from images where id = ?",
+                     [ids[1]])
+        added = conn.execute("select max(id) from images").fetchone()[0]
+    conn.close()
+    vector = searcher.store.embedding(ids[1])
+    hits = searcher.search_vector(vector, 3, set(), None)
+    assert {hits[0].id, hits[1].id} == {ids[1], added}
+    among = searcher.store.search(vector, 5, set(), None, candidates=np.array([ids[0], added, ids[2]]))
+    assert [hit.id for hit in among] == [added, ids[2]]
+
+
+def test_a_delta_past_a_quarter_of_its_base_is_read_in_full(catalog: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(store, "CATCH_UP_MIN_ROWS", 0)
+    searcher = Searcher(catalog)
+    base = searcher.store.current().base
+    conn = sqlite3.connect(catalog)
+    with conn:
+        conn.execute("delete from images where id in (select id from images order by id limit 10)")
+    assert searcher.store.current().base is base  # 10 of 60: caught up
+    with conn:
+        conn.execute("delete from images where id in (select id from images order by id limit 10)")
+    conn.close()
+    assert searcher.store.current().base is not base  # 20 of 60: read again
+    assert searcher.vectors_from == "stored embeddings (exact; index stale by more changed rows than a catch-up carries)"
+    assert searcher.size == 40
+
+
+def test_the_change_log_holds_what_the_index_lacks(catalog: Path) -> None:
+    def logged() -> int:
+        conn = sqlite3.connect(catalog)
+        try:
+            return conn.execute("select count(*) from imgsearch_changes").fetchone()[0]
+        finally:
+            conn.close()
+
+    assert logged() == 0  # the build's index holds every change
+    conn = sqlite3.connect(catalog)
+    with conn:
+        conn.execute("delete from images where id = (select min(id) from images)")
+        conn.execute("update images set embedding = embedding where id = (select max(id) from images)")
+    conn.close()
+    assert logged() == 2
+    with Catalog(catalog) as opened:
+        assert len(opened.changed_since(int(opened.meta("index_version")))) == 2
+    run_cli("index", catalog)
+    assert logged() == 0
+
+
+def test_a_migrated_catalog_logs_changes_from_its_migration_on(tmp_path: Path) -> None:
+    old = tmp_path / "old.db"
+    shutil.copy(Path(__file__).parent / "fixtures" / "catalog-v1.db", old)
+    with Catalog(old, write=True) as catalog:
+        migrated_at = catalog.catalog_version
+        assert int(catalog.meta("changes_from")) == migrated_at
+        assert catalog.changed_since(migrated_at - 1) is None  # changes before it were never logged
+        assert len(catalog.changed_since(migrated_at)) == 0

@@ -1,0 +1,177 @@
+"""``build --engine ray``: the same catalog as a local build, on a local Ray (``pip install '.[ray]'``; CI installs it)."""
+
+from __future__ import annotations
+
+import shutil
+import sqlite3
+import sys
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import pytest
+
+from datasette_imgsearch.build import BuildOptions, build
+from datasette_imgsearch.catalog import Catalog, index_path
+from datasette_imgsearch.errors import CatalogError
+from datasette_imgsearch.index import index_state, read_index
+from datasette_imgsearch.ray_engine import Decode
+from datasette_imgsearch.toyworld import write_world
+
+from .conftest import run_cli
+
+ray = pytest.importorskip("ray")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def local_ray() -> Iterator[None]:
+    """One local Ray for the module, as a small cluster would be: two CPUs, no GPU."""
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+def hostile_folder(folder: Path, world: Path) -> Path:
+    """The toy world plus the files a build must record as errors, and an odd name."""
+    shutil.copytree(world, folder)
+    pictures = sorted(folder.glob("*.jpg"))
+    (folder / "not-an-image.jpg").write_bytes(b"this is text, not a JPEG")
+    (folder / "truncated.jpg").write_bytes(pictures[0].read_bytes()[:300])
+    (folder / "empty.png").write_bytes(b"")
+    shutil.copy(pictures[1], folder / "spaced name, ünïcode.jpg")
+    return folder
+
+
+def rows(db: Path) -> list[tuple]:
+    conn = sqlite3.connect(db)
+    try:
+        columns = "id, path, name, folder, format, width, height, size, mtime_ns, hash, thumbnail"
+        return conn.execute(f"select {columns} from images order by id").fetchall()
+    finally:
+        conn.close()
+
+
+def errors(db: Path) -> list[tuple]:
+    conn = sqlite3.connect(db)
+    try:
+        return conn.execute("select path, error, message from imgsearch_errors order by path").fetchall()
+    finally:
+        conn.close()
+
+
+def vectors(db: Path) -> tuple[np.ndarray, np.ndarray]:
+    with Catalog(db) as catalog:
+        return catalog.embeddings()
+
+
+def assert_same_catalog(local: Path, distributed: Path) -> None:
+    assert rows(distributed) == rows(local)
+    assert errors(distributed) == errors(local)
+    local_ids, local_matrix = vectors(local)
+    ray_ids, ray_matrix = vectors(distributed)
+    assert (ray_ids == local_ids).all()
+    assert np.sum(ray_matrix * local_matrix, axis=1).min() >= 0.9999
+    with Catalog(distributed) as catalog:
+        assert index_state(catalog).fresh
+    index = read_index(index_path(distributed))
+    assert index.ntotal == len(local_ids)
+
+
+def options(toy_model: str, engine: str, **more: object) -> BuildOptions:
+    return BuildOptions(model=toy_model, batch_size=16, engine=engine, **more)
+
+
+def test_a_ray_build_gives_the_catalog_a_local_build_gives(tmp_path: Path, world: Path, toy_model: str) -> None:
+    folder = hostile_folder(tmp_path / "images", world)
+    local = build(tmp_path / "local.db", folder, options(toy_model, "local"))
+    distributed = build(tmp_path / "ray.db", folder, options(toy_model, "ray"))
+    assert distributed.line() == local.line() == "64 images: 61 added, 0 moved, 0 updated, 0 removed, 3 failed, 0 unchanged"
+    assert_same_catalog(tmp_path / "local.db", tmp_path / "ray.db")
+    assert {error for _, error, _ in errors(tmp_path / "ray.db")} == {"not-an-image", "empty", "corrupt"}
+
+
+def test_a_ray_update_sends_out_only_new_and_changed_files(tmp_path: Path, world: Path, toy_model: str) -> None:
+    folder = hostile_folder(tmp_path / "images", world)
+    build(tmp_path / "local.db", folder, options(toy_model, "local"))
+    shutil.copy(tmp_path / "local.db", tmp_path / "ray.db")
+    pictures = sorted(folder.glob("[a-z]*-*.jpg"))
+    (folder / "album").mkdir()
+    shutil.move(pictures[2], folder / "album" / pictures[2].name)  # moved: no decoding, same row
+    pictures[3].unlink()  # removed
+    shutil.copy(pictures[4], folder / "copy.jpg")  # a copy: reuses the stored embedding
+    (folder / "not-an-image.jpg").unlink()  # an error that went away
+    write_world(tmp_path / "more", count=1, seed=99)
+    shutil.copy(next((tmp_path / "more").iterdir()), folder / "new.jpg")  # new pixels: embedded on Ray
+    shutil.copy(pictures[6], folder / "truncated.jpg")  # a broken file mended with catalogued bytes
+    local = build(tmp_path / "local.db", folder, options(toy_model, "local"))
+    distributed = build(tmp_path / "ray.db", folder, options(toy_model, "ray"))
+    assert distributed.line() == local.line() == "65 images: 3 added, 1 moved, 0 updated, 1 removed, 1 failed, 59 unchanged"
+    assert_same_catalog(tmp_path / "local.db", tmp_path / "ray.db")
+
+
+def test_an_interrupted_ray_build_leaves_a_consistent_catalog_and_carries_on(
+    tmp_path: Path, world: Path, toy_model: str
+) -> None:
+    folder = hostile_folder(tmp_path / "images", world)
+
+    def stop_after_40(done: int, total: int) -> None:
+        if done == 40:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        build(tmp_path / "ray.db", folder, options(toy_model, "ray"), progress=stop_after_40)
+    conn = sqlite3.connect(tmp_path / "ray.db")
+    assert conn.execute("pragma integrity_check").fetchone() == ("ok",)
+    committed = conn.execute("select count(*) from images").fetchone()[0]
+    conn.close()
+    assert 0 < committed < 61  # whole batches only
+    resumed = build(tmp_path / "ray.db", folder, options(toy_model, "ray"))
+    assert resumed.unchanged == committed
+    build(tmp_path / "local.db", folder, options(toy_model, "local"))
+    assert_same_catalog(tmp_path / "local.db", tmp_path / "ray.db")
+
+
+def test_a_ray_reembed_switches_models_like_a_local_one(tmp_path: Path, world: Path, toy_model: str) -> None:
+    folder = hostile_folder(tmp_path / "images", world)
+    build(tmp_path / "local.db", folder, options(toy_model, "local"))
+    shutil.copy(tmp_path / "local.db", tmp_path / "ray.db")
+    build(tmp_path / "local.db", folder, options(toy_model, "local", reembed=True))
+    summary = build(tmp_path / "ray.db", folder, options(toy_model, "ray", reembed=True))
+    assert summary.updated == 61
+    assert_same_catalog(tmp_path / "local.db", tmp_path / "ray.db")
+
+
+def test_the_command_line_builds_on_ray(tmp_path: Path, world: Path, toy_model: str) -> None:
+    output = run_cli("build", tmp_path / "photos.db", world, "--model", toy_model, "--engine", "ray", "--silent")
+    assert "60 images: 60 added" in output
+    assert "60 added" not in run_cli("build", tmp_path / "photos.db", "--engine", "ray", "--silent")
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["--ray-address", "auto"], "--ray-address and --ray-encoders go with --engine ray"),
+        (["--ray-encoders", "2"], "--ray-address and --ray-encoders go with --engine ray"),
+        (["--engine", "spark"], "'spark' is not one of 'local', 'ray'"),
+    ],
+)
+def test_ray_options_are_checked(tmp_path: Path, world: Path, toy_model: str, arguments: list[str], message: str) -> None:
+    output = run_cli("build", tmp_path / "photos.db", world, "--model", toy_model, *arguments, expect=2)
+    assert message in output
+    assert not (tmp_path / "photos.db").exists()
+
+
+def test_without_ray_installed_the_build_says_how_to_get_it(
+    tmp_path: Path, world: Path, toy_model: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray now raises ImportError
+    output = run_cli("build", tmp_path / "photos.db", world, "--model", toy_model, "--engine", "ray", expect=1)
+    assert "pip install 'datasette-imgsearch[ray]'" in output
+    assert not (tmp_path / "photos.db").exists()
+
+
+def test_a_worker_that_cannot_see_the_image_folder_stops_the_build(tmp_path: Path, toy_model: str) -> None:
+    """Rather than recording every file as unreadable (Decode runs on each worker as it starts)."""
+    with pytest.raises(CatalogError, match="every worker must see the images at the same path"):
+        Decode(toy_model, options(toy_model, "ray"), frozenset(), str(tmp_path / "not-shared"))
+
