@@ -142,7 +142,9 @@ class RayEngine:
         ray = self.ray
         context = ray.data.DataContext.get_current()
         context.execution_options.preserve_order = True  # the driver assigns ids in scan order
-        context.enable_progress_bars = False
+        context.enable_progress_bars = False  # build draws its own
+        if hasattr(context, "print_on_execution_start"):  # Ray Data's plan, printed at every start (Ray >= 2.4x)
+            context.print_on_execution_start = False
         gpus = 1 if options.device.startswith("cuda") or (
             options.device == "auto" and ray.cluster_resources().get("GPU", 0) > 0
         ) else 0
