@@ -190,8 +190,7 @@ def _model_facts(meta: dict[str, Any]) -> ModelFacts:
 # share of the base, when reading everything once is cheaper than carrying it.
 CATCH_UP_SHARE = 0.25
 CATCH_UP_MIN_ROWS = 20_000
-# An index type with rough scores (index.RERANKED_TYPES) gives this many candidates, re-scored exactly.
-RERANK_CANDIDATES = 100
+# The calibration's best scores take fewer candidates from an index with rough scores than a query does.
 RERANK_CANDIDATES_FOR_BEST = 10
 
 
@@ -343,7 +342,7 @@ class VectorStore:
         base, delta = loaded.base, loaded.delta
         if base.faiss is not None:
             hidden = exclude | set(delta.hidden.tolist()) if len(delta.hidden) else exclude
-            ids, scores = self._from_index(base, vector[None], k + len(hidden), RERANK_CANDIDATES)
+            ids, scores = self._from_index(base, vector[None], k + len(hidden))
             return top_k(ids[0], scores[0], k, hidden, min_score)
         if base.matrix is None or len(base.ids) == 0:
             return []
@@ -356,11 +355,14 @@ class VectorStore:
         rough[delta.hidden_positions] = -np.inf
         return rescored_top_k(base.ids, base.matrix, vector, rough, k, exclude, min_score)
 
-    def _from_index(self, base: Base, vectors: np.ndarray, want: int, rerank: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
-        """Per vector, (ids, scores) of the ``want`` best rows in a FAISS base; scores re-scored exactly from
-        the stored embeddings, out of ``rerank`` candidates at least, for an index with rough scores."""
+    def _from_index(
+        self, base: Base, vectors: np.ndarray, want: int, rerank: int | None = None
+    ) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        """Per vector, (ids, scores) of the ``want`` best rows in a FAISS base; for an index with rough scores,
+        re-scored exactly from the stored embeddings, out of ``rerank`` candidates at least (the type's own
+        number when not given)."""
         reranked = base.index_type in RERANKED_TYPES
-        fetch = min(base.faiss.ntotal, max(want, rerank) if reranked else want)
+        fetch = min(base.faiss.ntotal, max(want, rerank or RERANKED_TYPES[base.index_type]) if reranked else want)
         if fetch <= 0:
             return [np.zeros(0, np.int64)] * len(vectors), [np.zeros(0, np.float32)] * len(vectors)
         scores, ids = base.faiss.search(np.ascontiguousarray(vectors, dtype=np.float32), fetch)

@@ -39,7 +39,7 @@ def change_the_folder(images: Path, tmp_path: Path) -> None:
     shutil.copy(new[6], old[2])
 
 
-@pytest.mark.parametrize("kind", ["flat", "hnsw", "ivfpq", "no index"])
+@pytest.mark.parametrize("kind", ["flat", "hnsw", "ivfsq8", "ivfpq", "no index"])
 def test_a_server_searching_during_a_build_catches_up_and_stays_exact(
     catalog: Path, images: Path, tmp_path: Path, toy_model: str, kind: str
 ) -> None:

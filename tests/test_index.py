@@ -85,7 +85,7 @@ def test_the_index_file_is_hashed_only_when_it_is_not_the_file_written_and_then_
     assert hashed == [index_path(catalog)]  # hashed once, then remembered
 
 
-@pytest.mark.parametrize("kind", ["hnsw", "sq8", "ivf"])
+@pytest.mark.parametrize("kind", ["hnsw", "sq8", "ivf", "ivfsq8", "ivfpq"])
 def test_index_types_can_be_chosen_and_are_remembered(catalog: Path, kind: str) -> None:
     assert f"({kind}, 60 vectors)" in run_cli("index", catalog, "--type", kind)
     assert Catalog(catalog).meta("index_type") == kind
