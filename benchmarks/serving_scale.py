@@ -61,7 +61,7 @@ def synthetic_catalog(rows: int, model: str, kind: str) -> Path:
     done = CACHE / f"serving-{rows}.{kind}.done"
     if done.exists():
         return db
-    if not (CACHE / f"serving-{rows}.rows.done").exists():
+    if not (CACHE / f"serving-{rows}.rows.done").exists() or not db.exists():
         for stale in CACHE.glob(f"serving-{rows}.db*"):
             stale.unlink()
         started = time.perf_counter()
