@@ -381,7 +381,10 @@ class Catalog:
 
     def embeddings(self) -> tuple[np.ndarray, np.ndarray]:
         """All (ids, matrix) in id order, read straight from the BLOBs."""
-        rows = self.db.execute(f"select id, embedding from [{TABLE}] order by id").fetchall()
+        return self._decoded(self.db.execute(f"select id, embedding from [{TABLE}] order by id").fetchall())
+
+    def _decoded(self, rows: list[tuple[int, bytes]]) -> tuple[np.ndarray, np.ndarray]:
+        """(ids, matrix) of (id, embedding BLOB) rows: one writable float32 matrix, decoded in one go."""
         ids = np.fromiter((r[0] for r in rows), dtype="int64", count=len(rows))
         if not rows:
             return ids, np.zeros((0, int(self.meta("dimension") or 0)), dtype="float32")
@@ -398,8 +401,8 @@ class Catalog:
             ).fetchall()
             if not rows:
                 return
-            ids = np.fromiter((r[0] for r in rows), dtype="int64", count=len(rows))
-            yield ids, np.frombuffer(b"".join(r[1] for r in rows), dtype="<f4").reshape(len(rows), -1).astype("float32")
+            ids, matrix = self._decoded(rows)
+            yield ids, matrix
             last = int(ids[-1])
 
     def sample_embeddings(self, count: int, seed: int = 0) -> np.ndarray:
@@ -412,17 +415,15 @@ class Catalog:
     def changed_since(self, version: int) -> np.ndarray | None:
         """Ids of the rows whose embedding changed (added, replaced, removed) after ``version``, or
         ``None`` when the change log does not reach back that far."""
-        if self.meta("changes_from") is None or version < int(self.meta("changes_from")):
+        start = self.meta("changes_from")
+        if start is None or version < int(start):
             return None
         rows = self.db.execute(f"select distinct id from [{CHANGES_TABLE}] where version > ?", [version])
         return np.fromiter((r[0] for r in rows), dtype="int64")
 
     def index_written(self, **facts: Any) -> None:
         """Record a freshly written index and forget the changes it holds, in one transaction."""
-        conn = self.db.conn
-        with conn:
-            conn.executemany(f"insert or replace into [{META_TABLE}] (key, value) values (?, ?)", list(facts.items()))
-            conn.execute(f"delete from [{CHANGES_TABLE}] where version <= ?", [facts["index_version"]])
+        self.write([SetMeta(facts), ForgetChanges(facts["index_version"])])
 
     @contextlib.contextmanager
     def snapshot(self) -> Iterator[None]:
@@ -440,18 +441,12 @@ class Catalog:
 
     def embeddings_of(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(ids, matrix) of the given rows that exist, in id order."""
-        found_ids: list[int] = []
-        blobs: list[bytes] = []
+        rows: list[tuple[int, bytes]] = []
         for start in range(0, len(ids), 10_000):  # SQLite caps the number of parameters
             chunk = [int(i) for i in ids[start:start + 10_000]]
             placeholders = ", ".join("?" for _ in chunk)
-            query = f"select id, embedding from [{TABLE}] where id in ({placeholders}) order by id"
-            for id_, blob in self.db.execute(query, chunk):
-                found_ids.append(id_)
-                blobs.append(blob)
-        dimension = int(self.meta("dimension") or 0)
-        matrix = np.frombuffer(b"".join(blobs), dtype="<f4").reshape(len(blobs), dimension) if blobs else np.zeros((0, dimension))
-        return np.asarray(found_ids, dtype=np.int64), matrix.astype(np.float32)
+            rows += self.db.execute(f"select id, embedding from [{TABLE}] where id in ({placeholders}) order by id", chunk)
+        return self._decoded(rows)
 
     def write(self, changes: Iterable["Change"]) -> None:
         """Apply a batch of changes in one transaction: a crash leaves all of it or none of it."""
@@ -627,3 +622,13 @@ class StageEmbedding(Change):
 
     def apply(self, conn: sqlite3.Connection) -> None:
         conn.execute(f"insert or replace into [{REEMBED_TABLE}] (id, embedding) values (?, ?)", [self.id, self.embedding])
+
+
+@dataclass
+class ForgetChanges(Change):
+    """Empty the change log up to ``version``: an index written at that version holds those changes."""
+
+    version: int
+
+    def apply(self, conn: sqlite3.Connection) -> None:
+        conn.execute(f"delete from [{CHANGES_TABLE}] where version <= ?", [self.version])

@@ -175,9 +175,10 @@ class RayEngine:
                         vector=np.frombuffer(vector, dtype="<f4") if len(vector) else None,
                     )
         except ray.exceptions.RayError as error:
-            raise CatalogError(f"the Ray build failed on a worker: {_first_line(error)}") from None
+            raise CatalogError(f"the Ray build failed on a worker: {_last_line(error)}") from None
 
 
-def _first_line(error: Exception) -> str:
+def _last_line(error: Exception) -> str:
+    """A worker's error arrives with its traceback; its last line says what went wrong."""
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
     return lines[-1] if lines else type(error).__name__
