@@ -9,13 +9,12 @@ model for the ranking check. Prints Markdown tables and writes benchmarks/result
 from __future__ import annotations
 
 import argparse
-import json
 import sqlite3
 import tempfile
 from pathlib import Path
 
 import numpy as np
-from common import GFLOP_PER_IMAGE, ROOT, TOY_MODEL, matmul_gflops, photo_folder, table, timed, vit_b32
+from common import GFLOP_PER_IMAGE, TOY_MODEL, matmul_gflops, photo_folder, save_results, table, timed, vit_b32
 
 
 def recipe_loop(model, paths: list[Path]) -> None:
@@ -198,9 +197,7 @@ def main() -> None:
             ["`build --precision fp32` on 12-MP JPEGs, images/s", f"{results['build_12mp']:.1f}"],
         ],
     )
-    out = ROOT / "benchmarks" / "results"
-    out.mkdir(exist_ok=True)
-    (out / "build.json").write_text(json.dumps(results, indent=2))
+    save_results("build", results)
 
 
 if __name__ == "__main__":

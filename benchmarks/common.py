@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import socket
 import statistics
@@ -16,6 +17,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 ROOT = Path(__file__).resolve().parent.parent
 CACHE = Path(os.environ.get("IMGSEARCH_BENCH_CACHE", ROOT / "benchmarks" / ".cache"))
+RESULTS = ROOT / "benchmarks" / "results"  # the JSON the scripts write, which chart.py and the README take
 TOY_MODEL = ROOT / "tests" / "fixtures" / "toy-clip"
 GFLOP_PER_IMAGE = 8.7  # ViT-B/32 image tower, one 224x224 image
 
@@ -72,6 +74,18 @@ def photo_folder(count: int, width: int, height: int, name: str | None = None, q
                                                       (side - width) // 2 + width, (side - height) // 2 + height))
         picture.save(folder / f"{colour}-{shape}-{number:05d}.jpg", quality=quality)
     return folder
+
+
+def load_results(name: str) -> dict:
+    """What an earlier run saved as benchmarks/results/NAME.json (empty if none): a run of some parts
+    updates it and keeps the rest."""
+    path = RESULTS / f"{name}.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def save_results(name: str, results: dict) -> None:
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / f"{name}.json").write_text(json.dumps(results, indent=2))
 
 
 def timed(function: Callable[[], object], repeat: int = 1) -> float:

@@ -8,7 +8,6 @@ Uses small toy-world files and the toy model: what is measured here is the bookk
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -16,7 +15,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import ROOT, TOY_MODEL, table, timed
+from common import TOY_MODEL, save_results, table, timed
 
 
 def world(count: int) -> Path:
@@ -68,10 +67,8 @@ def main() -> None:
     )
     table("Peak memory of a build process (toy model)", ["images", "peak RSS, MB"],
           [[size, f"{memory[size]:.0f}"] for size in sizes])
-    out = ROOT / "benchmarks" / "results"
-    out.mkdir(exist_ok=True)
-    (out / "incremental.json").write_text(json.dumps(
-        {"files": args.files, "first": first, "noop": again, "noop_command": command, "memory_mb": memory}, indent=2))
+    save_results("incremental", {"files": args.files, "first": first, "noop": again, "noop_command": command,
+                                 "memory_mb": memory})
 
 
 if __name__ == "__main__":

@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import sqlite3
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
-from common import ROOT, datasette_server, percentiles, table, vit_b32
+from common import datasette_server, load_results, percentiles, save_results, table, vit_b32
 
 DIMENSION = 512
 
@@ -182,15 +181,13 @@ def main() -> None:
     parser.add_argument("--types", default="flat,hnsw,ivf,sq8")
     parser.add_argument("--parts", default="queries,scale", help="queries (100k rows), scale (a million), or both")
     args = parser.parse_args()
-    out = ROOT / "benchmarks" / "results"
-    out.mkdir(exist_ok=True)
-    saved = json.loads((out / "query.json").read_text()) if (out / "query.json").exists() else {}
+    saved = load_results("query")
 
     if "queries" in args.parts:
         saved.update(queries(args), rows=args.rows)
     if "scale" in args.parts:
         saved.update(scale=scale(args.scale_rows, args.types.split(",")), scale_rows=args.scale_rows)
-    (out / "query.json").write_text(json.dumps(saved, indent=2))
+    save_results("query", saved)
     if "scale" in saved:
         table(
             f"Search at {saved['scale_rows']:,} vectors, 512-d, one query at a time, k=10",

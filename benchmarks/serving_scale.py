@@ -31,7 +31,7 @@ from pathlib import Path
 
 import httpx
 import numpy as np
-from common import CACHE, ROOT, datasette_server, percentiles, table, vit_b32
+from common import CACHE, ROOT, datasette_server, load_results, percentiles, save_results, table, vit_b32
 
 DIMENSION = 512
 CLUSTERS = 2000
@@ -221,6 +221,7 @@ def during_build(rows: int, added: int) -> list[list[object]]:
 
     model = str(vit_b32())
     source = synthetic_catalog(rows, model, "flat")
+    defaults = store.CATCH_UP_MIN_ROWS, store.CATCH_UP_SHARE
     results = []
     for label, catch_up in (("no build running (the baseline: same queries, same seconds)", None),
                             ("catching up with the change log (now)", True),
@@ -252,7 +253,7 @@ def during_build(rows: int, added: int) -> list[list[object]]:
         seconds = time.perf_counter() - began
         p50, p95 = percentiles(samples)
         results.append([label, f"{len(samples)}", f"{seconds:.0f}", f"{p50:.0f}", f"{p95:.0f}", f"{max(samples) * 1000:.0f}"])
-        store.CATCH_UP_MIN_ROWS, store.CATCH_UP_SHARE = 20_000, 0.25
+        store.CATCH_UP_MIN_ROWS, store.CATCH_UP_SHARE = defaults
     return results
 
 
@@ -265,15 +266,13 @@ def main() -> None:
     parser.add_argument("--kind", default="ivfsq8", help="the index type of part 1: ivfsq8 or ivfpq")
     args = parser.parse_args()
     CACHE.mkdir(parents=True, exist_ok=True)
-    out = ROOT / "benchmarks" / "results"
-    out.mkdir(exist_ok=True)
-    saved = json.loads((out / "serving.json").read_text()) if (out / "serving.json").exists() else {}
+    saved = load_results("serving")
     if "ten-million" in args.parts:
         saved.setdefault("scale", {})[args.kind] = ten_million(args.rows, args.kind)
         saved["rows"] = args.rows
     if "during-build" in args.parts:
         saved.update(during=during_build(args.build_rows, args.added), build_rows=args.build_rows, added=args.added)
-    (out / "serving.json").write_text(json.dumps(saved, indent=2))
+    save_results("serving", saved)
     for kind, rows in saved.get("scale", {}).items():
         table(f"Serving {saved['rows']:,} rows from an `{kind}` index, 512-d, k=10, {QUERIES} queries",
               ["start", "ready s", "p50 ms", "p95 ms", "recall@10", "server memory GB", "vectors from"], rows)
