@@ -102,6 +102,40 @@ def test_filtered_search_during_a_catch_up_sees_new_rows_and_not_removed_ones(ca
     assert [hit.id for hit in among] == [added, ids[2]]
 
 
+def test_the_calibration_extends_its_best_scores_over_appended_rows_and_redoes_them_after_an_edit(catalog: Path) -> None:
+    searcher = Searcher(catalog)
+    rng = np.random.default_rng(5)
+    probes = rng.normal(size=(4, 32)).astype(np.float32)
+    probes /= np.linalg.norm(probes, axis=1, keepdims=True)
+    conn = sqlite3.connect(catalog)
+
+    def commit(sql: str, *params: object) -> None:
+        with conn:
+            conn.execute(sql, params)
+
+    def appended(vector: np.ndarray, name: str) -> None:
+        commit("insert into images (path, name, folder, size, modified, mtime_ns, hash, embedding) "
+               "values (?, ?, '', 1, '2024-01-01T00:00:00+00:00', 0, ?, ?)", name, name, name, vector.astype("<f4").tobytes())
+
+    def assert_best_is_exact() -> None:
+        with Catalog(catalog) as opened:
+            _, matrix = opened.embeddings()
+        assert np.allclose(searcher.store.best_scores(probes, searcher.store.current()), (probes @ matrix.T).max(axis=1),
+                           atol=1e-6)
+
+    assert_best_is_exact()
+    appended(probes[0], "first.jpg")
+    first = searcher.store.current().delta
+    assert_best_is_exact()
+    appended(probes[1], "second.jpg")
+    assert searcher.store.current().delta.appended_to == first.serial  # only the new row was scored
+    assert_best_is_exact()
+    commit("update images set embedding = ? where path = 'first.jpg'", (-probes[0]).astype("<f4").tobytes())
+    assert searcher.store.current().delta.appended_to == 0  # an edited row: scored again in full
+    assert_best_is_exact()
+    conn.close()
+
+
 def test_a_delta_past_a_quarter_of_its_base_is_read_in_full(catalog: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(store, "CATCH_UP_MIN_ROWS", 0)
     searcher = Searcher(catalog)
