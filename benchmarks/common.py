@@ -22,14 +22,63 @@ TOY_MODEL = ROOT / "tests" / "fixtures" / "toy-clip"
 GFLOP_PER_IMAGE = 8.7  # ViT-B/32 image tower, one 224x224 image
 
 
+# CLIP's own byte-pair vocabulary ships in open_clip's wheel; downloaded (never installed: it would pull
+# torchvision) from the package index, which the benchmark machines reach.
+CLIP_BPE_WHEEL = "open_clip_torch==3.3.0"
+CLIP_BPE_MEMBER = "open_clip/bpe_simple_vocab_16e6.txt.gz"
+CLIP_VOCABULARY = 49408
+
+
+def clip_vocabulary(folder: Path = CACHE / "clip-bpe") -> Path | None:
+    """A folder with CLIP's real tokenizer vocabulary as transformers stores it (``vocab.json`` and
+    ``merges.txt``), or None when the package index cannot be reached.
+
+    Text queries need the real model's token counts for their cost to be the real one: the toy model's
+    small vocabulary splits "client 3 query 17" into 16 tokens where CLIP's makes 7, which doubled the
+    text tower's work in earlier runs. The conversion is the one transformers' CLIPTokenizer makes of
+    OpenAI's file: the 256 byte characters, the same with an end-of-word mark, one token per merge, then
+    the two special tokens."""
+    if (folder / "merges.txt").exists():
+        return folder
+    import gzip
+    import tempfile
+    import zipfile
+
+    with tempfile.TemporaryDirectory() as download:
+        fetched = subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", CLIP_BPE_WHEEL, "-d", download],
+                                 capture_output=True, text=True)
+        wheels = list(Path(download).glob("*.whl"))
+        if fetched.returncode != 0 or not wheels:
+            print(f"CLIP's vocabulary could not be downloaded ({CLIP_BPE_WHEEL}); text costs use the toy tokenizer's "
+                  f"longer token sequences", file=sys.stderr)
+            return None
+        with zipfile.ZipFile(wheels[0]) as wheel:
+            lines = gzip.decompress(wheel.read(CLIP_BPE_MEMBER)).decode("utf-8").split("\n")
+    merges = [line.split() for line in lines[1:CLIP_VOCABULARY - 2 * 256 - 2 + 1]]
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    others = [byte for byte in range(256) if byte not in printable]
+    byte_characters = [chr(byte) for byte in printable] + [chr(256 + number) for number in range(len(others))]
+    tokens = byte_characters + [c + "</w>" for c in byte_characters] + ["".join(m) for m in merges]
+    tokens += ["<|startoftext|>", "<|endoftext|>"]
+    assert len(tokens) == CLIP_VOCABULARY, len(tokens)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "vocab.json").write_text(json.dumps({token: number for number, token in enumerate(tokens)}), encoding="utf-8")
+    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(" ".join(m) for m in merges) + "\n", encoding="utf-8")
+    return folder
+
+
 def vit_b32(folder: Path = CACHE / "vit-b32-random") -> Path:
     """A full-size ViT-B/32 CLIP with random weights: the real model's cost, none of its meaning.
 
-    Built locally from ``CLIPConfig()`` defaults (the shapes of openai/clip-vit-base-patch32), with the
-    toy model's small tokenizer; written once into benchmarks/.cache (not committed).
-    """
+    Built locally from ``CLIPConfig()`` defaults (the shapes of openai/clip-vit-base-patch32), with CLIP's
+    own tokenizer vocabulary (see :func:`clip_vocabulary`; the toy model's when that cannot be had);
+    written once into benchmarks/.cache (not committed), and again when a folder made with the toy
+    tokenizer can now have the real one."""
+    vocabulary = clip_vocabulary()
     if (folder / "config.json").exists():
-        return folder
+        made_with = json.loads((folder / "config.json").read_text())["text_config"].get("eos_token_id")
+        if vocabulary is None or made_with == CLIP_VOCABULARY - 1:
+            return folder
     import torch
     from transformers import CLIPConfig, CLIPModel, CLIPProcessor, CLIPTokenizer
 
@@ -39,7 +88,8 @@ def vit_b32(folder: Path = CACHE / "vit-b32-random") -> Path:
         from transformers import CLIPImageProcessor as ImageProcessor
 
     torch.manual_seed(0)
-    tokenizer = CLIPTokenizer(str(TOY_MODEL / "vocab.json"), str(TOY_MODEL / "merges.txt"))
+    words = vocabulary or TOY_MODEL
+    tokenizer = CLIPTokenizer(str(words / "vocab.json"), str(words / "merges.txt"))
     tokenizer.model_max_length = 77
     config = CLIPConfig()
     config.text_config.bos_token_id = tokenizer.bos_token_id
