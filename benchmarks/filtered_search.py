@@ -6,6 +6,7 @@ Targets (issue: filtered search): with 80% of rows passing the filter, warm, a r
 `ORDER BY imgsearch_score(embedding, q)` over the same WHERE.
 
     python benchmarks/filtered_search.py [--rows 100000] [--count 40]
+    python benchmarks/filtered_search.py --gather   # where gathering the candidates beats a full pass
 """
 
 from __future__ import annotations
@@ -28,7 +29,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=100_000)
     parser.add_argument("--count", type=int, default=40)
+    parser.add_argument("--gather", action="store_true", help="only compare gathering candidates with a full pass")
     args = parser.parse_args()
+    if args.gather:
+        gather_or_full_pass()
+        return
 
     from datasette_imgsearch.query import searcher_for
     from datasette_imgsearch.settings import Settings
@@ -79,6 +84,37 @@ def main() -> None:
         ],
     )
     print(f"\nnew query beyond its text encoding: p50 {p_fresh[0] - p_encode[0]:.1f} ms (target ≤ 30)")
+
+
+def gather_or_full_pass(sizes: tuple[int, ...] = (100_000, 1_000_000), fractions: tuple[int, ...] = (4, 6, 8, 10, 16)) -> None:
+    """What ``store.GATHER_FRACTION`` is chosen from: scoring a filter's candidates by gathering their rows
+    (``scores_of``) against scoring every row (``exact_scores``, the pass unfiltered queries make)."""
+    import numpy as np
+
+    from datasette_imgsearch.store import exact_scores, scores_of
+
+    def median_ms(function) -> float:
+        times = []
+        for _ in range(5):
+            started = time.perf_counter()
+            function()
+            times.append(time.perf_counter() - started)
+        return sorted(times)[2] * 1000
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for size in sizes:
+        matrix = rng.standard_normal((size, 512), dtype=np.float32)
+        vector = rng.standard_normal(512).astype(np.float32)
+        full = median_ms(lambda: exact_scores(matrix, [vector]))
+        for fraction in fractions:
+            positions = np.sort(rng.choice(size, size // fraction, replace=False))
+            gathered = median_ms(lambda: scores_of(matrix[positions], vector))
+            rows.append([f"{size:,}", f"1/{fraction}", f"{full:.1f}", f"{gathered:.1f}"])
+        del matrix
+    print(f"CPU: {platform.processor() or platform.machine()}")
+    table("Filtered search: a full pass or gathering the candidates (ms, median of 5)",
+          ["rows", "candidates", "full pass", "gather"], rows)
 
 
 if __name__ == "__main__":

@@ -101,8 +101,10 @@ def scores_of(matrix: np.ndarray, vector: np.ndarray) -> np.ndarray:
 # vectors to bfloat16 moves their dot product by at most 2**-8 (about 0.004); the margin is 2.5 times that.
 FIRST_PASS_ROWS = 250_000
 # Filtered search gathers the candidates' vectors when they are under 1/GATHER_FRACTION of the rows,
-# and otherwise scores every row and picks theirs (a full pass costs about as much as gathering a quarter).
-GATHER_FRACTION = 4
+# and otherwise scores every row and picks theirs. Copying the gathered rows is most of a gather's cost:
+# at 100,000 and 1,000,000 rows a quarter of them took 2-3 times a full pass, and a gather wins under
+# an eighth at 100,000 rows and a twelfth at a million (``benchmarks/filtered_search.py --gather``).
+GATHER_FRACTION = 12
 FIRST_PASS_MARGIN = 0.01
 ID_TABLE_SLACK = 4
 BEST_SCORE_SLICE = 65_536
