@@ -12,6 +12,7 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -32,6 +33,7 @@ INDEX_TYPES: dict[str, str] = {
 # 8-bit codes rank the true top 10 within their first 30, product codes within their first 300).
 RERANKED_TYPES = {"ivfsq8": 30, "ivfpq": 300}
 HNSW_EF_SEARCH = 512
+HNSW_RESTRICTED_EF = 8192  # the widest a search restricted to a filter's rows explores an HNSW graph
 IVF_PROBES = 32
 IVF_SQ8_PROBES = 16
 TRAINING_POINTS_PER_CELL = 64
@@ -108,6 +110,43 @@ def tune(index) -> None:  # index: faiss.Index
         inner.nprobe = min(IVF_SQ8_PROBES, inner.nlist)
     elif isinstance(inner, faiss.IndexIVF):
         inner.nprobe = min(IVF_PROBES, inner.nlist)
+
+
+@dataclass(frozen=True)
+class Restriction:
+    """FAISS search parameters that keep a search to some rows, with the bitmap they point into (which
+    must live as long as they do)."""
+
+    params: Any
+    bitmap: np.ndarray
+
+
+def restricted_to(index, ids: np.ndarray, share: float) -> Restriction | None:  # index: faiss.Index
+    """Parameters that keep a search of ``index`` to the rows ``ids`` (unique, ``share`` of its rows); None
+    where this FAISS has no search-time selectors. A bitmap over the ids costs a bit per possible id,
+    1.25 MB at ten million rows.
+
+    The search goes 1/share times as wide as :func:`tune` sets (probes of an IVF index, candidates of an
+    HNSW graph, up to ``HNSW_RESTRICTED_EF``), so that it meets as many allowed rows as an unfiltered
+    search meets rows: with 16 probes, a filter passing 1% of a million rows found 4 to 7 of the true 10."""
+    import faiss
+
+    if not hasattr(faiss, "IDSelectorBitmap") or not hasattr(faiss, "SearchParametersIVF") or len(ids) == 0:
+        return None
+    size = int(ids.max()) + 1
+    allowed = np.zeros(size, dtype=bool)
+    allowed[ids] = True
+    bitmap = np.packbits(allowed, bitorder="little")  # FAISS reads bit i of byte i >> 3 as id i
+    selector = faiss.IDSelectorBitmap(size, faiss.swig_ptr(bitmap))
+    inner = faiss.downcast_index(index.index) if hasattr(index, "id_map") else faiss.downcast_index(index)
+    widen = 1 / max(share, 1e-9)
+    if isinstance(inner, faiss.IndexIVF):
+        params = faiss.SearchParametersIVF(sel=selector, nprobe=min(inner.nlist, math.ceil(inner.nprobe * widen)))
+    elif isinstance(inner, faiss.IndexHNSW):
+        params = faiss.SearchParametersHNSW(sel=selector, efSearch=min(HNSW_RESTRICTED_EF, math.ceil(inner.hnsw.efSearch * widen)))
+    else:
+        params = faiss.SearchParameters(sel=selector)
+    return Restriction(params, bitmap)
 
 
 def flat_vectors(index) -> tuple[np.ndarray, np.ndarray] | None:

@@ -24,7 +24,7 @@ import numpy as np
 from .batcher import Batcher
 from .catalog import Catalog, index_path
 from .errors import CatalogError
-from .index import RERANKED_TYPES, flat_vectors, index_state, read_index
+from .index import RERANKED_TYPES, Restriction, flat_vectors, index_state, read_index, restricted_to
 from .strength import STRONG
 
 
@@ -85,6 +85,15 @@ def exact_scores(matrix: Any, vectors: list[np.ndarray]) -> np.ndarray:
     return torch.mm(queries, table.T).float().numpy()
 
 
+def unique_ids(*arrays: np.ndarray) -> np.ndarray:
+    """The ids in ``arrays``, ascending, each once. ``np.unique`` (and ``np.union1d``, built on it) hashes
+    in numpy 2: 360 ms for 800,000 candidate ids, where sorting them takes 8."""
+    ids = np.sort(np.concatenate(arrays) if len(arrays) > 1 else arrays[0])
+    if len(ids) < 2:
+        return ids
+    return ids[np.concatenate(([True], ids[1:] != ids[:-1]))]
+
+
 def scores_of(matrix: np.ndarray, vector: np.ndarray) -> np.ndarray:
     """One query's scores against a few rows (candidates, a delta, a filter's gathered rows).
 
@@ -105,6 +114,12 @@ FIRST_PASS_ROWS = 250_000
 # at 100,000 and 1,000,000 rows a quarter of them took 2-3 times a full pass, and a gather wins under
 # an eighth at 100,000 rows and a twelfth at a million (``benchmarks/filtered_search.py --gather``).
 GATHER_FRACTION = 12
+# A filter over a catalog served from an approximate index reads up to this many candidates' embeddings
+# from SQLite and ranks them exactly (about 0.1 s); more are searched for in the index, restricted to
+# them, if they are at least RESTRICTED_SHARE of its rows: the restricted search widens by the inverse
+# of their share (see index.restricted_to), which past that costs more than reading them.
+EXACT_CANDIDATES = 20_000
+RESTRICTED_SHARE = 0.02
 FIRST_PASS_MARGIN = 0.01
 ID_TABLE_SLACK = 4
 BEST_SCORE_SLICE = 65_536
@@ -193,7 +208,7 @@ class Loaded:
     def vectors_from(self) -> str:
         if not self.delta.rows:
             return self.base.vectors_from
-        changed = len(np.union1d(self.delta.ids, self.delta.hidden))
+        changed = len(unique_ids(self.delta.ids, self.delta.hidden))
         return f"{self.base.vectors_from}, caught up with {changed} row{'s' * (changed != 1)} changed since"
 
 
@@ -327,11 +342,11 @@ class VectorStore:
                 order = np.argsort(ids, kind="stable")
                 ids, matrix, appended = ids[order], matrix[order], False
             if base.matrix is not None:
-                positions = np.union1d(delta.hidden_positions, self._positions(base, changed))
+                positions = unique_ids(delta.hidden_positions, self._positions(base, changed))
                 hidden = base.ids[positions]
             else:
                 in_base = changed if base.largest_id is None else changed[changed <= base.largest_id]
-                hidden, positions = np.union1d(delta.hidden, in_base), delta.hidden_positions
+                hidden, positions = unique_ids(delta.hidden, in_base), delta.hidden_positions
             delta = Delta(ids, matrix, hidden, positions, appended_to=delta.serial if appended else 0)
         if delta.rows > max(CATCH_UP_MIN_ROWS, CATCH_UP_SHARE * base.size):
             return None
@@ -381,16 +396,17 @@ class VectorStore:
         return rescored_top_k(base.ids, base.matrix, vector, rough, k, exclude, min_score)
 
     def _from_index(
-        self, base: Base, vectors: np.ndarray, want: int, rerank: int | None = None
+        self, base: Base, vectors: np.ndarray, want: int, rerank: int | None = None, restriction: Restriction | None = None
     ) -> tuple[list[np.ndarray], list[np.ndarray]]:
-        """Per vector, (ids, scores) of the ``want`` best rows in a FAISS base; for an index with rough scores,
-        re-scored exactly from the stored embeddings, out of ``rerank`` candidates at least (the type's own
-        number when not given)."""
+        """Per vector, (ids, scores) of the ``want`` best rows in a FAISS base (among the rows ``restriction``
+        allows, when given); for an index with rough scores, re-scored exactly from the stored embeddings,
+        out of ``rerank`` candidates at least (the type's own number when not given)."""
         reranked = base.index_type in RERANKED_TYPES
         fetch = min(base.faiss.ntotal, max(want, rerank or RERANKED_TYPES[base.index_type]) if reranked else want)
         if fetch <= 0:
             return [np.zeros(0, np.int64)] * len(vectors), [np.zeros(0, np.float32)] * len(vectors)
-        scores, ids = base.faiss.search(np.ascontiguousarray(vectors, dtype=np.float32), fetch)
+        params = None if restriction is None else restriction.params
+        scores, ids = base.faiss.search(np.ascontiguousarray(vectors, dtype=np.float32), fetch, params=params)
         found_ids, found_scores = [], []
         for vector, row_ids, row_scores in zip(vectors, ids, scores):
             keep = row_ids >= 0
@@ -405,16 +421,22 @@ class VectorStore:
     def _search_among(
         self, loaded: Loaded, vector: np.ndarray, k: int, exclude: set[int], min_score: float | None, candidates: np.ndarray
     ) -> list[Hit]:
-        """Exact top k among the candidate rows, in one vectorised pass.
+        """The top k among the candidate rows, in one vectorised pass.
 
         When most rows are candidates, the whole matrix is scored (the pass every query makes anyway,
         shared with concurrent queries) and the candidates' scores are picked out; when few are, only
         their vectors are gathered. A catalog served from an approximate index has no matrix in
-        memory: the candidates' stored embeddings are read instead, so the ranking is exact either way
-        (and current, so the delta has nothing to add)."""
+        memory: up to ``EXACT_CANDIDATES`` candidates, their stored embeddings are read and ranked
+        exactly (and current, so the delta has nothing to add); more are searched for in the index,
+        restricted to them, as closely as an unfiltered search of it."""
         base = loaded.base
         if base.matrix is None:
-            ids, matrix = self.catalog().embeddings_of(np.unique(candidates))
+            unique = unique_ids(candidates)
+            if base.faiss is not None and len(unique) > max(EXACT_CANDIDATES, RESTRICTED_SHARE * base.size):
+                hits = self._search_index_among(loaded, vector, k, exclude, min_score, unique)
+                if hits is not None:
+                    return hits
+            ids, matrix = self.catalog().embeddings_of(unique)
             return top_k(ids, scores_of(matrix, vector), k, exclude, min_score)
         positions = self._positions(base, candidates, loaded.delta.hidden_positions)
         if len(positions) * GATHER_FRACTION < len(base.ids):
@@ -423,6 +445,29 @@ class VectorStore:
             scores = self._exact_batcher((vector, base.matrix))[positions]
         hits = top_k(base.ids[positions], scores, k, exclude, min_score)
         return _with_delta(loaded.delta, hits, vector, k, exclude, min_score, candidates)
+
+    def _search_index_among(
+        self, loaded: Loaded, vector: np.ndarray, k: int, exclude: set[int], min_score: float | None, unique: np.ndarray
+    ) -> list[Hit] | None:
+        """The top k among ``unique`` candidate ids through the FAISS base, restricted to those of them it
+        holds as they are now, plus the delta's; None where FAISS cannot restrict a search, or found
+        fewer rows than it should (a graph index under a very selective filter), for the exact way."""
+        base, delta = loaded.base, loaded.delta
+        if base.largest_id is None:
+            return None
+        in_base = unique[(unique >= 0) & (unique <= base.largest_id)]
+        in_base = np.setdiff1d(in_base, delta.hidden, assume_unique=True)  # their vectors in the index are old
+        want = k + len(exclude)
+        found: list[Hit] = []
+        if len(in_base):
+            restriction = restricted_to(base.faiss, in_base, len(in_base) / max(1, base.size))
+            if restriction is None:
+                return None
+            ids, scores = self._from_index(base, vector[None], want, restriction=restriction)
+            if len(ids[0]) < min(want, len(in_base)):
+                return None
+            found = top_k(ids[0], scores[0], k, exclude, min_score)
+        return _with_delta(delta, found, vector, k, exclude, min_score, unique)
 
     def best_scores(self, vectors: np.ndarray, loaded: Loaded) -> np.ndarray:
         """Each vector's best score anywhere in the catalog. The base's part is computed once per base (in

@@ -13,6 +13,7 @@ from datasette.app import Datasette
 
 from datasette_imgsearch import store
 from datasette_imgsearch.catalog import from_blob
+from datasette_imgsearch.index import restricted_to
 from datasette_imgsearch.query import Candidates, Searcher
 from datasette_imgsearch.toyworld import label_of
 
@@ -77,6 +78,69 @@ def test_an_approximate_index_still_ranks_the_candidates_exactly(catalog: Path) 
     vector, _ = searcher.query_vector("a green square")
     hits = searcher.search("a green square", 8, None, Candidates.of(candidates))
     assert [h.id for h in hits] == brute_force(catalog, vector, "name like 'green-%'")[:8]
+
+
+@pytest.mark.parametrize("kind", ["hnsw", "ivf", "sq8", "ivfsq8", "ivfpq"])
+def test_many_candidates_are_searched_in_the_index_restricted_to_them(
+    catalog: Path, monkeypatch: pytest.MonkeyPatch, kind: str
+) -> None:
+    monkeypatch.setattr(store, "EXACT_CANDIDATES", 0)  # as if a million rows passed the filter
+    restricted = []
+    monkeypatch.setattr(store, "restricted_to",
+                        lambda index, ids, share: restricted.append(len(ids)) or restricted_to(index, ids, share))
+    run_cli("index", catalog, "--type", kind)
+    searcher = Searcher(catalog)
+    where = "name like 'green-%' or name like 'red-%'"
+    with sqlite3.connect(catalog) as conn:
+        candidates = np.array([r[0] for r in conn.execute(f"select id from images where {where}")], dtype=np.int64)
+    vector, _ = searcher.query_vector("a green square")
+    hits = [h.id for h in searcher.search("a green square", 8, None, Candidates.of(candidates))]
+    expected = brute_force(catalog, vector, where)[:8]
+    assert restricted == [len(candidates)]
+    assert set(hits) <= set(candidates.tolist())
+    if kind == "sq8":  # 8-bit scores, never re-scored: near-ties within a class may swap
+        assert len(set(hits) & set(expected)) >= 6
+    else:
+        assert hits == expected
+
+
+def test_without_search_time_selectors_in_faiss_the_candidates_are_read_exactly(
+    catalog: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import faiss
+
+    monkeypatch.setattr(store, "EXACT_CANDIDATES", 0)
+    monkeypatch.delattr(faiss, "IDSelectorBitmap")
+    run_cli("index", catalog, "--type", "ivfsq8")
+    searcher = Searcher(catalog)
+    vector, _ = searcher.query_vector("a blue circle")
+    with sqlite3.connect(catalog) as conn:
+        candidates = np.array([r[0] for r in conn.execute("select id from images where name like 'blue-%'")], dtype=np.int64)
+    hits = searcher.search("a blue circle", 5, None, Candidates.of(candidates))
+    assert [h.id for h in hits] == brute_force(catalog, vector, "name like 'blue-%'")[:5]
+
+
+@pytest.mark.parametrize("kind", ["hnsw", "ivfsq8"])
+def test_the_restricted_index_search_sees_rows_committed_since_and_not_removed_ones(
+    catalog: Path, monkeypatch: pytest.MonkeyPatch, kind: str
+) -> None:
+    monkeypatch.setattr(store, "EXACT_CANDIDATES", 0)
+    run_cli("index", catalog, "--type", kind)
+    searcher = Searcher(catalog)
+    conn = sqlite3.connect(catalog)
+    blue = [r[0] for r in conn.execute("select id from images where name like 'blue-%' order by id")]
+    vector = searcher.store.embedding(blue[0])
+    assert searcher.store.search(vector, 1, set(), None, candidates=np.array(blue))[0].id == blue[0]
+    with conn:
+        conn.execute("insert into images (path, name, folder, size, modified, mtime_ns, hash, embedding) "
+                     "select 'copy.jpg', 'copy.jpg', '', size, modified, mtime_ns, hash, embedding from images where id = ?",
+                     [blue[0]])
+        added = conn.execute("select max(id) from images").fetchone()[0]
+        conn.execute("delete from images where id = ?", [blue[0]])
+    conn.close()
+    hits = searcher.store.search(vector, 3, set(), None, candidates=np.array([*blue, added]))
+    assert hits[0].id == added and blue[0] not in [h.id for h in hits]
+    assert "caught up with" in searcher.vectors_from
 
 
 @pytest.mark.asyncio
