@@ -492,7 +492,7 @@ class VectorStore:
         last, over the new rows only (at every commit of a build, this was a pass over all of them)."""
         with self._lock:
             serial, rows, best = self._delta_best.get(key, (0, 0, None))
-        if best is None or serial != delta.appended_to:
+        if best is None or serial not in (delta.serial, delta.appended_to):  # not this delta nor its prefix
             rows, best = 0, np.full(len(vectors), -1.0, dtype=np.float32)
         if rows < len(delta.ids):
             best = np.maximum(best, exact_scores(delta.matrix[rows:], list(vectors)).max(axis=1))
