@@ -40,7 +40,7 @@ from .catalog import (
     now,
     to_blob,
 )
-from .embed import DEFAULT_MODEL, Embedder, load_embedder, model_key, same_model
+from .embed import DEFAULT_MODEL, Embedder, Preprocessor, load_embedder, model_key, same_model
 from .errors import CatalogError
 from .index import index_state, write_index
 from .languages import NO_MODEL
@@ -108,17 +108,18 @@ class Inspected:
 
 
 def inspect_file(
-    item: FoundFile, reusable: set[str] | frozenset[str], embedder: Callable[[], Embedder], options: BuildOptions
+    item: FoundFile, reusable: set[str] | frozenset[str], preprocessor: Callable[[], Preprocessor], options: BuildOptions
 ) -> Inspected:
     """Read and hash a file; decode and preprocess it only when its bytes are new (any thread or worker).
-    ``embedder`` gives the model when it is first needed, so a run of moved files never loads it."""
+    ``preprocessor`` gives the model's preprocessing when it is first needed, so a run of moved files
+    never loads the model."""
     result = Inspected(item)
     try:
         data = pixels.read_bytes(item.absolute)
         result.hash = hashlib.blake2b(data, digest_size=16).hexdigest()
         if result.hash in reusable:
             return result
-        model = embedder()
+        model = preprocessor()
         decoded = pixels.decode(data, options.max_megapixels, model.shrink_to(options.thumbnail_size))
         result.facts = {"format": decoded.format, "width": decoded.width, "height": decoded.height, **decoded.facts}
         if options.thumbnail_size:
@@ -348,7 +349,8 @@ class Builder:
     def _results(self, items: list[FoundFile], reusable: set[str]) -> Iterator[Inspected]:
         total = len(items)
         if self.options.engine == "ray" and items:
-            results = self._ray_engine().results(items, reusable, self.model_name, self.options, self.folder)
+            engine = self._ray_engine()
+            results = engine.results(items, reusable, self.model_name, self.options, self.folder, self.embedder().pixels_only())
         else:
             results = self._embedded_locally(items, reusable)
         for finished, result in enumerate(results, 1):

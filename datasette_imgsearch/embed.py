@@ -15,7 +15,8 @@ import threading
 import time
 import urllib.parse
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Iterator, Protocol
 
 import numpy as np
 
@@ -48,6 +49,27 @@ def model_input_side(image_processor: Any) -> int:
         if isinstance(size, int):
             sides.append(size)
     return max(sides) if sides else 224
+
+
+def draft_sides(input_size: int, thumbnail_size: int | None = DEFAULT_THUMBNAIL_SIZE) -> tuple[int, int]:
+    """How far a JPEG may be shrunk while decoding (shortest side, longest side).
+
+    The decoded picture keeps at least three times the model's input on its short side, so the
+    processor's own resampling sees nearly what it would see in the full picture. At twice the
+    input, panoramas fell to the 1/8 DCT scale (each pixel an 8x8 box average) and their vectors
+    moved to cosine 0.992; at three times every shape tested stays at 0.99999 (see the test
+    ``test_reduced_decoding_gives_the_model_the_input_its_own_processor_gives``). For a 224-pixel
+    model a 12-MP photo still decodes at a quarter of its size. The thumbnail keeps its full size."""
+    side = DRAFT_FACTOR * input_size
+    return side, max(side, thumbnail_size or 0)
+
+
+class Preprocessor(Protocol):
+    """What decoding needs of a model: how far to shrink a JPEG, and the model's input for a picture."""
+
+    def shrink_to(self, thumbnail_size: int | None = DEFAULT_THUMBNAIL_SIZE) -> tuple[int, int]: ...
+
+    def preprocess(self, image: Any) -> dict[str, Any]: ...
 
 
 def native_bf16(cpuinfo: str) -> bool:
@@ -164,16 +186,14 @@ class Embedder:
         return model_input_side(getattr(processor, "image_processor", None))
 
     def shrink_to(self, thumbnail_size: int | None = DEFAULT_THUMBNAIL_SIZE) -> tuple[int, int]:
-        """How far a JPEG may be shrunk while decoding (shortest side, longest side).
+        return draft_sides(self.input_size, thumbnail_size)
 
-        The decoded picture keeps at least three times the model's input on its short side, so the
-        processor's own resampling sees nearly what it would see in the full picture. At twice the
-        input, panoramas fell to the 1/8 DCT scale (each pixel an 8x8 box average) and their vectors
-        moved to cosine 0.992; at three times every shape tested stays at 0.99999 (see the test
-        ``test_reduced_decoding_gives_the_model_the_input_its_own_processor_gives``). For a 224-pixel
-        model a 12-MP photo still decodes at a quarter of its size. The thumbnail keeps its full size."""
-        side = DRAFT_FACTOR * self.input_size
-        return side, max(side, thumbnail_size or 0)
+    def pixels_only(self) -> "PixelsOnly | None":
+        """This model's image preprocessing without its network, for workers that only decode; None for a
+        model whose preprocessing needs the model (sentence-transformers' own)."""
+        if self.clip is None or self._pixels is None:
+            return None
+        return PixelsOnly(self._pixels, self.input_size)
 
     def _require(self, modality: str) -> None:
         if modality not in self.modalities:
@@ -293,6 +313,23 @@ class ClipPixels:
         image = image.crop((left, top, left + crop_width, top + crop_height))
         pixels = (np.asarray(image, dtype=np.float32) * self.scale - self.mean) / self.std
         return np.ascontiguousarray(pixels.transpose(2, 0, 1))
+
+
+@dataclass(frozen=True)
+class PixelsOnly:
+    """A CLIP model's image preprocessing without its weights (see :meth:`Embedder.pixels_only`): Ray's
+    decode workers each loaded the whole model for this, 600 MB of ViT-B/32 weights they never used."""
+
+    pixels: ClipPixels
+    input_size: int
+
+    def shrink_to(self, thumbnail_size: int | None = DEFAULT_THUMBNAIL_SIZE) -> tuple[int, int]:
+        return draft_sides(self.input_size, thumbnail_size)
+
+    def preprocess(self, image: Any) -> dict[str, Any]:
+        import torch
+
+        return {"pixel_values": torch.from_numpy(self.pixels(image))[None]}
 
 
 PLAIN_CLIP = os.environ.get("IMGSEARCH_PLAIN_CLIP", "1") != "0"  # 0: always through sentence-transformers

@@ -25,7 +25,7 @@ from .errors import CatalogError
 
 if TYPE_CHECKING:
     from .build import BuildOptions, Inspected
-    from .embed import Embedder
+    from .embed import PixelsOnly, Preprocessor
     from .scan import FoundFile
 
 INSTALL_HINT = "--engine ray needs Ray: pip install 'datasette-imgsearch[ray]'"
@@ -40,7 +40,9 @@ class RayOptions:
 class Decode:
     """Ray actor: read, hash, decode and preprocess files (see :func:`build.inspect_file`)."""
 
-    def __init__(self, model: str, options: "BuildOptions", reusable: frozenset[str], folder: str) -> None:
+    def __init__(
+        self, model: str, options: "BuildOptions", reusable: frozenset[str], folder: str, pixels: "PixelsOnly | None"
+    ) -> None:
         if not Path(folder).is_dir():  # else every file would be recorded as unreadable
             import socket
 
@@ -51,9 +53,13 @@ class Decode:
         self.model = model
         self.options = options
         self.reusable = reusable
+        self.pixels = pixels
 
-    def embedder(self) -> "Embedder":
-        """The model, for its processor's settings (the network stays idle), loaded at the first new picture."""
+    def preprocessor(self) -> "Preprocessor":
+        """The model's preprocessing: as the driver sent it (a CLIP model's, without weights), else the model
+        loaded at the first new picture for its processor (the network stays idle)."""
+        if self.pixels is not None:
+            return self.pixels
         from .embed import load_embedder
 
         return load_embedder(self.model, "cpu", "fp32")
@@ -67,7 +73,7 @@ class Decode:
             batch["number"], batch["path"], batch["absolute"], batch["size"], batch["mtime_ns"]
         ):
             found = FoundFile(str(path), Path(str(absolute)), int(size), int(mtime_ns))
-            result = inspect_file(found, self.reusable, self.embedder, self.options)
+            result = inspect_file(found, self.reusable, self.preprocessor, self.options)
             out["number"].append(int(number))
             out["hash"].append(result.hash)
             out["facts"].append(pickle.dumps(result.facts))
@@ -128,9 +134,11 @@ class RayEngine:
             self.ray.shutdown()
 
     def results(
-        self, items: list["FoundFile"], reusable: set[str], model: str, options: "BuildOptions", folder: Path
+        self, items: list["FoundFile"], reusable: set[str], model: str, options: "BuildOptions", folder: Path,
+        pixels: "PixelsOnly | None" = None,
     ) -> Iterator["Inspected"]:
-        """The :class:`build.Inspected` of each item, in the order given, with ``vector`` set for new pixels."""
+        """The :class:`build.Inspected` of each item, in the order given, with ``vector`` set for new pixels.
+        ``pixels``: the model's preprocessing for the decode workers, when it needs no weights."""
         from .build import Inspected
 
         if not items:
@@ -155,7 +163,8 @@ class RayEngine:
         dataset = (
             ray.data.from_items(rows, override_num_blocks=max(1, min(len(rows) // options.batch_size, 4 * decoders)))
             .map_batches(Decode, fn_constructor_kwargs={"model": model, "options": options,
-                                                        "reusable": frozenset(reusable), "folder": str(folder)},
+                                                        "reusable": frozenset(reusable), "folder": str(folder),
+                                                        "pixels": pixels},
                          batch_size=options.batch_size, num_cpus=1,
                          compute=ray.data.ActorPoolStrategy(min_size=1, max_size=decoders))
             .map_batches(Encode, fn_constructor_kwargs={"model": model, "device": "cuda" if gpus else "cpu",

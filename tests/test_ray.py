@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 import shutil
 import sqlite3
 import sys
@@ -173,5 +174,24 @@ def test_without_ray_installed_the_build_says_how_to_get_it(
 def test_a_worker_that_cannot_see_the_image_folder_stops_the_build(tmp_path: Path, toy_model: str) -> None:
     """Rather than recording every file as unreadable (Decode runs on each worker as it starts)."""
     with pytest.raises(CatalogError, match="every worker must see the images at the same path"):
-        Decode(toy_model, options(toy_model, "ray"), frozenset(), str(tmp_path / "not-shared"))
+        Decode(toy_model, options(toy_model, "ray"), frozenset(), str(tmp_path / "not-shared"), None)
+
+
+def test_decode_workers_get_a_clip_models_preprocessing_without_its_weights(world: Path, toy_model: str) -> None:
+    import torch
+    from PIL import Image
+
+    from datasette_imgsearch.embed import Embedder, load_embedder
+
+    embedder = load_embedder(toy_model, "cpu", "fp32")
+    sent = pickle.loads(pickle.dumps(embedder.pixels_only()))  # what the driver ships to each decode worker
+    assert len(pickle.dumps(sent)) < 10_000  # the toy model's weights alone are 1.5 MB
+    decode = Decode(toy_model, options(toy_model, "ray"), frozenset(), str(world), sent)
+    assert decode.preprocessor() is sent
+    for picture in sorted(world.glob("*.jpg"))[:3]:
+        image = Image.open(picture).convert("RGB")
+        assert torch.equal(sent.preprocess(image)["pixel_values"], embedder.preprocess(image)["pixel_values"])
+    assert sent.shrink_to(256) == embedder.shrink_to(256)
+    through_sentence_transformers = Embedder(toy_model, "cpu", "fp32", plain=False)
+    assert through_sentence_transformers.pixels_only() is None  # its workers load the model, as before
 
