@@ -91,7 +91,7 @@ def gather_or_full_pass(sizes: tuple[int, ...] = (100_000, 1_000_000), fractions
     (``scores_of``) against scoring every row (``exact_scores``, the pass unfiltered queries make)."""
     import numpy as np
 
-    from datasette_imgsearch.store import exact_scores, scores_of
+    from datasette_imgsearch.ranking import exact_scores, scores_of
 
     def median_ms(function) -> float:
         times = []
@@ -111,7 +111,6 @@ def gather_or_full_pass(sizes: tuple[int, ...] = (100_000, 1_000_000), fractions
             positions = np.sort(rng.choice(size, size // fraction, replace=False))
             gathered = median_ms(lambda: scores_of(matrix[positions], vector))
             rows.append([f"{size:,}", f"1/{fraction}", f"{full:.1f}", f"{gathered:.1f}"])
-        del matrix
     print(f"CPU: {platform.processor() or platform.machine()}")
     table("Filtered search: a full pass or gathering the candidates (ms, median of 5)",
           ["rows", "candidates", "full pass", "gather"], rows)

@@ -120,7 +120,7 @@ def scale(rows: int, kinds: list[str], queries: int = 100) -> list[list[object]]
     import faiss
 
     from datasette_imgsearch.index import make_index, tune
-    from datasette_imgsearch.store import exact_scores, top_k
+    from datasette_imgsearch.ranking import exact_scores, top_k
 
     matrix = clustered(rows, seed=1)
     ids = np.arange(1, rows + 1, dtype=np.int64)
@@ -131,7 +131,7 @@ def scale(rows: int, kinds: list[str], queries: int = 100) -> list[list[object]]
 
     import torch
 
-    from datasette_imgsearch.store import rescored_top_k
+    from datasette_imgsearch.ranking import rescored_top_k
 
     first_pass = torch.from_numpy(matrix).bfloat16()
 

@@ -24,7 +24,8 @@ from .embed import Embedder, is_loaded, load_embedder
 from .errors import ModelError, QueryError
 from .languages import CLIP, MULTILINGUAL, check_route, multilingual_model, reader_of
 from .pixels import DEFAULT_MAX_MEGAPIXELS, decode
-from .store import Hit, Loaded, VectorStore
+from .ranking import Hit
+from .store import Loaded, VectorStore
 from .strength import Calibration, random_text_vectors, random_texts
 
 MAX_QUERY_LENGTH = 1000

@@ -25,89 +25,12 @@ from .batcher import Batcher
 from .catalog import Catalog, index_path
 from .errors import CatalogError
 from .index import RERANKED_TYPES, Restriction, flat_vectors, index_state, read_index, restricted_to
-from .strength import STRONG
-
-
-@dataclass(frozen=True)
-class Hit:
-    id: int
-    score: float
-    strength: float | None = None  # see strength.py; None for picture queries
-
-    @property
-    def strong(self) -> bool | None:
-        return None if self.strength is None else self.strength >= STRONG
-
-    def as_dict(self) -> dict[str, Any]:
-        found = {"id": self.id, "score": round(self.score, 6)}
-        if self.strength is not None:
-            found["strength"] = round(self.strength, 3)
-        return found
-
-
-def top_k(ids: np.ndarray, scores: np.ndarray, k: int, exclude: set[int], min_score: float | None) -> list[Hit]:
-    """The ``k`` best (id, score) pairs, best first, skipping ``exclude`` and scores under ``min_score``."""
-    want = min(len(ids), k + len(exclude))
-    if want == 0:
-        return []
-    if want < len(ids):
-        cutoff = scores[np.argpartition(-scores, want - 1)[want - 1]]
-        candidates = np.flatnonzero(scores >= cutoff)  # every row tied at the cut-off too
-    else:
-        candidates = np.arange(len(ids))
-    # Ties break on the lower id, so every door onto the same query lists the same rows.
-    order = candidates[np.lexsort((ids[candidates], -scores[candidates]))]
-    hits = []
-    for position in order:
-        id_, score = int(ids[position]), float(scores[position])
-        if id_ in exclude:
-            continue
-        if score == -np.inf or (min_score is not None and score < min_score):  # -inf: a hidden row
-            break
-        hits.append(Hit(id_, score))
-        if len(hits) == k:
-            break
-    return hits
-
-
-def exact_scores(matrix: Any, vectors: list[np.ndarray]) -> np.ndarray:
-    """One row of scores per query vector against ``matrix`` (numpy, or a torch tensor), on torch's threads.
-
-    numpy's BLAS threads would spin against the model's threads on the same cores and slow the text
-    encoder down by half. Scoring several queries at once costs little more than one, since reading
-    the matrix from memory is the work."""
-    import torch
-
-    table = matrix if isinstance(matrix, torch.Tensor) else torch.from_numpy(matrix)
-    queries = torch.from_numpy(np.ascontiguousarray(np.stack(vectors), dtype=np.float32)).to(table.dtype)
-    if len(vectors) == 1:
-        return torch.mv(table, queries[0]).float().numpy()[None]
-    return torch.mm(queries, table.T).float().numpy()
-
-
-def unique_ids(*arrays: np.ndarray) -> np.ndarray:
-    """The ids in ``arrays``, ascending, each once. ``np.unique`` (and ``np.union1d``, built on it) hashes
-    in numpy 2: 360 ms for 800,000 candidate ids, where sorting them takes 8."""
-    ids = np.sort(np.concatenate(arrays) if len(arrays) > 1 else arrays[0])
-    if len(ids) < 2:
-        return ids
-    return ids[np.concatenate(([True], ids[1:] != ids[:-1]))]
-
-
-def scores_of(matrix: np.ndarray, vector: np.ndarray) -> np.ndarray:
-    """One query's scores against a few rows (candidates, a delta, a filter's gathered rows).
-
-    ``np.einsum`` sums each row on its own, in one thread: a row scores the same whichever rows are
-    scored beside it, so re-scored candidates rank exactly as a full pass would, and no BLAS threads are
-    woken. numpy's ``matrix @ vector`` wakes OpenBLAS's, which go on spinning after it returns and take
-    the cores from torch's (the text model, the full pass): with a caught-up delta of 10,000 rows scored
-    that way at every query, queries over a million rows took twice as long."""
-    return np.einsum("ij,j->i", matrix, vector)
+from .ranking import Hit, exact_scores, rescored_top_k, score_batch, scores_of, top_k, unique_ids
 
 
 # From this many rows, exact search reads a bfloat16 copy of the matrix first (half the memory
-# traffic) and re-scores in float32 every row that could still be in the top k. Rounding both unit
-# vectors to bfloat16 moves their dot product by at most 2**-8 (about 0.004); the margin is 2.5 times that.
+# traffic) and re-scores in float32 every row that could still be in the top k (see
+# ranking.rescored_top_k).
 FIRST_PASS_ROWS = 250_000
 # Filtered search gathers the candidates' vectors when they are under 1/GATHER_FRACTION of the rows,
 # and otherwise scores every row and picks theirs. Copying the gathered rows is most of a gather's cost:
@@ -120,22 +43,8 @@ GATHER_FRACTION = 12
 # of their share (see index.restricted_to), which past that costs more than reading them.
 EXACT_CANDIDATES = 20_000
 RESTRICTED_SHARE = 0.02
-FIRST_PASS_MARGIN = 0.01
 ID_TABLE_SLACK = 4
 BEST_SCORE_SLICE = 65_536
-
-
-def rescored_top_k(
-    ids: np.ndarray, matrix: np.ndarray, vector: np.ndarray, rough: np.ndarray, k: int, exclude: set[int],
-    min_score: float | None,
-) -> list[Hit]:
-    """The exact top k, given rough scores that are within ``FIRST_PASS_MARGIN`` of the exact ones."""
-    want = min(len(ids), k + len(exclude))
-    if want == 0:
-        return []
-    cutoff = np.partition(rough, len(rough) - want)[len(rough) - want] - 2 * FIRST_PASS_MARGIN
-    candidates = np.flatnonzero((rough >= cutoff) & (rough > -np.inf))  # -inf: a hidden row
-    return top_k(ids[candidates], scores_of(matrix[candidates], vector), k, exclude, min_score)
 
 
 @dataclass
@@ -241,7 +150,7 @@ class VectorStore:
         self._local = threading.local()
         self._loaded: Loaded | None = None
         # Concurrent exact searches share one pass over the matrix.
-        self._exact_batcher = Batcher(_score_batch)
+        self._exact_batcher = Batcher(score_batch)
         self._delta_best: dict[bytes, tuple[int, int, np.ndarray]] = {}  # key -> (delta serial, rows, best)
 
     def catalog(self) -> Catalog:
@@ -570,13 +479,3 @@ def _with_delta(
     merged_ids = np.concatenate([np.array([hit.id for hit in hits], dtype=np.int64), ids])
     merged_scores = np.concatenate([np.array([hit.score for hit in hits], dtype=np.float32), scores_of(matrix, vector)])
     return top_k(merged_ids, merged_scores, k, exclude, min_score)
-
-
-def _score_batch(items: list[tuple[np.ndarray, Any]]) -> list[np.ndarray]:
-    """Score queued (vector, matrix) pairs, one matrix product per distinct matrix."""
-    results: list[tuple[int, np.ndarray]] = []
-    for matrix in {id(m): m for _, m in items}.values():
-        mine = [i for i, (_, m) in enumerate(items) if m is matrix]
-        scores = exact_scores(matrix, [items[i][0] for i in mine])
-        results.extend(zip(mine, scores))
-    return [row for _, row in sorted(results, key=lambda pair: pair[0])]

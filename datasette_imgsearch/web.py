@@ -31,7 +31,7 @@ from .query import MAX_ROW_ID, Candidates, MinScore, Reading, check_k, check_min
 from .scan import media_type
 from .settings import Settings
 from .status import catalog_status, versions
-from .store import Hit
+from .ranking import Hit
 from .uploads import read_upload
 
 PAGE_LOAD_TIMEOUT = 120.0  # a page may wait this long for a model still loading at startup

@@ -14,7 +14,7 @@ from datasette_imgsearch import store
 from datasette_imgsearch.build import BuildOptions, build
 from datasette_imgsearch.catalog import Catalog, index_path
 from datasette_imgsearch.query import Searcher
-from datasette_imgsearch.store import top_k
+from datasette_imgsearch.ranking import top_k
 from datasette_imgsearch.toyworld import write_world
 
 from .conftest import run_cli

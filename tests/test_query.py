@@ -12,7 +12,7 @@ import pytest
 from datasette_imgsearch.catalog import from_blob
 from datasette_imgsearch.errors import ModelError, QueryError
 from datasette_imgsearch.query import Searcher, Term, check_k, parse
-from datasette_imgsearch.store import top_k
+from datasette_imgsearch.ranking import top_k
 
 from .conftest import run_cli
 
@@ -148,7 +148,7 @@ def test_min_score_leaves_out_weak_matches(shared_catalog: Path) -> None:
 def test_the_bfloat16_first_pass_never_changes_the_exact_top_k() -> None:
     import torch
 
-    from datasette_imgsearch.store import FIRST_PASS_MARGIN, exact_scores, rescored_top_k, scores_of
+    from datasette_imgsearch.ranking import FIRST_PASS_MARGIN, exact_scores, rescored_top_k, scores_of
 
     rng = np.random.default_rng(3)
     centres = rng.normal(size=(50, 64)).astype(np.float32)
