@@ -142,3 +142,23 @@ def test_an_ivf_index_is_memory_mapped_where_faiss_can_and_answers_alike(
     lists = faiss.downcast_InvertedLists(faiss.extract_index_ivf(index).invlists)
     assert type(lists).__name__ == ("OnDiskInvertedLists" if mapping == "memory-mapped" else "ArrayInvertedLists")
     assert [h.id for h in Searcher(catalog).search("a blue square", 5)] == expected
+
+
+@pytest.mark.parametrize("kind", ["sq8", "hnsw"])
+@pytest.mark.parametrize("mapping", ["memory-mapped", "read in full"])
+def test_the_codes_of_other_index_types_are_memory_mapped_where_faiss_can_and_answer_alike(
+    catalog: Path, monkeypatch: pytest.MonkeyPatch, kind: str, mapping: str
+) -> None:
+    import faiss
+
+    from datasette_imgsearch.query import Searcher
+
+    run_cli("index", catalog, "--type", kind)
+    expected = [h.id for h in Searcher(catalog).search("a blue square", 5)]
+    if mapping == "read in full":  # a FAISS that cannot map flat codes
+        monkeypatch.delattr(faiss, "IO_FLAG_MMAP_IFC")
+    index = read_index(index_path(catalog))
+    inner = faiss.downcast_index(index.index)
+    storage = faiss.downcast_index(inner.storage) if kind == "hnsw" else inner
+    assert storage.codes.is_owned == (mapping == "read in full")
+    assert [h.id for h in Searcher(catalog).search("a blue square", 5)] == expected
