@@ -75,11 +75,18 @@ def _pq_codes(dimension: int) -> int:
     return codes
 
 
+def inner_index(index):  # index: faiss.Index -> faiss.Index
+    """The index that holds the vectors, typed: the one an ``IDMap2`` wraps, or ``index`` itself."""
+    import faiss
+
+    return faiss.downcast_index(index.index) if hasattr(index, "id_map") else faiss.downcast_index(index)
+
+
 def training_size(index, count: int) -> int:  # index: faiss.Index
     """How many vectors training needs: k-means wants a few dozen points a cell, not millions."""
     import faiss
 
-    inner = faiss.downcast_index(index.index) if hasattr(index, "id_map") else faiss.downcast_index(index)
+    inner = inner_index(index)
     if isinstance(inner, faiss.IndexIVFPQ):
         return min(count, max(PQ_TRAINING_POINTS_PER_CELL * inner.nlist, 39 * inner.pq.ksub))  # and each code's k-means
     if isinstance(inner, faiss.IndexIVF):
@@ -103,7 +110,7 @@ def tune(index) -> None:  # index: faiss.Index
     """Set the search-time knobs that trade speed for recall."""
     import faiss
 
-    inner = faiss.downcast_index(index.index) if hasattr(index, "id_map") else faiss.downcast_index(index)
+    inner = inner_index(index)
     if isinstance(inner, faiss.IndexHNSW):
         inner.hnsw.efSearch = HNSW_EF_SEARCH
     elif isinstance(inner, faiss.IndexIVFScalarQuantizer):  # its re-ranked 8-bit codes keep recall at fewer cells
@@ -138,7 +145,7 @@ def restricted_to(index, ids: np.ndarray, share: float) -> Restriction | None:  
     allowed[ids] = True
     bitmap = np.packbits(allowed, bitorder="little")  # FAISS reads bit i of byte i >> 3 as id i
     selector = faiss.IDSelectorBitmap(size, faiss.swig_ptr(bitmap))
-    inner = faiss.downcast_index(index.index) if hasattr(index, "id_map") else faiss.downcast_index(index)
+    inner = inner_index(index)
     widen = 1 / max(share, 1e-9)
     if isinstance(inner, faiss.IndexIVF):
         params = faiss.SearchParametersIVF(sel=selector, nprobe=min(inner.nlist, math.ceil(inner.nprobe * widen)))
