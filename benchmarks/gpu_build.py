@@ -136,8 +136,9 @@ def main() -> None:
             fast = vectors(db)
             lowest = min(float(fast[path] @ exact[path]) for path in exact)
             rows.append([label, engine, f"{speed:,.0f}", f"≥ {target:,}", f"{lowest:.5f}", "≥ 0.999"])
-        for way, processes in ((f"decoding alone, {args.workers} threads", False), (f"decoding alone, {args.workers} processes", True)):
-            rows.append([label, way, f"{decoding_alone(folder, args.workers, processes):,.0f}", "", "", ""])
+        for kind, processes in (("threads", False), ("processes", True)):
+            speed = decoding_alone(folder, args.workers, processes)
+            rows.append([label, f"decoding alone, {args.workers} {kind}", f"{speed:,.0f}", "", "", ""])
     rows.append(["one batch, repeated", f"model alone, batch {args.batch_size}",
                  f"{model_alone(args.device, args.precision, args.batch_size):,.0f}", "", "", ""])
     print(f"device: {device_name}; {os.cpu_count()} CPU cores; batch {args.batch_size}, {args.workers} workers, "

@@ -285,7 +285,8 @@ def filtered(rows: int, kind: str, count: int = 20, exact_count: int = 5) -> lis
         candidates = ids[ids % modulus != 0] if modulus == 5 else ids[ids % modulus == 0]
         found: dict[str, list[list[int]]] = {}
         rows_now = []
-        for way, limit, measured in (("embeddings read, exact", rows, queries[:exact_count]), ("index restricted to them", 0, queries)):
+        ways = (("embeddings read, exact", rows, queries[:exact_count]), ("index restricted to them", 0, queries))
+        for way, limit, measured in ways:
             store.EXACT_CANDIDATES, store.RESTRICTED_SHARE = limit, 0.0
             samples, found[way] = [], []
             for vector in measured:
@@ -294,7 +295,8 @@ def filtered(rows: int, kind: str, count: int = 20, exact_count: int = 5) -> lis
                 samples.append(time.perf_counter() - began)
                 found[way].append([hit.id for hit in hits])
             chosen = (len(candidates) > max(defaults[0], defaults[1] * rows)) == (limit == 0)
-            recall = "" if limit else f"{np.mean([len(set(a) & set(b)) / 10 for a, b in zip(found[way], found['embeddings read, exact'])]):.3f}"
+            overlaps = [len(set(a) & set(b)) / 10 for a, b in zip(found[way], found["embeddings read, exact"])]
+            recall = "" if limit else f"{np.mean(overlaps):.3f}"
             rows_now.append([label, f"{len(candidates):,}", way + (" (chosen)" if chosen else ""), f"{len(samples)}",
                              f"{percentiles(samples)[0]:.1f}", recall])
         results.extend(reversed(rows_now))

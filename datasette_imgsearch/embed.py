@@ -14,8 +14,8 @@ import sys
 import threading
 import time
 import urllib.parse
-from pathlib import Path
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Protocol
 
 import numpy as np

@@ -150,7 +150,8 @@ def restricted_to(index, ids: np.ndarray, share: float) -> Restriction | None:  
     if isinstance(inner, faiss.IndexIVF):
         params = faiss.SearchParametersIVF(sel=selector, nprobe=min(inner.nlist, math.ceil(inner.nprobe * widen)))
     elif isinstance(inner, faiss.IndexHNSW):
-        params = faiss.SearchParametersHNSW(sel=selector, efSearch=min(HNSW_RESTRICTED_EF, math.ceil(inner.hnsw.efSearch * widen)))
+        width = min(HNSW_RESTRICTED_EF, math.ceil(inner.hnsw.efSearch * widen))
+        params = faiss.SearchParametersHNSW(sel=selector, efSearch=width)
     else:
         params = faiss.SearchParameters(sel=selector)
     return Restriction(params, bitmap)

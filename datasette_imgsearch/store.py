@@ -27,7 +27,6 @@ from .errors import CatalogError
 from .index import RERANKED_TYPES, Restriction, flat_vectors, index_state, read_index, restricted_to
 from .ranking import Hit, exact_scores, rescored_top_k, score_batch, scores_of, top_k, unique_ids
 
-
 # From this many rows, exact search reads a bfloat16 copy of the matrix first (half the memory
 # traffic) and re-scores in float32 every row that could still be in the top k (see
 # ranking.rescored_top_k).

@@ -28,10 +28,10 @@ from .catalog import BLOB_COLUMNS, COLUMNS, TABLE, Catalog, is_catalog
 from .embed import looks_like_path
 from .errors import ImgsearchError, QueryError, RequestError, web_message
 from .query import MAX_ROW_ID, Candidates, MinScore, Reading, check_k, check_min_score, existing_searcher, searcher_for
+from .ranking import Hit
 from .scan import media_type
 from .settings import Settings
 from .status import catalog_status, versions
-from .ranking import Hit
 from .uploads import read_upload
 
 PAGE_LOAD_TIMEOUT = 120.0  # a page may wait this long for a model still loading at startup
