@@ -13,16 +13,16 @@ import math
 import re
 import threading
 import time
-from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Generic, Hashable, Literal, TypeVar, Union
+from typing import Any, Callable, Literal, Union
 
 import numpy as np
 
 from .embed import Embedder, is_loaded, load_embedder
 from .errors import ModelError, QueryError
 from .languages import CLIP, MULTILINGUAL, check_route, multilingual_model, reader_of
+from .lru import LRU
 from .pixels import DEFAULT_MAX_MEGAPIXELS, decode
 from .ranking import Hit
 from .store import Loaded, VectorStore
@@ -179,32 +179,6 @@ def _number(value: Any, name: str, wanted: str) -> float:
     if not math.isfinite(number):
         raise QueryError(f"{name} must be {wanted}, not {value!r}")
     return number
-
-
-V = TypeVar("V")
-
-
-class LRU(Generic[V]):
-    """A small thread-safe least-recently-used cache."""
-
-    def __init__(self, size: int) -> None:
-        self.size = size
-        self._items: OrderedDict[Hashable, V] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def get(self, key: Hashable) -> V | None:
-        with self._lock:
-            value = self._items.get(key)
-            if value is not None:
-                self._items.move_to_end(key)
-            return value
-
-    def put(self, key: Hashable, value: V) -> None:
-        with self._lock:
-            self._items[key] = value
-            self._items.move_to_end(key)
-            while len(self._items) > self.size:
-                self._items.popitem(last=False)
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,7 @@ from .batcher import Batcher
 from .catalog import Catalog, index_path
 from .errors import CatalogError
 from .index import RERANKED_TYPES, Restriction, flat_vectors, index_state, read_index, restricted_to
+from .lru import LRU
 from .ranking import Hit, exact_scores, rescored_top_k, score_batch, scores_of, top_k, unique_ids
 
 # From this many rows, exact search reads a bfloat16 copy of the matrix first (half the memory
@@ -61,7 +62,7 @@ class Base:
     largest_id: int | None = None  # no row with a larger id is in the base (None: not known)
     first_pass: Any = None  # a bfloat16 torch copy of ``matrix`` for large catalogs
     row_of_id: np.ndarray | None = None  # id -> position in ``ids`` (-1: none), for ids dense enough to index
-    best: dict[bytes, np.ndarray] = field(default_factory=dict)  # best_scores over the base, per probe set
+    best: LRU[np.ndarray] = field(default_factory=lambda: LRU(4))  # best_scores over the base, per probe set
 
     @property
     def size(self) -> int:
@@ -150,7 +151,7 @@ class VectorStore:
         self._loaded: Loaded | None = None
         # Concurrent exact searches share one pass over the matrix.
         self._exact_batcher = Batcher(score_batch)
-        self._delta_best: dict[bytes, tuple[int, int, np.ndarray]] = {}  # key -> (delta serial, rows, best)
+        self._delta_best: LRU[tuple[int, int, np.ndarray]] = LRU(4)  # probe set -> (delta serial, rows, best)
 
     def catalog(self) -> Catalog:
         """This thread's read-only connection to the catalog."""
@@ -388,10 +389,7 @@ class VectorStore:
         best = base.best.get(key)
         if best is None:
             best = self._best_in_base(base, vectors)
-            with self._lock:
-                if len(base.best) >= 4:
-                    base.best.clear()
-                base.best[key] = best
+            base.best.put(key, best)
         if len(loaded.delta.ids):
             best = np.maximum(best, self._best_in_delta(loaded.delta, key, vectors))
         return best
@@ -399,16 +397,12 @@ class VectorStore:
     def _best_in_delta(self, delta: Delta, key: bytes, vectors: np.ndarray) -> np.ndarray:
         """Each vector's best score among the delta's rows; for a delta that appended rows to the one seen
         last, over the new rows only (at every commit of a build, this was a pass over all of them)."""
-        with self._lock:
-            serial, rows, best = self._delta_best.get(key, (0, 0, None))
+        serial, rows, best = self._delta_best.get(key) or (0, 0, None)
         if best is None or serial not in (delta.serial, delta.appended_to):  # not this delta nor its prefix
             rows, best = 0, np.full(len(vectors), -1.0, dtype=np.float32)
         if rows < len(delta.ids):
             best = np.maximum(best, exact_scores(delta.matrix[rows:], list(vectors)).max(axis=1))
-        with self._lock:
-            if len(self._delta_best) >= 4 and key not in self._delta_best:
-                self._delta_best.clear()
-            self._delta_best[key] = (delta.serial, len(delta.ids), best)
+        self._delta_best.put(key, (delta.serial, len(delta.ids), best))
         return best
 
     def _best_in_base(self, base: Base, vectors: np.ndarray) -> np.ndarray:
