@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import collections
+import concurrent.futures
 import threading
 import urllib.parse
 from dataclasses import dataclass, field
@@ -43,6 +44,11 @@ YEAR = "year"
 SUGGESTED_FACETS = ("format", "camera_model", YEAR, "folder")
 # Uploads decoded at once: each may hold tens of MB of pixels, and there are only so many cores.
 _upload_decodes = threading.BoundedSemaphore(2)
+# A search spends most of its time waiting for a model run or a pass over the vectors that it shares
+# with the searches arriving beside it (batcher.py), so it waits in a thread of its own: the event
+# loop's default pool (CPU count + 4 threads, 6 on two cores) would cap how many can join one run.
+SEARCH_THREADS = 32
+_searches = concurrent.futures.ThreadPoolExecutor(SEARCH_THREADS, thread_name_prefix="imgsearch-search")
 
 
 @dataclass
@@ -88,8 +94,9 @@ async def resolve(datasette: Any, request: Any) -> Target:
     return Target(database, table, *found, Settings.for_database(datasette, database))
 
 
-async def in_thread(function: Callable[..., Any], *args: Any) -> Any:
-    return await asyncio.get_running_loop().run_in_executor(None, function, *args)
+async def in_thread(function: Callable[..., Any], *args: Any, pool: concurrent.futures.Executor | None = None) -> Any:
+    """``function(*args)`` in a thread of ``pool`` (the event loop's default pool when None)."""
+    return await asyncio.get_running_loop().run_in_executor(pool, function, *args)
 
 
 def error_response(error: ImgsearchError, as_json: bool) -> Response:
@@ -173,20 +180,27 @@ async def candidates_for(datasette: Any, target: Target, narrowing: Narrowing) -
     return Candidates(result.rows[0][0])
 
 
-def run_search(target: Target, search: SearchRequest, candidates: Candidates | None, offset: int) -> list[Hit]:
+def run_search(
+    target: Target, search: SearchRequest, candidates: Candidates | None, offset: int
+) -> tuple[list[Hit], list[Reading], float | None]:
+    """The hits from ``offset`` on; for a text query also which model read each term, and the score from
+    which its hits are strong."""
     settings = target.settings
     searcher = target.searcher()
     searcher.wait_until_loaded(PAGE_LOAD_TIMEOUT)
     wanted = min(search.k + offset, settings.max_k)
     if search.image is None:
-        return searcher.search(search.query, wanted, search.min_score, candidates)[offset:]
+        hits = searcher.search(search.query, wanted, search.min_score, candidates)[offset:]
+        readings = searcher.readings(search.query)
+        return hits, readings, searcher.strong_score(readings)
     with _upload_decodes:
         try:
-            return searcher.search_image_bytes(
+            hits = searcher.search_image_bytes(
                 search.image, wanted, search.min_score, settings.max_megapixels, settings.max_upload_megapixels, candidates
-            )[offset:]
+            )
         finally:
             pixels.release_memory()
+    return hits[offset:], [], None
 
 
 @dataclass
@@ -208,18 +222,10 @@ async def search(datasette: Any, request: Any, target: Target) -> Outcome:
         raise QueryError("add ?q=... to the URL, or POST an image in a field named 'image'")
     narrowing = read_narrowing(request, target.settings)
     candidates = await candidates_for(datasette, target, narrowing)
-    hits = await in_thread(run_search, target, wanted, candidates, narrowing.offset)
+    hits, readings, strong_score = await in_thread(run_search, target, wanted, candidates, narrowing.offset, pool=_searches)
     has_more = len(hits) == wanted.k and narrowing.offset + wanted.k < target.settings.max_k
-    readings, strong_score = ([], None) if wanted.image is not None else await in_thread(explain, target, wanted.query)
     results = await rows_for(datasette, target, hits, wanted.k)
     return Outcome(wanted, narrowing, results, has_more, readings, strong_score)
-
-
-def explain(target: Target, query: str) -> tuple[list[Reading], float | None]:
-    """Which model read each term of ``query``, and the score from which its hits are strong."""
-    searcher = target.searcher()
-    readings = searcher.readings(query)
-    return readings, searcher.strong_score(readings)
 
 
 def link(base: str, request: Any, add: tuple[tuple[str, str], ...] = (), drop: tuple[str, ...] = ()) -> str:

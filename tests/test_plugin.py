@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import shutil
+import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -149,6 +152,24 @@ async def test_the_json_api_returns_rows_without_blobs(ds: Datasette) -> None:
     assert {"id", "score", "path", "width", "height", "taken", "row_url", "thumbnail_url"} <= set(first)
     assert "embedding" not in first and "thumbnail" not in first
     assert first["row_url"] == f"/photos/images/{first['id']}"
+
+
+@pytest.mark.asyncio
+async def test_concurrent_json_searches_all_join_one_model_run(ds: Datasette, shared_catalog: Path) -> None:
+    """Searches wait for the model in threads of their own, so as many as arrive together share its next
+    run, whatever the number of cores (the event loop's default pool holds CPU count + 4 threads)."""
+    searches = 12
+    embedder = searcher_for(shared_catalog).text_embedder()
+    queries = [f"a red ball {uuid.uuid4().hex[:6]} {n}" for n in range(searches)]  # new: no cached vectors
+    with embedder._lock:  # the model is busy: the first search takes the next turn, the others queue behind it
+        requests = asyncio.ensure_future(asyncio.gather(*(ds.client.get(SEARCH + ".json", params={"q": q}) for q in queries)))
+        deadline = time.monotonic() + 20
+        while len(embedder._text_batcher.queue) < searches - 1 and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        queued = len(embedder._text_batcher.queue)
+    responses = await requests
+    assert queued == searches - 1
+    assert [response.json()["query"] for response in responses] == queries
 
 
 @pytest.mark.asyncio
