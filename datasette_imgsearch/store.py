@@ -24,7 +24,7 @@ import numpy as np
 from .batcher import Batcher
 from .catalog import Catalog, index_path
 from .errors import CatalogError
-from .index import RERANKED_TYPES, Restriction, flat_vectors, index_state, read_index, restricted_to
+from .index import RERANKED_TYPES, Restriction, flat_vectors, hiding, index_state, read_index, restricted_to
 from .lru import LRU
 from .ranking import Hit, exact_scores, rescored_top_k, score_batch, scores_of, top_k, unique_ids
 
@@ -152,6 +152,7 @@ class VectorStore:
         # Concurrent exact searches share one pass over the matrix.
         self._exact_batcher = Batcher(score_batch)
         self._delta_best: LRU[tuple[int, int, np.ndarray]] = LRU(4)  # probe set -> (delta serial, rows, best)
+        self._hidden_rows: tuple[int, Restriction | None] | None = None  # (delta serial, its selector)
 
     def catalog(self) -> Catalog:
         """This thread's read-only connection to the catalog."""
@@ -273,6 +274,16 @@ class VectorStore:
                 base.first_pass = torch.from_numpy(base.matrix).bfloat16()
             return base.first_pass
 
+    def _hiding(self, base: Base, delta: Delta) -> Restriction | None:
+        """FAISS parameters that leave out the base rows ``delta`` hides, made once per delta; None when it
+        hides none, or this FAISS has no selectors."""
+        if not len(delta.hidden):
+            return None
+        made = self._hidden_rows
+        if made is None or made[0] != delta.serial:
+            made = self._hidden_rows = (delta.serial, hiding(base.faiss, delta.hidden, 1 - len(delta.hidden) / max(1, base.size)))
+        return made[1]
+
     def embedding(self, id_: int) -> np.ndarray | None:
         return self.catalog().embedding(id_)
 
@@ -291,7 +302,11 @@ class VectorStore:
     def _search_base(self, loaded: Loaded, vector: np.ndarray, k: int, exclude: set[int], min_score: float | None) -> list[Hit]:
         base, delta = loaded.base, loaded.delta
         if base.faiss is not None:
-            hidden = exclude | set(delta.hidden.tolist()) if len(delta.hidden) else exclude
+            hidden_rows = self._hiding(base, delta)
+            if hidden_rows is not None:
+                ids, scores = self._from_index(base, vector[None], k + len(exclude), restriction=hidden_rows)
+                return top_k(ids[0], scores[0], k, exclude, min_score)
+            hidden = exclude | set(delta.hidden.tolist()) if len(delta.hidden) else exclude  # fetched, then skipped
             ids, scores = self._from_index(base, vector[None], k + len(hidden))
             return top_k(ids[0], scores[0], k, hidden, min_score)
         if base.matrix is None or len(base.ids) == 0:

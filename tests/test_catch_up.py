@@ -84,6 +84,42 @@ def test_a_row_changed_in_place_is_found_by_its_new_vector_only(catalog: Path) -
     assert "caught up with 1 row changed since" in searcher.vectors_from
 
 
+@pytest.mark.parametrize("selectors", ["FAISS leaves the hidden rows out", "FAISS without selectors"])
+@pytest.mark.parametrize("kind", ["hnsw", "ivfsq8", "ivfpq"])
+def test_an_index_search_leaves_out_the_rows_changed_since_and_fetches_only_k(
+    catalog: Path, monkeypatch: pytest.MonkeyPatch, kind: str, selectors: str
+) -> None:
+    import faiss
+
+    if selectors == "FAISS without selectors":
+        monkeypatch.delattr(faiss, "IDSelectorNot")
+    fetched: list[tuple[int, bool]] = []
+    from_index = store.VectorStore._from_index
+
+    def counting(self, base, vectors, want, rerank=None, restriction=None):  # type: ignore[no-untyped-def]
+        fetched.append((want, restriction is not None))
+        return from_index(self, base, vectors, want, rerank, restriction)
+
+    monkeypatch.setattr(store.VectorStore, "_from_index", counting)
+    run_cli("index", catalog, "--type", kind)
+    searcher = Searcher(catalog)
+    conn = sqlite3.connect(catalog)
+    ids = [row[0] for row in conn.execute("select id from images order by id")]
+    vector = searcher.store.embedding(ids[5])
+    top = [hit.id for hit in searcher.search_vector(vector, 6, set(), None)]
+    donors = [id_ for id_ in reversed(ids) if id_ not in top][:3]
+    with conn:  # the best match and two more changed in place, one removed
+        conn.executemany("update images set embedding = (select embedding from images where id = ?) where id = ?",
+                         zip(donors, top[:3]))
+        conn.execute("delete from images where id = ?", [top[3]])
+    conn.close()
+    fetched.clear()
+    found = [hit.id for hit in searcher.search_vector(vector, 6, {ids[0]}, None)]
+    assert found == [id_ for id_ in exact_top(catalog, vector, 7) if id_ != ids[0]][:6]
+    assert not set(top[:4]) & set(found)
+    assert fetched == ([(7, True)] if selectors == "FAISS leaves the hidden rows out" else [(7 + 4, False)])
+
+
 def test_filtered_search_during_a_catch_up_sees_new_rows_and_not_removed_ones(catalog: Path) -> None:
     searcher = Searcher(catalog)
     conn = sqlite3.connect(catalog)
