@@ -3,6 +3,7 @@
     python benchmarks/serving_scale.py --parts ten-million     # 10M rows: 42 GB of disk, 30 min on two cores
     python benchmarks/serving_scale.py --parts during-build    # a million rows, 10k added while querying: 10 min
     python benchmarks/serving_scale.py --parts filtered        # filters on a million rows with an ivfsq8 index
+    python benchmarks/serving_scale.py --parts hidden          # rows changed in place since an index: 5 min
     python benchmarks/serving_scale.py --rows 2000000          # a smaller first part
 
 Part 1 writes a catalog of synthetic clustered 512-d unit vectors (cached in benchmarks/.cache), writes
@@ -12,6 +13,10 @@ against exact search over every stored vector, and the server's memory.
 
 Part 3 (``--parts filtered``) ranks inside filters of 80% down to 0.1% of a million rows served from an
 ``ivfsq8`` index, reading the candidates' embeddings against searching the index restricted to them.
+
+Part 4 (``--parts hidden``) changes rows of a 200,000-row catalog in place after its ``ivfsq8`` index was
+written, and times index searches that leave the changed rows out with a FAISS selector against fetching
+k + their number and skipping them (what a FAISS without selectors does).
 
 Part 2 serves a million-row catalog (the default ``flat`` index) while another process commits 10,000
 rows, 32 a transaction, as ``build`` does. It queries through :class:`Searcher` (text encoding and the
@@ -304,12 +309,63 @@ def filtered(rows: int, kind: str, count: int = 20, exact_count: int = 5) -> lis
     return results
 
 
+HIDDEN_ROWS = 200_000
+
+
+def hidden(kind: str, count: int = 50) -> list[list[object]]:
+    """Index searches after rows were changed in place (their old vectors hidden), both ways."""
+    import shutil
+    import tempfile
+
+    from datasette_imgsearch import store
+    from datasette_imgsearch.catalog import to_blob
+
+    source = synthetic_catalog(HIDDEN_ROWS, str(vit_b32()), kind)
+    folder = Path(tempfile.mkdtemp(dir=CACHE))
+    db = folder / source.name
+    for suffix in ("", ".faiss"):
+        shutil.copy(str(source) + suffix, str(db) + suffix)
+    queries = probes(HIDDEN_ROWS, count)
+    rng = np.random.default_rng(5)
+    selector = store.hiding
+    ways = {"left out by a selector": selector, "k + hidden fetched, then skipped": lambda *args: None}
+    order = rng.permutation(np.arange(1, HIDDEN_ROWS + 1))
+    results, changed = [], 0
+    try:
+        for total in (1_000, 10_000, 24_000):  # a delta holds each changed row twice: under a quarter of the rows
+            ids, changed = order[changed:total], total
+            vectors = clustered_chunk(HIDDEN_ROWS + total, len(ids))  # new pictures in the same clusters
+            with sqlite3.connect(db) as conn:
+                conn.executemany("update images set embedding = ? where id = ?",
+                                 ((to_blob(v), int(i)) for v, i in zip(vectors, ids)))
+            server = store.VectorStore(db)
+            loaded = server.current()
+            found = {}
+            for way, hide in ways.items():
+                store.hiding, server._hidden_rows = hide, None
+                samples, found[way] = [], []
+                for vector in queries:
+                    began = time.perf_counter()
+                    hits = server.search(vector, 10, set(), None)
+                    samples.append(time.perf_counter() - began)
+                    found[way].append([hit.id for hit in hits])
+                p50, p95 = percentiles(samples)
+                results.append([f"{len(loaded.delta.hidden):,}", way, f"{p50:.1f}", f"{p95:.1f}"])
+            same = "yes" if found["left out by a selector"] == found["k + hidden fetched, then skipped"] else "no"
+            results[-2].append(same)
+            results[-1].append(same)
+    finally:
+        store.hiding = selector
+        shutil.rmtree(folder)
+    return results
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=10_000_000)
     parser.add_argument("--build-rows", type=int, default=1_000_000)
     parser.add_argument("--added", type=int, default=10_000)
-    parser.add_argument("--parts", default="ten-million,during-build,filtered")
+    parser.add_argument("--parts", default="ten-million,during-build,filtered,hidden")
     parser.add_argument("--kind", default="ivfsq8", help="the index type of part 1: ivfsq8 or ivfpq")
     args = parser.parse_args()
     CACHE.mkdir(parents=True, exist_ok=True)
@@ -322,6 +378,8 @@ def main() -> None:
     if "filtered" in args.parts:
         saved.setdefault("filtered", {})[args.kind] = filtered(args.build_rows, args.kind)
         saved["filtered_rows"] = args.build_rows
+    if "hidden" in args.parts:
+        saved["hidden"] = hidden("ivfsq8")
     save_results("serving", saved)
     for kind, rows in saved.get("scale", {}).items():
         table(f"Serving {saved['rows']:,} rows from an `{kind}` index, 512-d, k=10, {QUERIES} queries",
@@ -329,6 +387,9 @@ def main() -> None:
     for kind, rows in saved.get("filtered", {}).items():
         table(f"Filtered search on {saved['filtered_rows']:,} rows with an `{kind}` index, k=10, no text encoding",
               ["filter passes", "candidates", "way", "queries", "p50 ms", "recall@10 against the exact way"], rows)
+    if "hidden" in saved:
+        table(f"Index searches on {HIDDEN_ROWS:,} rows of `ivfsq8` after rows changed in place, k=10, no text encoding",
+              ["rows hidden", "way", "p50 ms", "p95 ms", "same top 10"], saved["hidden"])
     if "during" in saved:
         table(f"Text queries on {saved['build_rows']:,} rows while a build commits {saved['added']:,} more, 32 a transaction",
               ["server", "queries", "seconds", "p50 ms", "p95 ms", "max ms"], saved["during"])

@@ -152,8 +152,8 @@ def hiding(index, hidden: np.ndarray, share: float) -> Restriction | None:  # in
     """Parameters that keep a search of ``index`` off the rows ``hidden`` (changed or removed since it was
     written; ``share`` of its rows remain), widened as :func:`restricted_to` widens; None where this FAISS
     has no search-time selectors. Without them a search fetches k + len(hidden) rows and skips the hidden
-    ones, which at 250,000 hidden rows of a million took 17 ms against 4 (and for a re-ranked type read
-    as many embeddings from SQLite)."""
+    ones, reading as many embeddings from SQLite for a re-ranked type: with 10,000 of 200,000 rows hidden
+    behind an ``ivfsq8`` index, 116 ms a query against 6 (``benchmarks/serving_scale.py --parts hidden``)."""
     import faiss
 
     if not all(hasattr(faiss, name) for name in ("IDSelectorNot", "IDSelectorBatch", "SearchParametersIVF")):
