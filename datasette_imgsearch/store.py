@@ -244,14 +244,13 @@ class VectorStore:
     ) -> Loaded | None:
         """A view of ``base`` with ``delta`` updated by the rows in ``changed`` (read now from ``catalog``)."""
         if len(changed):
-            found_ids, found_matrix = catalog.embeddings_of(changed)
+            found_ids, found_matrix = catalog.embeddings_of(changed)  # in id order
             keep = ~np.isin(delta.ids, changed)
-            appended = bool(keep.all())
-            ids = np.concatenate([delta.ids if appended else delta.ids[keep], found_ids])
-            matrix = np.concatenate([delta.matrix if appended else delta.matrix[keep], found_matrix])
-            if len(ids) > 1 and not bool(np.all(ids[1:] > ids[:-1])):  # a row changed in place, or an old id
-                order = np.argsort(ids, kind="stable")
-                ids, matrix, appended = ids[order], matrix[order], False
+            kept = bool(keep.all())
+            # Appended: every row of the delta kept, every row found after them, so they stay its first rows.
+            appended = kept and (not len(delta.ids) or not len(found_ids) or int(found_ids[0]) > int(delta.ids[-1]))
+            ids, matrix = _in_id_order(np.concatenate([delta.ids if kept else delta.ids[keep], found_ids]),
+                                       np.concatenate([delta.matrix if kept else delta.matrix[keep], found_matrix]))
             if base.matrix is not None:
                 positions = unique_ids(delta.hidden_positions, self._positions(base, changed))
                 hidden = base.ids[positions]
@@ -467,7 +466,7 @@ class VectorStore:
 
 
 def _in_id_order(ids: np.ndarray, matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Rows sorted by id: filtered search looks rows up by binary search."""
+    """Rows sorted by id: filtered search looks rows up by binary search, and a delta keeps its rows so."""
     if len(ids) > 1 and not bool(np.all(ids[1:] > ids[:-1])):
         order = np.argsort(ids, kind="stable")
         return ids[order], matrix[order]

@@ -166,6 +166,9 @@ def test_the_calibration_extends_its_best_scores_over_appended_rows_and_redoes_t
     appended(probes[1], "second.jpg")
     assert searcher.store.current().delta.appended_to == first.serial  # only the new row was scored
     assert_best_is_exact()
+    commit("update images set embedding = ? where id = (select min(id) from images)", probes[2].astype("<f4").tobytes())
+    assert searcher.store.current().delta.appended_to == 0  # a base row changed in place sorts before the new rows
+    assert_best_is_exact()
     commit("update images set embedding = ? where path = 'first.jpg'", (-probes[0]).astype("<f4").tobytes())
     assert searcher.store.current().delta.appended_to == 0  # an edited row: scored again in full
     assert_best_is_exact()
