@@ -8,6 +8,7 @@ Image embedding is split in two so a build can keep the model busy: :meth:`Embed
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import socket
 import sys
@@ -87,12 +88,16 @@ def best_precision(device: str) -> str:
     in ``/proc/cpuinfo``; where that file does not exist, fp32, which is never the slow choice)."""
     if device == "cuda":
         return "bf16"
-    if device != "cpu":
-        return "fp32"
+    return "bf16" if device == "cpu" and cpu_computes_bf16() else "fp32"
+
+
+@functools.cache
+def cpu_computes_bf16() -> bool:
+    """:func:`native_bf16` for this machine, False where ``/proc/cpuinfo`` cannot be read."""
     try:
-        return "bf16" if native_bf16(Path("/proc/cpuinfo").read_text()) else "fp32"
+        return native_bf16(Path("/proc/cpuinfo").read_text())
     except OSError:
-        return "fp32"
+        return False
 
 
 def resolve_device(device: str) -> str:

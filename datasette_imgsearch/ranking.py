@@ -94,14 +94,17 @@ def scores_of(matrix: np.ndarray, vector: np.ndarray) -> np.ndarray:
 
 def rescored_top_k(
     ids: np.ndarray, matrix: np.ndarray, vector: np.ndarray, rough: np.ndarray, k: int, exclude: set[int],
-    min_score: float | None,
+    min_score: float | None, positions: np.ndarray | None = None,
 ) -> list[Hit]:
-    """The exact top k, given rough scores (a bfloat16 first pass) within ``FIRST_PASS_MARGIN`` of the exact ones."""
-    want = min(len(ids), k + len(exclude))
+    """The exact top k, given rough scores (a bfloat16 first pass) within ``FIRST_PASS_MARGIN`` of the exact
+    ones: of every row, or of the rows at ``positions`` (a filter's), which ``rough`` then scores in order."""
+    want = min(len(rough), k + len(exclude))
     if want == 0:
         return []
     cutoff = np.partition(rough, len(rough) - want)[len(rough) - want] - 2 * FIRST_PASS_MARGIN
     candidates = np.flatnonzero((rough >= cutoff) & (rough > -np.inf))  # -inf: a hidden row
+    if positions is not None:
+        candidates = positions[candidates]
     return top_k(ids[candidates], scores_of(matrix[candidates], vector), k, exclude, min_score)
 
 

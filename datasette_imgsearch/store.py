@@ -23,6 +23,7 @@ import numpy as np
 
 from .batcher import Batcher
 from .catalog import Catalog, index_path
+from .embed import cpu_computes_bf16
 from .errors import CatalogError
 from .index import RERANKED_TYPES, Restriction, flat_vectors, hiding, index_state, read_index, restricted_to
 from .lru import LRU
@@ -32,6 +33,10 @@ from .ranking import Hit, exact_scores, rescored_top_k, score_batch, scores_of, 
 # traffic) and re-scores in float32 every row that could still be in the top k (see
 # ranking.rescored_top_k).
 FIRST_PASS_ROWS = 250_000
+# On a CPU that computes bfloat16 natively, from this many: there a pass for eight concurrent queries
+# costs what one does (AMX, 100,000 rows: 10-11 ms for 1 or 8, against 10 and 31 in float32), where
+# elsewhere bfloat16 is slower than float32 for several queries at once (emulated: 39 against 37 ms).
+NATIVE_FIRST_PASS_ROWS = 50_000
 # Filtered search gathers the candidates' vectors when they are under 1/GATHER_FRACTION of the rows,
 # and otherwise scores every row and picks theirs. Copying the gathered rows is most of a gather's cost:
 # at 100,000 and 1,000,000 rows a quarter of them took 2-3 times a full pass, and a gather wins under
@@ -145,7 +150,7 @@ class VectorStore:
     def __init__(self, db_path: str | Path, immutable: bool = False) -> None:
         self.db_path = Path(db_path)
         self.immutable = immutable
-        self.first_pass_rows = FIRST_PASS_ROWS
+        self.first_pass_rows = NATIVE_FIRST_PASS_ROWS if cpu_computes_bf16() else FIRST_PASS_ROWS
         self._lock = threading.RLock()  # a load builds the id table (``_positions``) under it too
         self._local = threading.local()
         self._loaded: Loaded | None = None
@@ -310,14 +315,24 @@ class VectorStore:
             return top_k(ids[0], scores[0], k, hidden, min_score)
         if base.matrix is None or len(base.ids) == 0:
             return []
+        return self._full_pass(base, vector, k, exclude, min_score, delta.hidden_positions)
+
+    def _full_pass(
+        self, base: Base, vector: np.ndarray, k: int, exclude: set[int], min_score: float | None,
+        hidden_positions: np.ndarray, positions: np.ndarray | None = None,
+    ) -> list[Hit]:
+        """The top k of the matrix, or of its rows at ``positions``, from a pass over every row that
+        concurrent queries share: a bfloat16 first pass re-scored exactly where the store keeps one, else
+        float32."""
         first_pass = self._first_pass(base)
-        if first_pass is None:
-            scores = self._exact_batcher((vector, base.matrix))
-            scores[delta.hidden_positions] = -np.inf
+        scores = self._exact_batcher((vector, base.matrix if first_pass is None else first_pass))
+        scores[hidden_positions] = -np.inf
+        if first_pass is not None:
+            picked = scores if positions is None else scores[positions]
+            return rescored_top_k(base.ids, base.matrix, vector, picked, k, exclude, min_score, positions)
+        if positions is None:
             return top_k(base.ids, scores, k, exclude, min_score)
-        rough = self._exact_batcher((vector, first_pass))
-        rough[delta.hidden_positions] = -np.inf
-        return rescored_top_k(base.ids, base.matrix, vector, rough, k, exclude, min_score)
+        return top_k(base.ids[positions], scores[positions], k, exclude, min_score)
 
     def _from_index(
         self, base: Base, vectors: np.ndarray, want: int, rerank: int | None = None, restriction: Restriction | None = None
@@ -364,10 +379,9 @@ class VectorStore:
             return top_k(ids, scores_of(matrix, vector), k, exclude, min_score)
         positions = self._positions(base, candidates, loaded.delta.hidden_positions)
         if len(positions) * GATHER_FRACTION < len(base.ids):
-            scores = scores_of(base.matrix[positions], vector)
+            hits = top_k(base.ids[positions], scores_of(base.matrix[positions], vector), k, exclude, min_score)
         else:
-            scores = self._exact_batcher((vector, base.matrix))[positions]
-        hits = top_k(base.ids[positions], scores, k, exclude, min_score)
+            hits = self._full_pass(base, vector, k, exclude, min_score, loaded.delta.hidden_positions, positions)
         return _with_delta(loaded.delta, hits, vector, k, exclude, min_score, candidates)
 
     def _search_index_among(

@@ -31,13 +31,17 @@ def brute_force(db: Path, vector: np.ndarray, where: str) -> list[int]:
     return [id_ for _, id_ in scored]
 
 
-@pytest.mark.parametrize("where", [
-    "name like 'blue-%'",        # a quarter of the rows: one pass over all, the candidates picked out
-    "name not like 'red-circle%'",  # most rows: the same
-    "id in (3, 17, 42)",          # a few rows (under a twelfth): their vectors are gathered
+@pytest.mark.parametrize("first_pass", [False, True], ids=["float32 pass", "bfloat16 first pass"])
+@pytest.mark.parametrize("where,gathered", [
+    ("name like 'blue-%'", False),        # a quarter of the rows: one pass over all, the candidates picked out
+    ("name not like 'red-circle%'", False),  # most rows: the same
+    ("id in (3, 17, 42)", True),          # a few rows (under a twelfth): their vectors are gathered
 ])
-def test_a_filtered_ranking_is_the_exact_ranking_of_the_rows_that_passed(shared_catalog: Path, where: str) -> None:
+def test_a_filtered_ranking_is_the_exact_ranking_of_the_rows_that_passed(
+    shared_catalog: Path, where: str, gathered: bool, first_pass: bool
+) -> None:
     searcher = Searcher(shared_catalog)
+    searcher.store.first_pass_rows = 1 if first_pass else 10**9  # 1: as if it held millions of rows
     with sqlite3.connect(shared_catalog) as conn:
         candidates = np.array([r[0] for r in conn.execute(f"select id from images where {where}")], dtype=np.int64)
     vector, _ = searcher.query_vector("a red circle")
@@ -45,6 +49,11 @@ def test_a_filtered_ranking_is_the_exact_ranking_of_the_rows_that_passed(shared_
     expected = brute_force(shared_catalog, vector, where)[:10]
     assert [h.id for h in hits] == expected
     assert len(hits) == min(10, len(candidates))
+    with sqlite3.connect(shared_catalog) as conn:
+        exact = [float(from_blob(conn.execute("select embedding from images where id = ?", [h.id]).fetchone()[0]) @ vector)
+                 for h in hits]
+    assert [h.score for h in hits] == pytest.approx(exact, abs=1e-5)
+    assert (searcher.store.current().base.first_pass is not None) == (first_pass and not gathered)
 
 
 @pytest.mark.parametrize("lookup", ["id table", "binary search"])

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from datasette_imgsearch import store
 from datasette_imgsearch.catalog import from_blob
 from datasette_imgsearch.errors import ModelError, QueryError
 from datasette_imgsearch.query import Searcher, Term, check_k, parse
@@ -177,6 +178,15 @@ def test_a_large_catalog_searches_through_the_first_pass_and_ranks_exactly(share
     expected = top_k(ids, matrix @ vector, 10, set(), None)
     assert [h.id for h in hits] == [h.id for h in expected]
     assert [h.score for h in hits] == pytest.approx([h.score for h in expected], abs=1e-5)
+
+
+@pytest.mark.parametrize("native,rows", [(True, store.NATIVE_FIRST_PASS_ROWS), (False, store.FIRST_PASS_ROWS)],
+                         ids=["native bfloat16", "emulated bfloat16"])
+def test_the_first_pass_starts_at_fewer_rows_where_the_cpu_computes_bfloat16(
+    shared_catalog: Path, monkeypatch: pytest.MonkeyPatch, native: bool, rows: int
+) -> None:
+    monkeypatch.setattr(store, "cpu_computes_bf16", lambda: native)
+    assert store.VectorStore(shared_catalog).first_pass_rows == rows
 
 
 def test_a_query_never_mixes_two_models_when_the_catalog_switches_under_it(shared_catalog: Path) -> None:
