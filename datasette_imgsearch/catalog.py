@@ -317,10 +317,6 @@ class Catalog:
                 f"insert or replace into [{META_TABLE}] (key, value) values (?, ?)", list(values.items())
             )
 
-    def delete_meta(self, *keys: str) -> None:
-        with self.db.conn:
-            self.db.conn.executemany(f"delete from [{META_TABLE}] where key = ?", [(key,) for key in keys])
-
     @property
     def catalog_version(self) -> int:
         return int(self.meta("catalog_version", 0))

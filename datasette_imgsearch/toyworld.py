@@ -42,10 +42,6 @@ class ToyImage:
     colour: str
     shape: str
 
-    @property
-    def label(self) -> str:
-        return f"{self.colour} {self.shape}"
-
 
 def captions_for(colour: str, shape: str) -> list[str]:
     """Every caption that truthfully describes a picture of a ``colour`` ``shape``."""
