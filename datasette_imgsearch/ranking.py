@@ -108,11 +108,18 @@ def rescored_top_k(
     return top_k(ids[candidates], scores_of(matrix[candidates], vector), k, exclude, min_score)
 
 
-def score_batch(items: list[tuple[np.ndarray, Any]]) -> list[np.ndarray]:
-    """Score queued (vector, matrix) pairs, one matrix product per distinct matrix."""
+def score_batch(items: list[tuple[np.ndarray, np.ndarray, Any]], bfloat16_batches: bool = True) -> list[np.ndarray]:
+    """Score queued (vector, matrix, its bfloat16 first pass or None) triples, one product per distinct
+    matrix, through its first pass where it has one: scores within ``FIRST_PASS_MARGIN`` for
+    :func:`rescored_top_k`, which exact float32 ones are too.
+
+    Where bfloat16 is emulated (``bfloat16_batches`` False), several queries at once go through the
+    float32 matrix: one query reads half the bytes in bfloat16 and is no slower, but a product for eight
+    at a million rows took 559 ms against 249 in float32 under AVX2 (about the same under AVX-512)."""
     results: list[tuple[int, np.ndarray]] = []
-    for matrix in {id(m): m for _, m in items}.values():
-        mine = [i for i, (_, m) in enumerate(items) if m is matrix]
-        scores = exact_scores(matrix, [items[i][0] for i in mine])
+    for matrix, first_pass in {id(m): (m, f) for _, m, f in items}.values():
+        mine = [i for i, (_, m, _) in enumerate(items) if m is matrix]
+        table = matrix if first_pass is None or (len(mine) > 1 and not bfloat16_batches) else first_pass
+        scores = exact_scores(table, [items[i][0] for i in mine])
         results.extend(zip(mine, scores))
     return [row for _, row in sorted(results, key=lambda pair: pair[0])]

@@ -12,6 +12,7 @@ writes, and never creates a file beside the catalog.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import itertools
 import threading
@@ -150,12 +151,13 @@ class VectorStore:
     def __init__(self, db_path: str | Path, immutable: bool = False) -> None:
         self.db_path = Path(db_path)
         self.immutable = immutable
-        self.first_pass_rows = NATIVE_FIRST_PASS_ROWS if cpu_computes_bf16() else FIRST_PASS_ROWS
+        native = cpu_computes_bf16()
+        self.first_pass_rows = NATIVE_FIRST_PASS_ROWS if native else FIRST_PASS_ROWS
         self._lock = threading.RLock()  # a load builds the id table (``_positions``) under it too
         self._local = threading.local()
         self._loaded: Loaded | None = None
         # Concurrent exact searches share one pass over the matrix.
-        self._exact_batcher = Batcher(score_batch)
+        self._exact_batcher = Batcher(functools.partial(score_batch, bfloat16_batches=native))
         self._delta_best: LRU[tuple[int, int, np.ndarray]] = LRU(4)  # probe set -> (delta serial, rows, best)
         self._hidden_rows: tuple[int, Restriction | None] | None = None  # (delta serial, its selector)
 
@@ -325,14 +327,12 @@ class VectorStore:
         concurrent queries share: a bfloat16 first pass re-scored exactly where the store keeps one, else
         float32."""
         first_pass = self._first_pass(base)
-        scores = self._exact_batcher((vector, base.matrix if first_pass is None else first_pass))
+        scores = self._exact_batcher((vector, base.matrix, first_pass))
         scores[hidden_positions] = -np.inf
+        picked = scores if positions is None else scores[positions]
         if first_pass is not None:
-            picked = scores if positions is None else scores[positions]
             return rescored_top_k(base.ids, base.matrix, vector, picked, k, exclude, min_score, positions)
-        if positions is None:
-            return top_k(base.ids, scores, k, exclude, min_score)
-        return top_k(base.ids[positions], scores[positions], k, exclude, min_score)
+        return top_k(base.ids if positions is None else base.ids[positions], picked, k, exclude, min_score)
 
     def _from_index(
         self, base: Base, vectors: np.ndarray, want: int, rerank: int | None = None, restriction: Restriction | None = None

@@ -168,6 +168,26 @@ def test_the_bfloat16_first_pass_never_changes_the_exact_top_k() -> None:
             assert [h.id for h in found] == [h.id for h in top_k(ids, exact, k, exclude, None)]
 
 
+@pytest.mark.parametrize("queries", [1, 4])
+@pytest.mark.parametrize("bfloat16_batches", [True, False], ids=["native bfloat16", "emulated bfloat16"])
+def test_a_shared_pass_reads_the_first_pass_unless_several_queries_would_run_emulated_bfloat16(
+    bfloat16_batches: bool, queries: int
+) -> None:
+    import torch
+
+    from datasette_imgsearch.ranking import FIRST_PASS_MARGIN, score_batch
+
+    rng = np.random.default_rng(5)
+    matrix = rng.normal(size=(2_000, 64)).astype(np.float32)
+    matrix /= np.linalg.norm(matrix, axis=1, keepdims=True)
+    vectors = [matrix[i * 11] for i in range(queries)]
+    rows = score_batch([(vector, matrix, torch.from_numpy(matrix).bfloat16()) for vector in vectors], bfloat16_batches)
+    errors = [float(np.abs(row - matrix @ vector).max()) for row, vector in zip(rows, vectors)]
+    assert max(errors) < FIRST_PASS_MARGIN
+    in_float32 = queries > 1 and not bfloat16_batches
+    assert all((error < 1e-5) == in_float32 for error in errors), errors
+
+
 def test_a_large_catalog_searches_through_the_first_pass_and_ranks_exactly(shared_catalog: Path) -> None:
     ids, matrix, _ = stored(shared_catalog)
     searcher = Searcher(shared_catalog)
