@@ -32,14 +32,17 @@ def model_alone(embedder, features: list, batch_size: int) -> float:
 
 
 def build_seconds(model: str, folder: Path, precision: str, batch_size: int) -> float:
-    from datasette_imgsearch.build import BuildOptions, build
+    from datasette_imgsearch.build.builder import build
+    from datasette_imgsearch.build.options import BuildOptions
+    from datasette_imgsearch.models.choice import ModelChoice
 
     db = Path(tempfile.mkdtemp()) / "bench.db"
-    return timed(lambda: build(db, folder, BuildOptions(model=model, precision=precision, batch_size=batch_size, device="cpu")))
+    options = BuildOptions(ModelChoice(model=model, precision=precision, device="cpu"), batch_size=batch_size)
+    return timed(lambda: build(db, folder, options))
 
 
 def embeddings(db: Path) -> dict[str, np.ndarray]:
-    from datasette_imgsearch.catalog import from_blob
+    from datasette_imgsearch.catalog.schema import from_blob
 
     conn = sqlite3.connect(db)
     try:
@@ -58,8 +61,8 @@ def decode_comparison(folder: Path) -> dict[str, float]:
     A random-weight network maps every picture to nearly the same vector, so its cosines say nothing;
     what the model is fed (the preprocessed 224x224 input) and the trained toy model's vectors do.
     """
-    from datasette_imgsearch import pixels
-    from datasette_imgsearch.embed import load_embedder
+    from datasette_imgsearch.images import pixels
+    from datasette_imgsearch.models.cache import load_embedder
 
     big = load_embedder(str(vit_b32()), "cpu")
     toy = load_embedder(str(TOY_MODEL), "cpu")
@@ -87,16 +90,18 @@ def toy_rankings(count: int = 240) -> tuple[bool, float, float]:
     The toy model scores every picture of a class within about 0.002, so bf16 may swap two pictures
     of the same class; it must never let a wrong one in.
     """
-    from datasette_imgsearch.build import BuildOptions, build
-    from datasette_imgsearch.query import Searcher
-    from datasette_imgsearch.toyworld import COLOURS, SHAPES, label_of, write_world
+    from datasette_imgsearch.build.builder import build
+    from datasette_imgsearch.build.options import BuildOptions
+    from datasette_imgsearch.images.toyworld import COLOURS, SHAPES, label_of, write_world
+    from datasette_imgsearch.models.choice import ModelChoice
+    from datasette_imgsearch.search.searcher import Searcher
 
     folder = Path(tempfile.mkdtemp()) / "world"
     write_world(folder, count=count, seed=11)
     searchers, vectors = {}, {}
     for precision in ("fp32", "bf16"):
         db = folder.parent / f"{precision}.db"
-        build(db, folder, BuildOptions(model=str(TOY_MODEL), precision=precision, device="cpu"))
+        build(db, folder, BuildOptions(ModelChoice(model=str(TOY_MODEL), precision=precision, device="cpu")))
         searchers[precision] = Searcher(db)
         vectors[precision] = embeddings(db)
     conn = sqlite3.connect(folder.parent / "fp32.db")
@@ -127,7 +132,7 @@ def main() -> None:
     from PIL import Image
     from sentence_transformers import SentenceTransformer
 
-    from datasette_imgsearch.embed import load_embedder
+    from datasette_imgsearch.models.cache import load_embedder
 
     model_path = str(vit_b32())
     folder = photo_folder(args.images, 640, 480)

@@ -69,8 +69,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeat", type=int, default=5)
     args = parser.parse_args()
-    from datasette_imgsearch.build import BuildOptions, build
-    from datasette_imgsearch.toyworld import write_world
+    from datasette_imgsearch.build.builder import build
+    from datasette_imgsearch.build.options import BuildOptions
+    from datasette_imgsearch.images.toyworld import write_world
+    from datasette_imgsearch.models.choice import ModelChoice
 
     folder = Path(tempfile.mkdtemp(prefix="cold-start-"))
     images = folder / "images"
@@ -78,7 +80,7 @@ def main() -> None:
     catalogs = {}
     for name, model in (("toy model", TOY_MODEL), ("ViT-B/32", vit_b32())):
         catalogs[name] = folder / f"{name.replace('/', '')}.db"
-        build(catalogs[name], images, BuildOptions(model=str(model)))
+        build(catalogs[name], images, BuildOptions(ModelChoice(model=str(model))))
     torch_s = seconds([sys.executable, "-c", "import torch"], args.repeat)
     rows = [["`python -c \"import torch\"`", f"{torch_s:.2f}", "1.00x", ""]]
     rows.append(["`datasette-imgsearch --help`", f"{seconds(CLI + ['--help'], args.repeat):.2f}", "", ""])

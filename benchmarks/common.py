@@ -110,7 +110,7 @@ def photo_folder(count: int, width: int, height: int, name: str | None = None, q
 
     from PIL import Image
 
-    from datasette_imgsearch.toyworld import COLOURS, SHAPES, draw_image
+    from datasette_imgsearch.images.toyworld import COLOURS, SHAPES, draw_image
 
     folder = CACHE / (name or f"photos-{count}-{width}x{height}")
     if folder.exists() and len(list(folder.iterdir())) == count:

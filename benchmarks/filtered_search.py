@@ -35,9 +35,9 @@ def main() -> None:
         gather_or_full_pass()
         return
 
-    from datasette_imgsearch.query import searcher_for
+    from datasette_imgsearch.search.searcher import searcher_for
     from datasette_imgsearch.settings import Settings
-    from datasette_imgsearch.sql import register_functions
+    from datasette_imgsearch.sql.functions import register_functions
 
     model = str(vit_b32())
     db = synthetic_catalog(args.rows, model)
@@ -91,7 +91,7 @@ def gather_or_full_pass(sizes: tuple[int, ...] = (100_000, 1_000_000), fractions
     (``scores_of``) against scoring every row (``exact_scores``, the pass unfiltered queries make)."""
     import numpy as np
 
-    from datasette_imgsearch.ranking import exact_scores, scores_of
+    from datasette_imgsearch.vectors.ranking import exact_scores, scores_of
 
     def median_ms(function, *arguments) -> float:
         times = []

@@ -40,21 +40,24 @@ def timed_build(folder: Path, db: Path, device: str, precision: str, batch_size:
                 engine: str = "local") -> float:
     """Images per second of one whole `build` (model loading excluded for the local engine: it is loaded
     before the clock starts; a Ray build's workers load it on the clock)."""
-    from datasette_imgsearch.build import BuildOptions, build
-    from datasette_imgsearch.embed import load_embedder
+    from datasette_imgsearch.build.builder import build
+    from datasette_imgsearch.build.options import BuildOptions
+    from datasette_imgsearch.models.cache import load_embedder
+    from datasette_imgsearch.models.choice import ModelChoice
 
     load_embedder(str(vit_b32()), device if engine == "local" else "cpu", precision)
     count = len(list(folder.iterdir()))
     started = time.perf_counter()
-    build(db, folder, BuildOptions(model=str(vit_b32()), device=device, precision=precision,
+    build(db, folder, BuildOptions(ModelChoice(model=str(vit_b32()), device=device, precision=precision),
                                    batch_size=batch_size, workers=workers, engine=engine))
     return count / (time.perf_counter() - started)
 
 
 def _decode(path: str, pixels: object) -> None:
     """One file through the build's own per-file work, in a worker process."""
-    from datasette_imgsearch.build import BuildOptions, inspect_file
-    from datasette_imgsearch.scan import FoundFile
+    from datasette_imgsearch.build.inspect import inspect_file
+    from datasette_imgsearch.build.options import BuildOptions
+    from datasette_imgsearch.images.scan import FoundFile
 
     info = os.stat(path)
     inspect_file(FoundFile(Path(path).name, Path(path), info.st_size, info.st_mtime_ns), frozenset(),
@@ -66,7 +69,7 @@ def decoding_alone(folder: Path, workers: int, processes: bool) -> float:
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 
-    from datasette_imgsearch.embed import load_embedder
+    from datasette_imgsearch.models.cache import load_embedder
 
     embedder = load_embedder(str(vit_b32()), "cpu", "fp32")
     pixels = embedder.pixels_only() or embedder
@@ -84,7 +87,7 @@ def model_alone(device: str, precision: str, batch_size: int, seconds: float = 5
     """Images per second of the model on one preprocessed batch, encoded again and again."""
     from PIL import Image
 
-    from datasette_imgsearch.embed import load_embedder
+    from datasette_imgsearch.models.cache import load_embedder
 
     embedder = load_embedder(str(vit_b32()), device, precision)
     picture = Image.effect_noise((640, 480), 64).convert("RGB")

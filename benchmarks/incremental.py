@@ -19,7 +19,7 @@ from common import TOY_MODEL, save_results, table, timed
 
 
 def world(count: int) -> Path:
-    from datasette_imgsearch.toyworld import write_world
+    from datasette_imgsearch.images.toyworld import write_world
 
     folder = Path(tempfile.mkdtemp()) / f"world-{count}"
     write_world(folder, count=count, seed=5, size=64)
@@ -31,8 +31,10 @@ def peak_memory_mb(folder: Path) -> float:
     db = Path(tempfile.mkdtemp()) / "memory.db"
     code = (
         "import resource, sys\n"
-        "from datasette_imgsearch.build import BuildOptions, build\n"
-        f"build({str(db)!r}, {str(folder)!r}, BuildOptions(model={str(TOY_MODEL)!r}, batch_size=32))\n"
+        "from datasette_imgsearch.build.builder import build\n"
+        "from datasette_imgsearch.build.options import BuildOptions\n"
+        "from datasette_imgsearch.models.choice import ModelChoice\n"
+        f"build({str(db)!r}, {str(folder)!r}, BuildOptions(ModelChoice(model={str(TOY_MODEL)!r}), batch_size=32))\n"
         "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n"
     )
     output = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
@@ -45,12 +47,14 @@ def main() -> None:
     parser.add_argument("--files", type=int, default=10_000)
     args = parser.parse_args()
 
-    from datasette_imgsearch.build import BuildOptions, build
+    from datasette_imgsearch.build.builder import build
+    from datasette_imgsearch.build.options import BuildOptions
+    from datasette_imgsearch.models.choice import ModelChoice
 
     folder = world(args.files)
     db = folder.parent / "catalog.db"
-    first = timed(lambda: build(db, folder, BuildOptions(model=str(TOY_MODEL), batch_size=64)))
-    again = timed(lambda: build(db, folder, BuildOptions(model=str(TOY_MODEL))), repeat=3)
+    first = timed(lambda: build(db, folder, BuildOptions(ModelChoice(model=str(TOY_MODEL)), batch_size=64)))
+    again = timed(lambda: build(db, folder, BuildOptions(ModelChoice(model=str(TOY_MODEL)))), repeat=3)
     started = time.perf_counter()
     subprocess.run([sys.executable, "-m", "datasette_imgsearch", "build", str(db), "--silent"], check=True,
                    capture_output=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})

@@ -33,9 +33,10 @@ def clustered(rows: int, seed: int = 0, clusters: int = 2000) -> np.ndarray:
 
 def synthetic_catalog(rows: int, model: str) -> Path:
     """A catalog in the product's schema holding ``rows`` synthetic embeddings, with a fresh flat index."""
-    from datasette_imgsearch.catalog import Catalog, to_blob
-    from datasette_imgsearch.embed import model_key
-    from datasette_imgsearch.index import write_index
+    from datasette_imgsearch.catalog.catalog import Catalog
+    from datasette_imgsearch.catalog.schema import to_blob
+    from datasette_imgsearch.models.names import model_key
+    from datasette_imgsearch.vectors.index import write_index
 
     folder = Path(tempfile.mkdtemp())
     db = folder / "synthetic.db"
@@ -54,9 +55,9 @@ def synthetic_catalog(rows: int, model: str) -> Path:
 
 
 def sql_latencies(db: Path, model: str, count: int) -> dict[str, tuple[float, float]]:
-    from datasette_imgsearch.query import searcher_for
+    from datasette_imgsearch.search.searcher import searcher_for
     from datasette_imgsearch.settings import Settings
-    from datasette_imgsearch.sql import register_functions
+    from datasette_imgsearch.sql.functions import register_functions
 
     searcher_for(db).load()
     conn = sqlite3.connect(db, check_same_thread=False)
@@ -119,8 +120,8 @@ def scale(rows: int, kinds: list[str], queries: int = 100) -> list[list[object]]
     """Exact and approximate search over ``rows`` vectors held in memory, with recall@10 against exact."""
     import faiss
 
-    from datasette_imgsearch.index import make_index, tune
-    from datasette_imgsearch.ranking import exact_scores, top_k
+    from datasette_imgsearch.vectors.index import make_index, tune
+    from datasette_imgsearch.vectors.ranking import exact_scores, top_k
 
     matrix = clustered(rows, seed=1)
     ids = np.arange(1, rows + 1, dtype=np.int64)
@@ -131,7 +132,7 @@ def scale(rows: int, kinds: list[str], queries: int = 100) -> list[list[object]]
 
     import torch
 
-    from datasette_imgsearch.ranking import rescored_top_k
+    from datasette_imgsearch.vectors.ranking import rescored_top_k
 
     first_pass = torch.from_numpy(matrix).bfloat16()
 

@@ -62,9 +62,11 @@ def clustered_chunk(start: int, count: int) -> np.ndarray:
 
 def synthetic_catalog(rows: int, model: str, kind: str) -> Path:
     """A catalog in the product's schema with ``rows`` synthetic vectors and an index of ``kind`` (cached)."""
-    from datasette_imgsearch.catalog import Catalog, migrate, to_blob
-    from datasette_imgsearch.embed import model_key
-    from datasette_imgsearch.index import write_index
+    from datasette_imgsearch.catalog.catalog import Catalog
+    from datasette_imgsearch.catalog.migrations import migrate
+    from datasette_imgsearch.catalog.schema import to_blob
+    from datasette_imgsearch.models.names import model_key
+    from datasette_imgsearch.vectors.index import write_index
 
     db = CACHE / f"serving-{rows}.db"
     done = CACHE / f"serving-{rows}.{kind}.done"
@@ -121,7 +123,7 @@ def probes(rows: int, count: int = QUERIES) -> np.ndarray:
 
 def exact_truth(db: Path, queries: np.ndarray, k: int = 10) -> list[list[int]]:
     """Exact top k for each query over every stored vector, read in chunks (cached)."""
-    from datasette_imgsearch.catalog import Catalog
+    from datasette_imgsearch.catalog.catalog import Catalog
 
     cached = db.with_suffix(".truth.npy")
     if cached.exists():
@@ -207,7 +209,7 @@ def ten_million(rows: int, kind: str) -> list[list[object]]:
 
 def writer(db: str, rows: int, per_commit: int, pause: float, done: multiprocessing.Event) -> None:
     """Commit ``rows`` new rows, ``per_commit`` a transaction, as a build does."""
-    from datasette_imgsearch.catalog import to_blob
+    from datasette_imgsearch.catalog.schema import to_blob
 
     conn = sqlite3.connect(db)
     conn.execute("PRAGMA busy_timeout = 5000")
@@ -228,8 +230,8 @@ def writer(db: str, rows: int, per_commit: int, pause: float, done: multiprocess
 def during_build(rows: int, added: int) -> list[list[object]]:
     import shutil
 
-    from datasette_imgsearch import store
-    from datasette_imgsearch.query import Searcher
+    from datasette_imgsearch.search.searcher import Searcher
+    from datasette_imgsearch.vectors import store
 
     model = str(vit_b32())
     source = synthetic_catalog(rows, model, "flat")
@@ -277,7 +279,7 @@ def filtered(rows: int, kind: str, count: int = 20, exact_count: int = 5) -> lis
     ranked exactly, and the index searched restricted to them; the store picks the first up to
     ``store.EXACT_CANDIDATES`` candidates or under ``store.RESTRICTED_SHARE`` of the rows. Recall@10 of
     the restricted search against the exact ranking, over the queries the exact way ran."""
-    from datasette_imgsearch import store
+    from datasette_imgsearch.vectors import store
 
     db = synthetic_catalog(rows, str(vit_b32()), kind)
     queries = probes(rows, count)
@@ -317,8 +319,8 @@ def hidden(kind: str, count: int = 50) -> list[list[object]]:
     import shutil
     import tempfile
 
-    from datasette_imgsearch import store
-    from datasette_imgsearch.catalog import to_blob
+    from datasette_imgsearch.catalog.schema import to_blob
+    from datasette_imgsearch.vectors import store
 
     source = synthetic_catalog(HIDDEN_ROWS, str(vit_b32()), kind)
     folder = Path(tempfile.mkdtemp(dir=CACHE))

@@ -13,12 +13,14 @@ from typing import Any
 import pluggy
 from markupsafe import Markup
 
-from . import csrf
-from .catalog import REMOVED_TABLE, TABLE, has_embeddings, is_catalog
-from .errors import ImgsearchError
-from .query import ModelChoice, searcher_for
-from .settings import Settings
-from .sql import register_functions
+from datasette_imgsearch.catalog.catalog import has_embeddings, is_catalog
+from datasette_imgsearch.catalog.schema import REMOVED_TABLE, TABLE
+from datasette_imgsearch.errors import ImgsearchError
+from datasette_imgsearch.models.choice import ModelChoice
+from datasette_imgsearch.search.searcher import searcher_for
+from datasette_imgsearch.settings import Settings
+from datasette_imgsearch.sql.functions import register_functions
+from datasette_imgsearch.web import csrf
 
 # Datasette's own marker (``datasette.hookimpl``) is this one; making it here spares the command line
 # the import of Datasette itself.
@@ -38,9 +40,9 @@ def _is_catalog(datasette: Any, database: str) -> bool:
 
 @hookimpl
 def prepare_connection(conn: Any, database: str, datasette: Any) -> None:
-    from . import web
+    from datasette_imgsearch.web import search
 
-    found = web.catalog_file(datasette, database)
+    found = search.catalog_file(datasette, database)
     if found and is_catalog(conn):
         _catalogs.setdefault(datasette, set()).add(database)
         path, immutable = found
@@ -51,13 +53,13 @@ def prepare_connection(conn: Any, database: str, datasette: Any) -> None:
 def startup(datasette: Any) -> None:
     """Start loading each catalog's model and vectors in the background, so the first query is fast and
     Datasette answers its first request as soon as it would without this plugin."""
-    from . import web
+    from datasette_imgsearch.web import search
 
     for name in list(datasette.databases):
-        found = web.catalog_file(datasette, name)
+        found = search.catalog_file(datasette, name)
         if found and has_embeddings(*found):
             settings = Settings.for_database(datasette, name)
-            timer = threading.Timer(LOAD_AFTER_SECONDS, _load, args=(found[0], settings.choice, found[1]))
+            timer = threading.Timer(LOAD_AFTER_SECONDS, _load, args=(found[0], settings.models, found[1]))
             timer.daemon = True
             timer.start()
 
@@ -71,25 +73,25 @@ def _load(path: str, choice: ModelChoice, immutable: bool) -> None:
 
 @hookimpl
 def register_routes() -> list[tuple[str, Any]]:
-    from . import web
+    from datasette_imgsearch.web import search
 
     return [
-        (_ROUTE + r"$", web.search_page),
-        (_ROUTE + r"\.json$", web.search_json),
-        (_ROUTE + r"/thumbnail/(?P<id>\d+)$", web.thumbnail_view),
-        (_ROUTE + r"/original/(?P<id>\d+)$", web.original_view),
-        (r"^/-/imgsearch(\.json)?$", web.status_view),
+        (_ROUTE + r"$", search.search_page),
+        (_ROUTE + r"\.json$", search.search_json),
+        (_ROUTE + r"/thumbnail/(?P<id>\d+)$", search.thumbnail_view),
+        (_ROUTE + r"/original/(?P<id>\d+)$", search.original_view),
+        (r"^/-/imgsearch(\.json)?$", search.status_view),
     ]
 
 
 @hookimpl
 def table_actions(datasette: Any, database: str, table: str) -> list[dict[str, str]] | None:
-    from . import web
+    from datasette_imgsearch.web import search
 
     if table != TABLE or not _is_catalog(datasette, database):
         return None
     return [{
-        "href": web.image_routes_base(datasette, database, table),
+        "href": search.image_routes_base(datasette, database, table),
         "label": "Search images by text or example",
         "description": "Semantic search with CLIP: type a description or upload a reference image",
     }]
@@ -100,9 +102,9 @@ def render_cell(value: Any, column: str, table: str | None, database: str, datas
     """Thumbnails as pictures; paths with their picture, a link to the original and "more like this"."""
     if table not in (TABLE, REMOVED_TABLE, None) or not _is_catalog(datasette, database):
         return None
-    from . import web
+    from datasette_imgsearch.web import search
 
-    return web.render_cell(value, column, table, database, datasette, row)
+    return search.render_cell(value, column, table, database, datasette, row)
 
 
 @hookimpl
@@ -112,6 +114,6 @@ def skip_csrf(scope: dict[str, Any]) -> bool | None:
 
 @hookimpl
 def register_commands(cli: Any) -> None:
-    from .cli import cli as imgsearch_cli
+    from datasette_imgsearch.cli import cli as imgsearch_cli
 
     cli.add_command(imgsearch_cli, name="imgsearch")

@@ -1,5 +1,5 @@
 """``python -m datasette_imgsearch`` runs the command line."""
 
-from .cli import cli
+from datasette_imgsearch.cli import cli
 
 cli()

@@ -11,17 +11,21 @@ from typing import Any, Callable, Iterator, TypeVar
 
 import click
 
-from . import pixels
-from .build import ENGINES, BuildOptions, build
-from .catalog import Catalog
-from .embed import DEFAULT_MODEL, DEVICES, PRECISIONS, Embedder
-from .errors import ImgsearchError
-from .index import INDEX_TYPES, write_index
-from .languages import MULTILINGUAL, ROUTES
-from .query import ModelChoice, check_k, check_min_score, searcher_for
-from .ray_engine import RayOptions
-from .status import catalog_status
-from .strength import STRONG
+from datasette_imgsearch.build.builder import build
+from datasette_imgsearch.build.engines import ENGINES
+from datasette_imgsearch.build.options import BuildOptions, RayOptions
+from datasette_imgsearch.catalog.catalog import Catalog
+from datasette_imgsearch.errors import ImgsearchError
+from datasette_imgsearch.images import pixels
+from datasette_imgsearch.models.choice import ModelChoice
+from datasette_imgsearch.models.embedder import Embedder
+from datasette_imgsearch.models.hardware import DEVICES, PRECISIONS
+from datasette_imgsearch.models.languages import MULTILINGUAL, ROUTES
+from datasette_imgsearch.models.names import DEFAULT_MODEL
+from datasette_imgsearch.search.searcher import check_k, check_min_score, searcher_for
+from datasette_imgsearch.search.strength import STRONG
+from datasette_imgsearch.status import catalog_status
+from datasette_imgsearch.vectors.index import INDEX_TYPES, write_index
 
 MAX_K = 10_000
 HIDDEN_INFO_KEYS = ("index_fresh", "index_type", "schema_version", "schema_version_written", "package_version")
@@ -79,7 +83,7 @@ def cli() -> None:
 @click.option("--thumbnail-size", type=click.IntRange(16, 2048), default=pixels.DEFAULT_THUMBNAIL_SIZE, show_default=True)
 @click.option("--no-thumbnails", is_flag=True, help="store no thumbnail BLOBs")
 @click.option("--reembed", is_flag=True, help="re-embed every image (with --model: switch the catalog to that model)")
-@click.option("--engine", type=click.Choice(ENGINES), default="local", show_default=True,
+@click.option("--engine", type=click.Choice(list(ENGINES)), default="local", show_default=True,
               help="ray: read, decode and embed on a Ray cluster (pip install 'datasette-imgsearch[ray]'); "
                    "this process still writes the catalog")
 @click.option("--ray-address", help="the Ray cluster to use, as for ray.init  [default: RAY_ADDRESS, else a local Ray]")
@@ -104,7 +108,8 @@ def build_command(
     if engine == "local" and (ray_address or ray_encoders != 1):
         raise click.UsageError("--ray-address and --ray-encoders go with --engine ray")
     options = BuildOptions(
-        model=model, text_model=text_model, multilingual_model=multilingual_model, device=device, precision=precision,
+        ModelChoice(model=model, text_model=text_model, multilingual_model=multilingual_model, device=device,
+                    precision=precision),
         batch_size=batch_size,
         max_megapixels=max_megapixels, thumbnail_size=None if no_thumbnails else thumbnail_size, reembed=reembed,
         engine=engine, ray=RayOptions(ray_address, ray_encoders), **({"workers": workers} if workers else {}),
@@ -208,7 +213,9 @@ def search_command(
         raise click.UsageError("give either a QUERY or --image FILE")
     with user_errors():
         count, cutoff = check_k(k, MAX_K), check_min_score(min_score)
-        searcher = searcher_for(database, ModelChoice(model, text_model, multilingual_model, route, device, precision))
+        choice = ModelChoice(model=model, text_model=text_model, multilingual_model=multilingual_model, route=route,
+                             device=device, precision=precision)
+        searcher = searcher_for(database, choice)
         if image_path is not None:
             hits = searcher.search_image_bytes(pixels.read_bytes(image_path), count, cutoff)
         else:
@@ -290,7 +297,7 @@ def toy_world_command(folder: str, count: int, seed: int, size: int) -> None:
         datasette-imgsearch toy-world ./shapes --count 200
         datasette-imgsearch build shapes.db ./shapes --model tests/fixtures/toy-clip
     """
-    from .toyworld import write_world
+    from datasette_imgsearch.images.toyworld import write_world
 
     written = write_world(Path(folder), count=count, seed=seed, size=size)
     click.echo(f"wrote {len(written)} images to {folder}")

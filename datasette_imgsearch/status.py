@@ -9,9 +9,10 @@ from __future__ import annotations
 import importlib.metadata
 from typing import Any
 
-from .catalog import SCHEMA_VERSION, Catalog
-from .index import index_state
-from .languages import multilingual_model
+from datasette_imgsearch.catalog.catalog import Catalog
+from datasette_imgsearch.catalog.migrations import schema_version
+from datasette_imgsearch.models.languages import multilingual_model
+from datasette_imgsearch.vectors.index import index_state
 
 PACKAGES = ("datasette-imgsearch", "datasette", "sqlite-utils", "sentence-transformers", "torch", "faiss-cpu",
             "pillow", "pillow-heif", "pysqlite3-binary")
@@ -47,6 +48,6 @@ def catalog_status(catalog: Catalog) -> dict[str, Any]:
         "last_build": meta.get("last_build"),
         "reembedding": meta.get("reembedding"),
         "schema_version": meta.get("schema_version"),
-        "schema_version_written": SCHEMA_VERSION,
+        "schema_version_written": schema_version(),
         "package_version": versions()["datasette-imgsearch"],
     }

@@ -43,8 +43,8 @@ try:
 except ImportError:  # transformers < 5, or torchvision installed
     from transformers import CLIPImageProcessor as ImageProcessor
 
-from datasette_imgsearch import toyworld
-from datasette_imgsearch.strength import random_texts
+from datasette_imgsearch.images import toyworld
+from datasette_imgsearch.search.strength import random_texts
 
 IMAGE_SIZE = 64
 WORDS = sorted(

@@ -35,8 +35,8 @@ from sentence_transformers.sentence_transformer.modules import Dense, Pooling, T
 from transformers import BertConfig, BertModel, BertTokenizerFast
 from transformers.utils import logging as transformers_logging
 
-from datasette_imgsearch import toyworld
-from datasette_imgsearch.strength import random_texts
+from datasette_imgsearch.images import toyworld
+from datasette_imgsearch.search.strength import random_texts
 
 TEACHER = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "toy-clip"
 

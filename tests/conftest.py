@@ -15,9 +15,11 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from datasette_imgsearch.build import BuildOptions, build
+from datasette_imgsearch.build.builder import build
+from datasette_imgsearch.build.options import BuildOptions
 from datasette_imgsearch.cli import cli
-from datasette_imgsearch.toyworld import write_world
+from datasette_imgsearch.images.toyworld import write_world
+from datasette_imgsearch.models.choice import ModelChoice
 
 TOY_MODEL = Path(__file__).parent / "fixtures" / "toy-clip"
 TOY_MULTILINGUAL = Path(__file__).parent / "fixtures" / "toy-multilingual"
@@ -54,7 +56,7 @@ def images(tmp_path: Path, world: Path) -> Path:
 def catalog(tmp_path: Path, images: Path, toy_model: str) -> Path:
     """A catalog freshly built from ``images``."""
     path = tmp_path / "photos.db"
-    build(path, images, BuildOptions(model=toy_model, batch_size=16))
+    build(path, images, BuildOptions(ModelChoice(model=toy_model), batch_size=16))
     return path
 
 
@@ -65,7 +67,7 @@ def shared_catalog(tmp_path_factory: pytest.TempPathFactory, world: Path, toy_mo
     images = folder / "images"
     shutil.copytree(world, images)
     path = folder / "photos.db"
-    build(path, images, BuildOptions(model=toy_model, batch_size=16))
+    build(path, images, BuildOptions(ModelChoice(model=toy_model), batch_size=16))
     return path
 
 

@@ -19,7 +19,7 @@ from typing import Iterator
 
 import pytest
 
-from datasette_imgsearch.toyworld import draw_image, label_of
+from datasette_imgsearch.images.toyworld import draw_image, label_of
 
 webdriver = pytest.importorskip("selenium.webdriver")
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

@@ -18,10 +18,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from datasette_imgsearch.build import Builder, BuildOptions, build
-from datasette_imgsearch.catalog import Catalog, from_blob, index_path
+from datasette_imgsearch.build.builder import Builder, build
+from datasette_imgsearch.build.options import BuildOptions
+from datasette_imgsearch.catalog.catalog import Catalog
+from datasette_imgsearch.catalog.schema import from_blob, index_path
 from datasette_imgsearch.errors import CatalogError
-from datasette_imgsearch.index import index_state
+from datasette_imgsearch.models.cache import ModelCache
+from datasette_imgsearch.models.choice import ModelChoice
+from datasette_imgsearch.vectors.index import index_state
 
 from .conftest import run_cli
 
@@ -39,12 +43,14 @@ def by_path(db: Path) -> dict[str, dict]:
     return {r["path"]: r for r in rows(db)}
 
 
-def rebuild(db: Path, folder: Path | None, model: str, **options) -> tuple[str, Builder]:
-    builder = Builder(db, folder, BuildOptions(model=model, batch_size=8, **options))
+def rebuild(db: Path, folder: Path | None, model: str, **options) -> tuple[str, ModelCache]:
+    """Build with a model cache of its own: whether it holds the model says whether the run loaded it."""
+    models = ModelCache()
+    builder = Builder(db, folder, BuildOptions(ModelChoice(model=model), batch_size=8, **options), models=models)
     try:
-        return builder.run().line(), builder
+        return builder.run().line(), models
     finally:
-        builder.catalog.close()
+        builder.close()
 
 
 def test_a_build_writes_one_row_per_image_with_its_facts(catalog: Path, images: Path) -> None:
@@ -86,9 +92,9 @@ def test_the_stored_embedding_matches_the_recipe(catalog: Path, images: Path, to
 
 
 def test_a_second_run_reads_nothing_and_loads_no_model(catalog: Path, images: Path, toy_model: str) -> None:
-    line, builder = rebuild(catalog, images, toy_model)
+    line, models = rebuild(catalog, images, toy_model)
     assert line == "60 images: 0 added, 0 moved, 0 updated, 0 removed, 0 failed, 60 unchanged"
-    assert builder.model_loaded is False
+    assert not models.is_loaded(toy_model)
 
 
 def test_the_folder_may_be_left_out_once_the_catalog_knows_it(catalog: Path, toy_model: str) -> None:
@@ -101,9 +107,9 @@ def test_moved_and_renamed_files_keep_their_row_and_embedding(catalog: Path, ima
     (images / "album").mkdir()
     shutil.move(images / names[0], images / "album" / names[0])
     shutil.move(images / names[1], images / "renamed.jpg")
-    line, builder = rebuild(catalog, images, toy_model)
+    line, models = rebuild(catalog, images, toy_model)
     assert line == "60 images: 0 added, 2 moved, 0 updated, 0 removed, 0 failed, 58 unchanged"
-    assert builder.model_loaded is False
+    assert not models.is_loaded(toy_model)
     after = by_path(catalog)
     assert after[f"album/{names[0]}"]["id"] == before[names[0]]["id"]
     assert after[f"album/{names[0]}"]["folder"] == "album"
@@ -126,8 +132,8 @@ def test_a_changed_file_is_re_embedded_under_the_same_id(catalog: Path, images: 
 def test_a_touched_file_is_unchanged(catalog: Path, images: Path, toy_model: str) -> None:
     name = sorted(by_path(catalog))[0]
     os.utime(images / name, ns=(1, 10**18))
-    line, builder = rebuild(catalog, images, toy_model)
-    assert line.endswith("0 failed, 60 unchanged") and builder.model_loaded is False
+    line, models = rebuild(catalog, images, toy_model)
+    assert line.endswith("0 failed, 60 unchanged") and not models.is_loaded(toy_model)
     assert by_path(catalog)[name]["mtime_ns"] == 10**18
 
 
@@ -145,17 +151,17 @@ def test_removed_files_leave_the_catalog_and_the_index_and_come_back_with_their_
                                 "-k", "100", "--json"))
     assert before[name]["id"] not in [hit["id"] for hit in output]
     shutil.move(kept, images / "back again.jpg")
-    line, builder = rebuild(catalog, images, toy_model)
+    line, models = rebuild(catalog, images, toy_model)
     assert line == "60 images: 1 added, 0 moved, 0 updated, 0 removed, 0 failed, 59 unchanged"
-    assert builder.model_loaded is False
+    assert not models.is_loaded(toy_model)
     assert by_path(catalog)["back again.jpg"]["id"] == before[name]["id"]
 
 
 def test_a_copy_reuses_the_embedding_without_the_model(catalog: Path, images: Path, toy_model: str) -> None:
     name = sorted(by_path(catalog))[0]
     shutil.copy(images / name, images / "copy.jpg")
-    line, builder = rebuild(catalog, images, toy_model)
-    assert line.startswith("61 images: 1 added") and builder.model_loaded is False
+    line, models = rebuild(catalog, images, toy_model)
+    assert line.startswith("61 images: 1 added") and not models.is_loaded(toy_model)
     stored = by_path(catalog)
     assert stored["copy.jpg"]["embedding"] == stored[name]["embedding"]
     assert stored["copy.jpg"]["id"] != stored[name]["id"]
@@ -226,7 +232,7 @@ def test_an_exif_rotated_photo_is_stored_upright(tmp_path: Path, toy_model: str)
     exif[0x0112] = 6
     Image.new("RGB", (300, 100), (20, 20, 200)).save(folder / "rotated.jpg", exif=exif)
     db = tmp_path / "rotated.db"
-    build(db, folder, BuildOptions(model=toy_model))
+    build(db, folder, BuildOptions(ModelChoice(model=toy_model)))
     row = rows(db)[0]
     assert (row["width"], row["height"]) == (100, 300)
     assert Image.open(io.BytesIO(row["thumbnail"])).size == (85, 256)
@@ -283,7 +289,7 @@ def test_moving_the_catalog_and_its_folder_together_keeps_everything(catalog: Pa
 def test_a_killed_build_leaves_a_consistent_catalog_and_the_next_run_carries_on(
     tmp_path: Path, toy_model: str
 ) -> None:
-    from datasette_imgsearch.toyworld import write_world
+    from datasette_imgsearch.images.toyworld import write_world
 
     folder = tmp_path / "many"
     write_world(folder, count=400, seed=3)
@@ -346,7 +352,7 @@ def test_the_same_commands_run_as_datasette_imgsearch(catalog: Path) -> None:
 
 
 def test_toy_world_writes_labelled_pictures(tmp_path: Path) -> None:
-    from datasette_imgsearch.toyworld import COLOURS, SHAPES, label_of
+    from datasette_imgsearch.images.toyworld import COLOURS, SHAPES, label_of
 
     assert run_cli("toy-world", tmp_path / "shapes", "--count", "24", "--seed", "3").strip().startswith("wrote 24 images")
     files = sorted((tmp_path / "shapes").iterdir())
@@ -358,7 +364,7 @@ def test_toy_world_writes_labelled_pictures(tmp_path: Path) -> None:
 def test_an_interrupted_reembed_must_be_finished_with_its_model(
     catalog: Path, images: Path, toy_model: str, other_dimension_model: Path, tmp_path: Path
 ) -> None:
-    from datasette_imgsearch.embed import model_key
+    from datasette_imgsearch.models.names import model_key
 
     opened = Catalog(catalog, write=True)
     opened.set_meta(reembedding=model_key(str(other_dimension_model)))  # as a run killed before staging leaves it
@@ -376,7 +382,7 @@ def test_an_interrupted_reembed_must_be_finished_with_its_model(
 
 def test_heic_photos_are_catalogued_with_the_heif_extra(tmp_path: Path, toy_model: str) -> None:
     pillow_heif = pytest.importorskip("pillow_heif", reason="the optional 'heif' extra is installed in CI")
-    from datasette_imgsearch.toyworld import draw_image
+    from datasette_imgsearch.images.toyworld import draw_image
 
     pillow_heif.register_heif_opener()
     folder = tmp_path / "phone"

@@ -8,15 +8,25 @@ from pathlib import Path
 
 import pytest
 
-from datasette_imgsearch import sqlite_functions
-from datasette_imgsearch.catalog import SCHEMA_VERSION, Catalog, StoredFile, migrate
-from datasette_imgsearch.plan import plan_reembed, plan_update
-from datasette_imgsearch.query import ModelChoice, Searcher
-from datasette_imgsearch.scan import FoundFile, ScanResult
+from datasette_imgsearch.build.builder import build
+from datasette_imgsearch.build.options import BuildOptions
+from datasette_imgsearch.build.plan import plan_reembed, plan_update
+from datasette_imgsearch.catalog import migrations, schema
+from datasette_imgsearch.catalog.catalog import Catalog, StoredFile
+from datasette_imgsearch.catalog.migrations import migrate, run_script, schema_version
+from datasette_imgsearch.catalog.schema import COLUMNS, REMOVED_TABLE, TABLE
+from datasette_imgsearch.images.scan import FoundFile, ScanResult
+from datasette_imgsearch.models.choice import ModelChoice
+from datasette_imgsearch.search.searcher import Searcher
+from datasette_imgsearch.sql import binding
 
 from .conftest import run_cli
 
-VERSION_1 = Path(__file__).parent / "fixtures" / "catalog-v1.db"  # written by datasette-imgsearch 0.1.0
+FIXTURES = Path(__file__).parent / "fixtures"
+# A real catalog of each earlier schema, written by the release that wrote it: 0.1.0 (12 rows), and two
+# later development builds with a removed row and an error row each (10 rows).
+EARLIER_SCHEMAS = {1: (FIXTURES / "catalog-v1.db", 12), 2: (FIXTURES / "catalog-v2.db", 11), 3: (FIXTURES / "catalog-v3.db", 10)}
+VERSION_1 = EARLIER_SCHEMAS[1][0]
 
 
 @pytest.fixture
@@ -26,33 +36,96 @@ def old_catalog(tmp_path: Path) -> Path:
     return path
 
 
-def test_a_version_1_catalog_is_read_as_it_is(old_catalog: Path, toy_model: str) -> None:
-    with Catalog(old_catalog) as opened:
-        assert opened.meta("schema_version") == 1 and opened.count() == 12
-    hits = Searcher(old_catalog, ModelChoice(model=toy_model)).search("a red circle", 3)
+@pytest.fixture(params=sorted(EARLIER_SCHEMAS), ids=lambda version: f"schema {version}")
+def earlier_catalog(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[int, Path, int]:
+    """(its schema, a copy of a real catalog of that schema, its rows)."""
+    source, rows = EARLIER_SCHEMAS[request.param]
+    path = tmp_path / f"schema-{request.param}.db"
+    shutil.copy(source, path)
+    return request.param, path, rows
+
+
+def written_schema(path: Path) -> int:
+    return sqlite3.connect(path).execute("select value from imgsearch_meta where key = 'schema_version'").fetchone()[0]
+
+
+def test_there_is_a_fixture_catalog_of_every_earlier_schema() -> None:
+    assert set(EARLIER_SCHEMAS) >= set(range(1, schema_version()))
+    assert all(written_schema(path) == version for version, (path, _) in EARLIER_SCHEMAS.items())
+
+
+def test_an_earlier_catalog_is_read_as_it_is(earlier_catalog: tuple[int, Path, int], toy_model: str) -> None:
+    version, path, rows = earlier_catalog
+    with Catalog(path) as opened:
+        assert opened.meta("schema_version") == version and opened.count() == rows
+    hits = Searcher(path, ModelChoice(model=toy_model)).search("a red circle", 3)
     assert len(hits) == 3
-    version = sqlite3.connect(old_catalog).execute("select value from imgsearch_meta where key = 'schema_version'")
-    assert version.fetchone() == (1,)  # reading never migrates
+    assert written_schema(path) == version  # reading never migrates
 
 
-def test_opening_a_version_1_catalog_for_writing_upgrades_it_in_place(old_catalog: Path, toy_model: str) -> None:
-    ids = [r[0] for r in sqlite3.connect(old_catalog).execute("select id from images order by id")]
-    with Catalog(old_catalog, write=True) as opened:
-        assert opened.meta("schema_version") == SCHEMA_VERSION
+def test_opening_an_earlier_catalog_for_writing_upgrades_it_in_place(earlier_catalog: tuple[int, Path, int]) -> None:
+    version, path, rows = earlier_catalog
+    before = sqlite3.connect(path)
+    ids = [r[0] for r in before.execute("select id from images order by id")]
+    removed = before.execute("select id, path from imgsearch_removed").fetchall()
+    before.close()
+    with Catalog(path, write=True) as opened:
+        assert opened.meta("schema_version") == schema_version()
         assert opened.reembedded_ids() == set()
-    conn = sqlite3.connect(old_catalog)
+    conn = sqlite3.connect(path)
     assert [r[0] for r in conn.execute("select id from images order by id")] == ids
+    assert conn.execute("select id, path from imgsearch_removed").fetchall() == removed
     triggers = {r[0] for r in conn.execute("select name from sqlite_master where type = 'trigger'")}
     assert {"images_embedding_length_on_insert", "images_embedding_length_on_update"} <= triggers
-    info = run_cli("info", old_catalog)
-    assert f"schema:      {SCHEMA_VERSION} (this datasette-imgsearch " in info and f"writes {SCHEMA_VERSION})" in info
+    info = run_cli("info", path)
+    assert f"schema:      {schema_version()} (this datasette-imgsearch " in info and f"writes {schema_version()})" in info
+
+
+def test_the_migrations_arrive_at_the_schema_the_code_describes(tmp_path: Path, earlier_catalog: tuple[int, Path, int]) -> None:
+    _, path, _ = earlier_catalog
+    new = tmp_path / "new.db"
+    for built in (path, new):
+        conn = sqlite3.connect(built)
+        migrate(conn)
+        for table in (TABLE, REMOVED_TABLE):
+            columns = {row[1]: row[2] for row in conn.execute(f"pragma table_info([{table}])")}
+            assert list(columns)[1:len(COLUMNS) + 1] == list(COLUMNS)
+            assert [columns[name] for name in COLUMNS] == [kind.split()[0] for kind in COLUMNS.values()]
+
+
+def add_a_caption_column(conn: sqlite3.Connection) -> None:
+    """What the next migration that adds a column will look like."""
+    run_script(conn, """
+ALTER TABLE [images] ADD COLUMN [caption] TEXT;
+ALTER TABLE [imgsearch_removed] ADD COLUMN [caption] TEXT;
+""")
+
+
+@pytest.mark.parametrize("start", ["new"] + sorted(EARLIER_SCHEMAS))
+def test_a_migration_that_adds_a_column_applies_to_new_catalogs_and_to_every_earlier_schema(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, start: object, world: Path, toy_model: str
+) -> None:
+    monkeypatch.setattr(migrations, "MIGRATIONS", migrations.MIGRATIONS + [add_a_caption_column])
+    monkeypatch.setitem(schema.COLUMNS, "caption", "TEXT")
+    path = tmp_path / "photos.db"
+    if start == "new":
+        build(path, world, BuildOptions(ModelChoice(model=toy_model), batch_size=16))
+    else:
+        shutil.copy(EARLIER_SCHEMAS[start][0], path)
+        with Catalog(path, write=True):
+            pass
+    assert written_schema(path) == len(migrations.MIGRATIONS)
+    conn = sqlite3.connect(path)
+    assert "caption" in {row[1] for row in conn.execute("pragma table_info(images)")}
+    assert conn.execute("select count(*) from images where caption is null").fetchone()[0] == conn.execute(
+        "select count(*) from images").fetchone()[0] > 0
 
 
 def test_migrations_run_once_each_and_record_the_version(tmp_path: Path) -> None:
     conn = sqlite3.connect(tmp_path / "new.db")
     assert migrate(conn) == 0
-    assert migrate(conn) == SCHEMA_VERSION
-    assert conn.execute("select value from imgsearch_meta where key = 'schema_version'").fetchone() == (SCHEMA_VERSION,)
+    assert migrate(conn) == schema_version()
+    assert conn.execute("select value from imgsearch_meta where key = 'schema_version'").fetchone() == (schema_version(),)
 
 
 def test_a_catalog_from_a_newer_release_is_refused(old_catalog: Path) -> None:
@@ -101,7 +174,7 @@ def failing(*arguments: object) -> None:
 
 def test_a_standard_library_connection_gets_readable_errors() -> None:
     conn = sqlite3.connect(":memory:")
-    assert sqlite_functions.create_function(conn, "f", -1, failing) is True
+    assert binding.create_function(conn, "f", -1, failing) is True
     with pytest.raises(sqlite3.OperationalError, match=r"f\(\): bad arguments \(1, 'x'\)"):
         conn.execute("select f(1, 'x')").fetchone()
 
@@ -109,9 +182,9 @@ def test_a_standard_library_connection_gets_readable_errors() -> None:
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 def test_a_connection_the_library_did_not_open_falls_back_safely() -> None:
     conn = sqlite3.connect(":memory:")
-    conn.create_function(sqlite_functions.TOKEN_FUNCTION, 0, lambda: 12345)  # a token SQLite never handed out
-    assert sqlite_functions.create_function(conn, "f", -1, failing) is False
-    assert sqlite_functions.create_function(conn, "g", -1, lambda *a: len(a)) is False
+    conn.create_function(binding.TOKEN_FUNCTION, 0, lambda: 12345)  # a token SQLite never handed out
+    assert binding.create_function(conn, "f", -1, failing) is False
+    assert binding.create_function(conn, "g", -1, lambda *a: len(a)) is False
     assert conn.execute("select g(1, 2, 3)").fetchone() == (3,)
     with pytest.raises(sqlite3.OperationalError, match="user-defined function raised exception"):
         conn.execute("select f()").fetchone()
@@ -120,6 +193,6 @@ def test_a_connection_the_library_did_not_open_falls_back_safely() -> None:
 def test_a_pysqlite3_connection_gets_readable_errors_from_its_own_library() -> None:
     dbapi2 = pytest.importorskip("pysqlite3.dbapi2", reason="pysqlite3-binary is installed in CI's second run")
     conn = dbapi2.connect(":memory:")
-    assert sqlite_functions.create_function(conn, "f", -1, failing) is True
+    assert binding.create_function(conn, "f", -1, failing) is True
     with pytest.raises(dbapi2.OperationalError, match=r"f\(\): bad arguments \(2,\)"):
         conn.execute("select f(2)").fetchone()

@@ -10,12 +10,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from datasette_imgsearch import store
-from datasette_imgsearch.build import BuildOptions, build
-from datasette_imgsearch.catalog import Catalog, index_path
-from datasette_imgsearch.query import Searcher
-from datasette_imgsearch.ranking import top_k
-from datasette_imgsearch.toyworld import write_world
+from datasette_imgsearch.build.builder import build
+from datasette_imgsearch.build.options import BuildOptions
+from datasette_imgsearch.catalog.catalog import Catalog
+from datasette_imgsearch.catalog.schema import index_path
+from datasette_imgsearch.images.toyworld import write_world
+from datasette_imgsearch.models.choice import ModelChoice
+from datasette_imgsearch.search.searcher import Searcher
+from datasette_imgsearch.vectors import store
+from datasette_imgsearch.vectors.ranking import top_k
 
 from .conftest import run_cli
 
@@ -60,7 +63,7 @@ def test_a_server_searching_during_a_build_catches_up_and_stays_exact(
         assert loaded.base is base  # caught up, never read in full again
         views.append(loaded.vectors_from)
 
-    build(catalog, images, BuildOptions(model=toy_model, batch_size=2), progress=search_now)
+    build(catalog, images, BuildOptions(ModelChoice(model=toy_model), batch_size=2), progress=search_now)
     assert any("caught up with" in view for view in views)
     found = [hit.id for hit in searcher.search_vector(vector, 8, set(), None)]
     assert found == exact_top(catalog, vector, 8)

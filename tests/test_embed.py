@@ -11,10 +11,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from datasette_imgsearch.batcher import Batcher
-from datasette_imgsearch.embed import Embedder, load_embedder, same_model
 from datasette_imgsearch.errors import ModelError
-from datasette_imgsearch.query import Searcher
+from datasette_imgsearch.models.batcher import Batcher
+from datasette_imgsearch.models.cache import load_embedder
+from datasette_imgsearch.models.embedder import Embedder
+from datasette_imgsearch.models.names import same_model
+from datasette_imgsearch.search.searcher import Searcher
 
 from .conftest import run_cli
 
@@ -131,7 +133,7 @@ def test_a_text_model_of_another_dimension_is_refused_at_query_time(
 def test_the_model_input_side_follows_every_processor_shape(image_processor: dict, side: int) -> None:
     from types import SimpleNamespace
 
-    from datasette_imgsearch.embed import model_input_side
+    from datasette_imgsearch.models.preprocessing import model_input_side
 
     assert model_input_side(SimpleNamespace(**image_processor)) == side
 
@@ -141,7 +143,7 @@ def photo(width: int, height: int) -> bytes:
     import io
     import random
 
-    from datasette_imgsearch.toyworld import draw_image
+    from datasette_imgsearch.images.toyworld import draw_image
 
     side = max(width, height)
     base = draw_image("blue", "triangle", random.Random(width + height), size=1024).resize((side, side), Image.Resampling.BICUBIC)
@@ -154,7 +156,7 @@ def photo(width: int, height: int) -> bytes:
 
 @pytest.mark.parametrize("size", [(4000, 3000), (3000, 4000), (6000, 1500), (1500, 6000), (800, 531), (640, 480), (1280, 720)])
 def test_reduced_decoding_gives_the_model_the_input_its_own_processor_gives(toy_model: str, size: tuple[int, int]) -> None:
-    from datasette_imgsearch import pixels
+    from datasette_imgsearch.images import pixels
 
     embedder = load_embedder(toy_model, "cpu")
     data = photo(*size)
@@ -175,14 +177,14 @@ def test_reduced_decoding_gives_the_model_the_input_its_own_processor_gives(toy_
     ("Features\t: fp asimd evtstrm aes", False),
 ])
 def test_bf16_counts_as_native_only_with_the_cpu_feature(cpuinfo: str, native: bool) -> None:
-    from datasette_imgsearch.embed import native_bf16
+    from datasette_imgsearch.models.hardware import native_bf16
 
     assert native_bf16(cpuinfo) is native
 
 
 def test_auto_precision_is_recorded_as_what_it_resolved_to(tmp_path: Path, images: Path, toy_model: str) -> None:
-    from datasette_imgsearch.catalog import Catalog
-    from datasette_imgsearch.embed import best_precision
+    from datasette_imgsearch.catalog.catalog import Catalog
+    from datasette_imgsearch.models.hardware import best_precision
 
     db = tmp_path / "auto.db"
     run_cli("build", db, images, "--model", toy_model, "--silent")  # --precision auto is the default
@@ -193,8 +195,8 @@ def test_auto_precision_is_recorded_as_what_it_resolved_to(tmp_path: Path, image
 def test_bf16_vectors_stay_within_cosine_0_999_of_fp32_and_rank_the_same(tmp_path: Path, images: Path, toy_model: str) -> None:
     import sqlite3
 
-    from datasette_imgsearch.catalog import from_blob
-    from datasette_imgsearch.toyworld import label_of
+    from datasette_imgsearch.catalog.schema import from_blob
+    from datasette_imgsearch.images.toyworld import label_of
 
     vectors = {}
     for precision in ("fp32", "bf16"):
@@ -210,8 +212,8 @@ def test_bf16_vectors_stay_within_cosine_0_999_of_fp32_and_rank_the_same(tmp_pat
 
 
 def test_queries_encoded_in_bf16_stay_within_cosine_0_999_of_fp32_and_rank_the_same(shared_catalog: Path) -> None:
-    from datasette_imgsearch.query import ModelChoice
-    from datasette_imgsearch.toyworld import COLOURS, SHAPES
+    from datasette_imgsearch.images.toyworld import COLOURS, SHAPES
+    from datasette_imgsearch.models.choice import ModelChoice
 
     queries = [f"a {colour} {shape}" for colour in COLOURS for shape in SHAPES] + ["something red - red + blue"]
     searchers = {precision: Searcher(shared_catalog, ModelChoice(precision=precision)) for precision in ("fp32", "bf16")}

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from datasette_imgsearch import embed
-from datasette_imgsearch.embed import Embedder
+from datasette_imgsearch.models import embedder as embedder_module
+from datasette_imgsearch.models.embedder import Embedder
 
 TEXTS = ["a red circle", "Something   YELLOW!", "it's a photo of 42 cats", "红色的圆", "café crème", "x" * 300,
          "a " * 100, ""]
@@ -107,7 +107,7 @@ def test_a_folder_fastclip_does_not_reproduce_goes_through_sentence_transformers
     else:
         (folder / "model.safetensors").rename(folder / "weights.safetensors")
     if change == "no weights":
-        assert embed._plain_clip(str(folder), "cpu") is None
+        assert embedder_module._plain_clip(str(folder), "cpu") is None
         return
     embedder = Embedder(str(folder), "cpu", "fp32")
     assert embedder.clip is None and embedder.encode_texts(["a red circle"]).shape == (1, 32)
@@ -117,7 +117,7 @@ def test_other_models_and_the_switch_go_through_sentence_transformers(
     toy_multilingual: str, toy_model: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     assert Embedder(toy_multilingual, "cpu").clip is None
-    monkeypatch.setattr(embed, "PLAIN_CLIP", False)
+    monkeypatch.setattr(embedder_module, "PLAIN_CLIP", False)
     assert Embedder(toy_model, "cpu").clip is None
 
 

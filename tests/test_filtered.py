@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 from datasette.app import Datasette
 
-from datasette_imgsearch import store
-from datasette_imgsearch.catalog import from_blob
-from datasette_imgsearch.index import restricted_to
-from datasette_imgsearch.query import Candidates, Searcher
-from datasette_imgsearch.toyworld import label_of
+from datasette_imgsearch.catalog.schema import from_blob
+from datasette_imgsearch.images.toyworld import label_of
+from datasette_imgsearch.search.searcher import Candidates, Searcher
+from datasette_imgsearch.vectors import store
+from datasette_imgsearch.vectors.index import restricted_to
 
 from .conftest import run_cli
 from .test_plugin import sql

@@ -13,8 +13,8 @@ import pytest_asyncio
 from datasette.app import Datasette
 from PIL import Image
 
-from datasette_imgsearch.query import Candidates, Searcher
-from datasette_imgsearch.toyworld import label_of
+from datasette_imgsearch.images.toyworld import label_of
+from datasette_imgsearch.search.searcher import Candidates, Searcher
 
 from .test_plugin import SEARCH, make_datasette, started
 

@@ -18,11 +18,15 @@ from datasette.app import Datasette
 from PIL import Image
 from sqlite_utils.utils import sqlite3 as sqlite_utils_sqlite3  # pysqlite3 where installed
 
-from datasette_imgsearch.build import BuildOptions, build
-from datasette_imgsearch.catalog import Catalog, Upsert, catalog_files, to_blob
-from datasette_imgsearch.embed import model_key
+from datasette_imgsearch.build.builder import build
+from datasette_imgsearch.build.options import BuildOptions
+from datasette_imgsearch.catalog.catalog import Catalog
+from datasette_imgsearch.catalog.changes import Upsert
+from datasette_imgsearch.catalog.schema import catalog_files, to_blob
 from datasette_imgsearch.errors import CatalogError
-from datasette_imgsearch.query import Searcher, searcher_for
+from datasette_imgsearch.models.choice import ModelChoice
+from datasette_imgsearch.models.names import model_key
+from datasette_imgsearch.search.searcher import Searcher, searcher_for
 
 from .conftest import run_cli
 from .test_plugin import SEARCH, make_datasette, sql, started
@@ -135,7 +139,7 @@ async def test_a_symlinked_external_folder_is_catalogued_and_served_alike(tmp_pa
     shutil.copytree(world, external)
     (pictures / "drive").symlink_to(external, target_is_directory=True)
     db = tmp_path / "photos.db"
-    build(db, pictures, BuildOptions(model=toy_model, batch_size=16))
+    build(db, pictures, BuildOptions(ModelChoice(model=toy_model), batch_size=16))
     conn = sqlite3.connect(db)
     row_id, path = conn.execute("select id, path from images order by id limit 1").fetchone()
     conn.close()
@@ -163,7 +167,7 @@ def test_an_interrupted_first_build_remembers_its_model_dimension_and_folder(
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        build(db, images, BuildOptions(model=toy_model, batch_size=8, workers=1), progress=interrupt)
+        build(db, images, BuildOptions(ModelChoice(model=toy_model), batch_size=8, workers=1), progress=interrupt)
     with Catalog(db) as opened:
         assert 8 <= opened.count() < 60
         assert opened.meta("model") == model_key(toy_model) and opened.meta("dimension") == 32
@@ -223,7 +227,7 @@ async def test_a_reembed_keeps_the_catalog_searchable_and_switches_in_one_go(
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        build(catalog, images, BuildOptions(model=str(other_dimension_model), reembed=True, batch_size=8, workers=1),
+        build(catalog, images, BuildOptions(ModelChoice(model=str(other_dimension_model)), reembed=True, batch_size=8, workers=1),
               progress=interrupt)
     with Catalog(catalog) as opened:
         assert opened.meta("dimension") == 32 and 8 <= len(opened.reembedded_ids()) < 60

@@ -10,9 +10,10 @@ import faiss
 import numpy as np
 import pytest
 
-from datasette_imgsearch.catalog import Catalog, index_path
-from datasette_imgsearch.index import INDEX_TYPES, index_state, make_index, read_index, write_index
-from datasette_imgsearch.query import Searcher
+from datasette_imgsearch.catalog.catalog import Catalog
+from datasette_imgsearch.catalog.schema import index_path
+from datasette_imgsearch.search.searcher import Searcher
+from datasette_imgsearch.vectors.index import INDEX_TYPES, index_state, make_index, read_index, write_index
 
 from .conftest import run_cli
 
@@ -68,7 +69,7 @@ def test_a_foreign_index_file_is_detected(catalog: Path, tmp_path: Path, images:
 def test_the_index_file_is_hashed_only_when_it_is_not_the_file_written_and_then_once(
     catalog: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from datasette_imgsearch import index
+    from datasette_imgsearch.vectors import index
 
     hashed: list[Path] = []
     real = index.sha256_of
@@ -131,8 +132,8 @@ def test_an_ivf_index_is_memory_mapped_where_faiss_can_and_answers_alike(
 ) -> None:
     import faiss
 
-    from datasette_imgsearch.index import read_index
-    from datasette_imgsearch.query import Searcher
+    from datasette_imgsearch.search.searcher import Searcher
+    from datasette_imgsearch.vectors.index import read_index
 
     run_cli("index", catalog, "--type", "ivf")
     expected = [h.id for h in Searcher(catalog).search("a blue square", 5)]
@@ -151,7 +152,7 @@ def test_the_codes_of_other_index_types_are_memory_mapped_where_faiss_can_and_an
 ) -> None:
     import faiss
 
-    from datasette_imgsearch.query import Searcher
+    from datasette_imgsearch.search.searcher import Searcher
 
     run_cli("index", catalog, "--type", kind)
     expected = [h.id for h in Searcher(catalog).search("a blue square", 5)]

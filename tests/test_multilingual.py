@@ -16,14 +16,16 @@ import pytest
 import pytest_asyncio
 from datasette.app import Datasette
 
-from datasette_imgsearch import embed
-from datasette_imgsearch.build import BuildOptions, build
-from datasette_imgsearch.catalog import Catalog
+from datasette_imgsearch.build.builder import build
+from datasette_imgsearch.build.options import BuildOptions
+from datasette_imgsearch.catalog.catalog import Catalog
 from datasette_imgsearch.errors import CatalogError, ModelError, QueryError
-from datasette_imgsearch.languages import english_like, multilingual_model, reader_of
-from datasette_imgsearch.query import ModelChoice, Searcher
+from datasette_imgsearch.images.toyworld import COLOURS, SHAPES, label_of
+from datasette_imgsearch.models import cache, embedder
+from datasette_imgsearch.models.choice import ModelChoice
+from datasette_imgsearch.models.languages import english_like, multilingual_model, reader_of
+from datasette_imgsearch.search.searcher import Searcher
 from datasette_imgsearch.settings import Settings
-from datasette_imgsearch.toyworld import COLOURS, SHAPES, label_of
 
 from .conftest import run_cli
 from .test_plugin import make_datasette, started
@@ -50,7 +52,7 @@ def ml_catalog(tmp_path_factory: pytest.TempPathFactory, world: Path, toy_model:
     folder = tmp_path_factory.mktemp("multilingual")
     shutil.copytree(world, folder / "images")
     path = folder / "photos.db"
-    build(path, folder / "images", BuildOptions(model=toy_model, multilingual_model=toy_multilingual, batch_size=16))
+    build(path, folder / "images", BuildOptions(ModelChoice(model=toy_model, multilingual_model=toy_multilingual), batch_size=16))
     return path
 
 
@@ -103,7 +105,7 @@ def test_which_multilingual_model_a_catalog_has(
 
 def test_an_unknown_route_setting_is_refused() -> None:
     with pytest.raises(ValueError, match="route setting must be one of auto, clip, multilingual"):
-        Settings(route="english")
+        Settings(ModelChoice(route="english"))
 
 
 # Held-out Chinese, through every door ----------------------------------------------------------------
@@ -185,15 +187,15 @@ def test_the_multilingual_model_loads_at_the_first_term_that_needs_it(
     student = tmp_path / "student"  # a copy of its own, so no other test has loaded it yet
     shutil.copytree(toy_multilingual, student)
     db = tmp_path / "photos.db"
-    build(db, world, BuildOptions(model=toy_model, multilingual_model=str(student), batch_size=16))
-    embed._cache.clear()  # the build checked it; a server starts with nothing loaded
+    build(db, world, BuildOptions(ModelChoice(model=toy_model, multilingual_model=str(student)), batch_size=16))
+    cache.MODELS.clear()  # the build checked it; a server starts with nothing loaded
     searcher = Searcher(db)
     searcher.load()
     searcher.search("a red circle", 3)
-    assert not embed.is_loaded(str(student))
+    assert not cache.is_loaded(str(student))
     assert searcher.state()["multilingual_loaded"] is False
     searcher.search("红色的圆", 3)
-    assert embed.is_loaded(str(student))
+    assert cache.is_loaded(str(student))
     assert searcher.state()["multilingual_loaded"] is True
 
 
@@ -218,21 +220,21 @@ def test_offline_without_the_default_multilingual_model_a_chinese_term_says_what
 
 def test_a_hub_model_that_failed_is_not_tried_again_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
     tries = []
-    real_load = embed._load
+    real_load = embedder.load_sentence_transformer
 
     def counting_load(*arguments: object) -> object:
         tries.append(arguments)
         return real_load(*arguments)
 
-    monkeypatch.setattr(embed, "_load", counting_load)
-    monkeypatch.setattr(embed, "_failures", {})
+    monkeypatch.setattr(embedder, "load_sentence_transformer", counting_load)
+    models = cache.ModelCache()
     for _ in range(3):
         with pytest.raises(ModelError, match="not in the local cache"):
-            embed.load_embedder("no-such-multilingual-model-xyz", "cpu")
+            models.load("no-such-multilingual-model-xyz", "cpu")
     assert len(tries) == 1
-    monkeypatch.setattr(embed, "FAILURE_MEMORY_SECONDS", 0.0)
+    models.failure_memory_seconds = 0.0
     with pytest.raises(ModelError):
-        embed.load_embedder("no-such-multilingual-model-xyz", "cpu")
+        models.load("no-such-multilingual-model-xyz", "cpu")
     assert len(tries) == 2
 
 
@@ -240,7 +242,8 @@ def test_a_multilingual_model_of_another_dimension_is_refused_at_build_and_at_se
     tmp_path: Path, world: Path, toy_model: str, other_dimension_model: Path, shared_catalog: Path
 ) -> None:
     with pytest.raises(CatalogError, match="gives 16-dimensional vectors, but .* gives 32-dimensional ones"):
-        build(tmp_path / "photos.db", world, BuildOptions(model=toy_model, multilingual_model=str(other_dimension_model)))
+        choice = ModelChoice(model=toy_model, multilingual_model=str(other_dimension_model))
+        build(tmp_path / "photos.db", world, BuildOptions(choice))
     assert not (tmp_path / "photos.db").exists()
     searcher = Searcher(shared_catalog, ModelChoice(multilingual_model=str(other_dimension_model)))
     with pytest.raises(ModelError, match="16-dimensional"):
@@ -288,7 +291,7 @@ async def test_the_plugin_settings_choose_the_multilingual_model_and_the_route(
 
 @pytest.mark.parametrize("query", ["乱七八糟", "бессмыслица", "ñoñería ßß"])
 def test_nonsense_in_other_scripts_looks_like_nonsense_too(ml_catalog: Path, query: str) -> None:
-    from datasette_imgsearch.strength import STRONG
+    from datasette_imgsearch.search.strength import STRONG
 
     searcher = Searcher(ml_catalog)
     assert searcher.readings(query)[0].reader == "multilingual"
@@ -297,7 +300,7 @@ def test_nonsense_in_other_scripts_looks_like_nonsense_too(ml_catalog: Path, que
 
 
 def test_strong_keeps_its_meaning_for_random_text_in_the_multilingual_scripts(ml_catalog: Path) -> None:
-    from datasette_imgsearch.strength import STRONG, random_texts
+    from datasette_imgsearch.search.strength import STRONG, random_texts
 
     searcher = Searcher(ml_catalog)
     fresh = random_texts(200, seed=11, foreign=True)  # not the strings the calibration used

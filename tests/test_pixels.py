@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from datasette_imgsearch import pixels
+from datasette_imgsearch.images import pixels
 
 
 def encode(image: Image.Image, fmt: str, **options) -> bytes:

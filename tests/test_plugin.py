@@ -17,7 +17,7 @@ from datasette.app import Datasette
 from datasette.version import __version__ as datasette_version
 from PIL import Image
 
-from datasette_imgsearch.query import searcher_for
+from datasette_imgsearch.search.searcher import searcher_for
 
 from .conftest import run_cli
 

@@ -9,11 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from datasette_imgsearch import store
-from datasette_imgsearch.catalog import from_blob
+from datasette_imgsearch.catalog.schema import from_blob
 from datasette_imgsearch.errors import ModelError, QueryError
-from datasette_imgsearch.query import Searcher, Term, check_k, parse
-from datasette_imgsearch.ranking import top_k
+from datasette_imgsearch.search.searcher import Searcher, Term, check_k, parse
+from datasette_imgsearch.vectors import store
+from datasette_imgsearch.vectors.ranking import top_k
 
 from .conftest import run_cli
 
@@ -149,7 +149,7 @@ def test_min_score_leaves_out_weak_matches(shared_catalog: Path) -> None:
 def test_the_bfloat16_first_pass_never_changes_the_exact_top_k() -> None:
     import torch
 
-    from datasette_imgsearch.ranking import FIRST_PASS_MARGIN, exact_scores, rescored_top_k, scores_of
+    from datasette_imgsearch.vectors.ranking import FIRST_PASS_MARGIN, exact_scores, rescored_top_k, scores_of
 
     rng = np.random.default_rng(3)
     centres = rng.normal(size=(50, 64)).astype(np.float32)
@@ -175,7 +175,7 @@ def test_a_shared_pass_reads_the_first_pass_unless_several_queries_would_run_emu
 ) -> None:
     import torch
 
-    from datasette_imgsearch.ranking import FIRST_PASS_MARGIN, score_batch
+    from datasette_imgsearch.vectors.ranking import FIRST_PASS_MARGIN, score_batch
 
     rng = np.random.default_rng(5)
     matrix = rng.normal(size=(2_000, 64)).astype(np.float32)

@@ -12,12 +12,15 @@ from typing import Iterator
 import numpy as np
 import pytest
 
-from datasette_imgsearch.build import BuildOptions, build
-from datasette_imgsearch.catalog import Catalog, index_path
+from datasette_imgsearch.build.builder import build
+from datasette_imgsearch.build.engines.ray import Decode
+from datasette_imgsearch.build.options import BuildOptions
+from datasette_imgsearch.catalog.catalog import Catalog
+from datasette_imgsearch.catalog.schema import index_path
 from datasette_imgsearch.errors import CatalogError
-from datasette_imgsearch.index import index_state, read_index
-from datasette_imgsearch.ray_engine import Decode
-from datasette_imgsearch.toyworld import write_world
+from datasette_imgsearch.images.toyworld import write_world
+from datasette_imgsearch.models.choice import ModelChoice
+from datasette_imgsearch.vectors.index import index_state, read_index
 
 from .conftest import run_cli
 
@@ -79,7 +82,7 @@ def assert_same_catalog(local: Path, distributed: Path) -> None:
 
 
 def options(toy_model: str, engine: str, **more: object) -> BuildOptions:
-    return BuildOptions(model=toy_model, batch_size=16, engine=engine, **more)
+    return BuildOptions(ModelChoice(model=toy_model), batch_size=16, engine=engine, **more)
 
 
 def test_a_ray_build_gives_the_catalog_a_local_build_gives(tmp_path: Path, world: Path, toy_model: str) -> None:
@@ -181,7 +184,8 @@ def test_decode_workers_get_a_clip_models_preprocessing_without_its_weights(worl
     import torch
     from PIL import Image
 
-    from datasette_imgsearch.embed import Embedder, load_embedder
+    from datasette_imgsearch.models.cache import load_embedder
+    from datasette_imgsearch.models.embedder import Embedder
 
     embedder = load_embedder(toy_model, "cpu", "fp32")
     sent = pickle.loads(pickle.dumps(embedder.pixels_only()))  # what the driver ships to each decode worker

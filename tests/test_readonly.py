@@ -18,7 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from datasette_imgsearch.build import BuildOptions, build
+from datasette_imgsearch.build.builder import build
+from datasette_imgsearch.build.options import BuildOptions
+from datasette_imgsearch.models.choice import ModelChoice
 
 HERE = Path(__file__).resolve()
 
@@ -38,7 +40,7 @@ def read_only_mount_available(folder: Path) -> str | None:
 @pytest.fixture
 def read_only_catalog(tmp_path: Path, images: Path, toy_model: str) -> Path:
     db = tmp_path / "photos.db"
-    build(db, images, BuildOptions(model=toy_model, batch_size=16))
+    build(db, images, BuildOptions(ModelChoice(model=toy_model), batch_size=16))
     why = read_only_mount_available(tmp_path)
     if why:
         pytest.skip(why)
@@ -75,7 +77,7 @@ def test_plugin_and_cli_work_on_really_read_only_storage(read_only_catalog: Path
 async def _probe_datasette(db: Path, immutable: bool) -> dict[str, int]:
     from datasette.app import Datasette
 
-    from datasette_imgsearch.query import searcher_for
+    from datasette_imgsearch.search.searcher import searcher_for
 
     ds = Datasette([] if immutable else [str(db)], immutables=[str(db)] if immutable else [])
     await ds.invoke_startup()

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from datasette_imgsearch.catalog import catalog_files
-from datasette_imgsearch.scan import scan
+from datasette_imgsearch.catalog.schema import catalog_files
+from datasette_imgsearch.images.scan import scan
 
 
 def touch(path: Path) -> Path:

@@ -14,9 +14,9 @@ import pytest_asyncio
 from datasette.app import Datasette
 
 from datasette_imgsearch.errors import QueryError
-from datasette_imgsearch.query import Searcher, check_min_score
-from datasette_imgsearch.strength import STRONG, Calibration, random_texts
-from datasette_imgsearch.toyworld import COLOURS, SHAPES, draw_image
+from datasette_imgsearch.images.toyworld import COLOURS, SHAPES, draw_image
+from datasette_imgsearch.search.searcher import Searcher, check_min_score
+from datasette_imgsearch.search.strength import STRONG, Calibration, random_texts
 
 from .conftest import run_cli
 from .test_plugin import make_datasette, sql, started
@@ -142,8 +142,8 @@ async def test_an_upload_with_the_strong_cut_off_gets_a_400(ds: Datasette) -> No
 def test_the_random_texts_are_encoded_once_per_model_and_kept_in_the_cache(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, toy_model: str
 ) -> None:
-    from datasette_imgsearch.embed import load_embedder
-    from datasette_imgsearch.strength import random_text_vectors
+    from datasette_imgsearch.models.cache import load_embedder
+    from datasette_imgsearch.search.strength import random_text_vectors
 
     monkeypatch.setenv("IMGSEARCH_CACHE", str(tmp_path / "cache"))
     embedder = load_embedder(toy_model, "cpu")
@@ -167,7 +167,7 @@ def test_the_random_texts_are_encoded_once_per_model_and_kept_in_the_cache(
 
 
 def test_a_model_folder_changed_in_place_is_another_model(tmp_path: Path, toy_model: str) -> None:
-    from datasette_imgsearch.embed import Embedder
+    from datasette_imgsearch.models.embedder import Embedder
 
     folder = tmp_path / "model"
     shutil.copytree(toy_model, folder)

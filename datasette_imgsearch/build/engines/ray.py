@@ -21,20 +21,18 @@ from typing import TYPE_CHECKING, Any, Iterator
 
 import numpy as np
 
-from .errors import CatalogError
+from datasette_imgsearch.errors import CatalogError
+
+from datasette_imgsearch.build.engines.base import EngineJob
+from datasette_imgsearch.build.inspect import Inspected, inspect_file
+from datasette_imgsearch.images.scan import FoundFile
+from datasette_imgsearch.models.names import looks_like_path
 
 if TYPE_CHECKING:
-    from .build import BuildOptions, Inspected
-    from .embed import PixelsOnly, Preprocessor
-    from .scan import FoundFile
+    from datasette_imgsearch.build.options import BuildOptions
+    from datasette_imgsearch.models.preprocessing import PixelsOnly, Preprocessor
 
 INSTALL_HINT = "--engine ray needs Ray: pip install 'datasette-imgsearch[ray]'"
-
-
-@dataclass(frozen=True)
-class RayOptions:
-    address: str | None = None  # None: the cluster in RAY_ADDRESS, else a local Ray started for this build
-    encoders: int = 1  # Encode actors (one GPU each with --device cuda)
 
 
 class Decode:
@@ -60,14 +58,11 @@ class Decode:
         loaded at the first new picture for its processor (the network stays idle)."""
         if self.pixels is not None:
             return self.pixels
-        from .embed import load_embedder
+        from datasette_imgsearch.models.cache import load_embedder
 
         return load_embedder(self.model, "cpu", "fp32")
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        from .build import inspect_file
-        from .scan import FoundFile
-
         out: dict[str, list[Any]] = {"number": [], "hash": [], "facts": [], "error": [], "features": []}
         for number, path, absolute, size, mtime_ns in zip(
             batch["number"], batch["path"], batch["absolute"], batch["size"], batch["mtime_ns"]
@@ -86,7 +81,7 @@ class Encode:
     """Ray actor: embed the preprocessed pixels of a batch with the model, loaded once per actor."""
 
     def __init__(self, model: str, device: str, precision: str) -> None:
-        from .embed import load_embedder
+        from datasette_imgsearch.models.cache import load_embedder
 
         self.embedder = load_embedder(model, device, precision)
 
@@ -111,9 +106,11 @@ def _columns(values: dict[str, list[Any]]) -> dict[str, np.ndarray]:
 
 
 class RayEngine:
-    """Runs the read-decode-embed part of a build on Ray; :class:`build.Builder` does the rest."""
+    """Runs the read-decode-embed part of a build on Ray (see :class:`base.Engine`)."""
 
-    def __init__(self, options: RayOptions) -> None:
+    def __init__(self, job: EngineJob) -> None:
+        job.embedder()  # the model is checked here (images, dimension) before any worker starts
+        options = job.options.ray
         try:
             import ray
         except ImportError:
@@ -126,25 +123,18 @@ class RayEngine:
                          configure_logging=False)
             except (ConnectionError, RuntimeError, ValueError) as error:
                 raise CatalogError(f"could not reach the Ray cluster {options.address or '(local)'}: {error}") from None
-        self.options = options
+        self.job = job
         self.precision: str | None = None  # as the Encode actors ran the model
 
     def close(self) -> None:
         if self.started_here:
             self.ray.shutdown()
 
-    def results(
-        self, items: list["FoundFile"], reusable: set[str], model: str, options: "BuildOptions", folder: Path,
-        pixels: "PixelsOnly | None" = None,
-    ) -> Iterator["Inspected"]:
-        """The :class:`build.Inspected` of each item, in the order given, with ``vector`` set for new pixels.
-        ``pixels``: the model's preprocessing for the decode workers, when it needs no weights."""
-        from .build import Inspected
-
+    def results(self, items: list[FoundFile], reusable: set[str]) -> Iterator[Inspected]:
         if not items:
             return
-        from .embed import looks_like_path
-
+        model, options, folder = self.job.model, self.job.options, self.job.folder
+        pixels = self.job.embedder().pixels_only()  # the decode workers' preprocessing, when it needs no weights
         if looks_like_path(model):  # workers start in folders of their own: a relative path would miss
             model = str(Path(model).expanduser().resolve())
         ray = self.ray
@@ -153,13 +143,13 @@ class RayEngine:
         context.enable_progress_bars = False  # build draws its own
         if hasattr(context, "print_on_execution_start"):  # Ray Data's plan, printed at every start (Ray >= 2.4x)
             context.print_on_execution_start = False
-        gpus = 1 if options.device.startswith("cuda") or (
-            options.device == "auto" and ray.cluster_resources().get("GPU", 0) > 0
+        gpus = 1 if options.models.device.startswith("cuda") or (
+            options.models.device == "auto" and ray.cluster_resources().get("GPU", 0) > 0
         ) else 0
         rows = [{"number": number, "path": item.path, "absolute": str(item.absolute), "size": item.size,
                  "mtime_ns": item.mtime_ns} for number, item in enumerate(items)]
         cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
-        decoders = max(1, min(options.workers, cpus - (0 if gpus else self.options.encoders)))
+        decoders = max(1, min(options.workers, cpus - (0 if gpus else options.ray.encoders)))
         dataset = (
             ray.data.from_items(rows, override_num_blocks=max(1, min(len(rows) // options.batch_size, 4 * decoders)))
             .map_batches(Decode, fn_constructor_kwargs={"model": model, "options": options,
@@ -168,9 +158,9 @@ class RayEngine:
                          batch_size=options.batch_size, num_cpus=1,
                          compute=ray.data.ActorPoolStrategy(min_size=1, max_size=decoders))
             .map_batches(Encode, fn_constructor_kwargs={"model": model, "device": "cuda" if gpus else "cpu",
-                                                        "precision": options.precision},
+                                                        "precision": options.models.precision},
                          batch_size=options.batch_size, num_gpus=gpus, num_cpus=0 if gpus else 1,
-                         compute=ray.data.ActorPoolStrategy(size=self.options.encoders))
+                         compute=ray.data.ActorPoolStrategy(size=options.ray.encoders))
         )
         try:
             for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):

@@ -1,6 +1,6 @@
 """What a build has to do, decided from the folder scan and the catalog alone, before a file is read.
 
-Kept apart from :mod:`.build` (which reads, decodes, embeds and writes) so the rules of an incremental
+Kept apart from the builder (which reads, decodes, embeds and writes) so the rules of an incremental
 build can be read, and tested, in one place: unchanged files are skipped by size and modification
 time; new and changed files are read; rows whose file is gone are *vanished* (a later match on the
 bytes' hash makes them moves, the rest are removed); files the scan could not examine are failures.
@@ -10,8 +10,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .catalog import Change, Failure, StoredFile
-from .scan import FoundFile, ScanResult
+from datasette_imgsearch.catalog.catalog import StoredFile
+from datasette_imgsearch.catalog.changes import Change, Failure
+from datasette_imgsearch.images.scan import FoundFile, ScanResult
 
 
 @dataclass

@@ -16,7 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from .catalog import Catalog, index_path
+from datasette_imgsearch.catalog.catalog import Catalog
+from datasette_imgsearch.catalog.schema import index_path
 
 INDEX_TYPES: dict[str, str] = {
     "flat": "exact inner product over every vector (the default; best for up to a few million images)",

@@ -9,7 +9,7 @@ best, and terms of both kinds add up in one query: ``红色的圆 - 红色 + blu
 
 from __future__ import annotations
 
-from .errors import QueryError
+from datasette_imgsearch.errors import QueryError
 
 ROUTES = ("auto", "clip", "multilingual")
 NO_MODEL = "none"  # recorded (or given) to switch the multilingual model off

@@ -15,7 +15,7 @@ from typing import Any
 
 from python_multipart.multipart import FormParser, parse_options_header
 
-from .errors import RequestError
+from datasette_imgsearch.errors import RequestError
 
 MULTIPART_OVERHEAD = 64 * 1024  # room for the boundaries, headers and the other small fields
 MAX_PARTS = 16  # the search form has five fields

@@ -23,17 +23,28 @@ from datasette.utils import tilde_decode
 from datasette.utils.asgi import Response
 from markupsafe import Markup, escape
 
-from . import csrf, pixels
-from .access import can_view_table
-from .catalog import BLOB_COLUMNS, COLUMNS, TABLE, Catalog, is_catalog
-from .embed import looks_like_path
-from .errors import ImgsearchError, QueryError, RequestError, web_message
-from .query import MAX_ROW_ID, Candidates, MinScore, Reading, check_k, check_min_score, existing_searcher, searcher_for
-from .ranking import Hit
-from .scan import media_type
-from .settings import Settings
-from .status import catalog_status, versions
-from .uploads import read_upload
+from datasette_imgsearch.catalog.catalog import Catalog, is_catalog
+from datasette_imgsearch.catalog.schema import BLOB_COLUMNS, COLUMNS, TABLE
+from datasette_imgsearch.errors import ImgsearchError, QueryError, RequestError, web_message
+from datasette_imgsearch.images import pixels
+from datasette_imgsearch.images.scan import media_type
+from datasette_imgsearch.models.names import looks_like_path
+from datasette_imgsearch.search.searcher import (
+    MAX_ROW_ID,
+    Candidates,
+    MinScore,
+    Reading,
+    check_k,
+    check_min_score,
+    existing_searcher,
+    searcher_for,
+)
+from datasette_imgsearch.settings import Settings
+from datasette_imgsearch.status import catalog_status, versions
+from datasette_imgsearch.vectors.ranking import Hit
+from datasette_imgsearch.web import csrf
+from datasette_imgsearch.web.access import can_view_table
+from datasette_imgsearch.web.uploads import read_upload
 
 PAGE_LOAD_TIMEOUT = 120.0  # a page may wait this long for a model still loading at startup
 ROW_COLUMNS = ["id"] + [c for c in COLUMNS if c not in BLOB_COLUMNS]
@@ -63,7 +74,7 @@ class Target:
 
     def searcher(self) -> Any:
         settings = self.settings
-        return searcher_for(self.path, settings.choice, self.immutable)
+        return searcher_for(self.path, settings.models, self.immutable)
 
 
 def catalog_file(datasette: Any, database: str) -> tuple[str, bool] | None:
@@ -556,7 +567,7 @@ async def status_view(datasette: Any, request: Any) -> Response:
         except ImgsearchError as error:
             catalogs[name] = {"error": error.message}
             continue
-        searcher = existing_searcher(path, settings.choice, immutable)
+        searcher = existing_searcher(path, settings.models, immutable)
         facts["searcher"] = await in_thread(searcher.state) if searcher is not None else None
         catalogs[name] = facts
     return Response.json({"versions": versions(), "catalogs": catalogs})

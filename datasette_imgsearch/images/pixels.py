@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
-from .errors import ImageError
+from datasette_imgsearch.errors import ImageError
 
 DEFAULT_MAX_MEGAPIXELS = 100.0
 DEFAULT_THUMBNAIL_SIZE = 256

@@ -21,6 +21,8 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+from datasette_imgsearch.models.names import hub_repository
+
 ACTIVATIONS = ("quick_gelu", "gelu")
 CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
 CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
@@ -60,9 +62,8 @@ def hub_folder(name: str) -> Path | None:
     """Where a hub model is cached, without touching the network; None if it is not cached."""
     from huggingface_hub import snapshot_download
 
-    repository = name if "/" in name else f"sentence-transformers/{name}"
     try:
-        return Path(snapshot_download(repository, local_files_only=True))
+        return Path(snapshot_download(hub_repository(name), local_files_only=True))
     except Exception:
         return None
 

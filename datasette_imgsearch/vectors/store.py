@@ -22,13 +22,30 @@ from typing import Any
 
 import numpy as np
 
-from .batcher import Batcher
-from .catalog import Catalog, index_path
-from .embed import cpu_computes_bf16
-from .errors import CatalogError
-from .index import RERANKED_TYPES, Restriction, flat_vectors, hiding, index_state, read_index, restricted_to
-from .lru import LRU
-from .ranking import Hit, exact_scores, rescored_top_k, score_batch, scores_of, top_k, unique_ids
+from datasette_imgsearch.catalog.catalog import Catalog
+from datasette_imgsearch.catalog.schema import index_path
+from datasette_imgsearch.errors import CatalogError
+from datasette_imgsearch.lru import LRU
+from datasette_imgsearch.models.batcher import Batcher
+from datasette_imgsearch.models.hardware import cpu_computes_bf16
+from datasette_imgsearch.vectors.index import (
+    RERANKED_TYPES,
+    Restriction,
+    flat_vectors,
+    hiding,
+    index_state,
+    read_index,
+    restricted_to,
+)
+from datasette_imgsearch.vectors.ranking import (
+    Hit,
+    exact_scores,
+    rescored_top_k,
+    score_batch,
+    scores_of,
+    top_k,
+    unique_ids,
+)
 
 # From this many rows, exact search reads a bfloat16 copy of the matrix first (half the memory
 # traffic) and re-scores in float32 every row that could still be in the top k (see

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from .strength import STRONG
+from datasette_imgsearch.search.strength import STRONG
 
 # Rounding two unit vectors to bfloat16 moves their dot product by at most 2**-8 (about 0.004); the
 # margin a bfloat16 first pass keeps is 2.5 times that.

@@ -1,207 +1,40 @@
-"""The catalog's schema, its migrations, and the one place that reads and writes its SQL.
+"""A catalog file opened for writing (``build``, ``index``) or for reading only (searches, pages), and
+its reads and writes in SQL.
 
-A catalog is a plain SQLite file. ``images`` holds one row per image with the facts people filter on
-and the L2-normalised CLIP embedding as a little-endian float32 BLOB (the format llm and sqlite-vec
-use). ``imgsearch_meta`` records what built it, ``imgsearch_errors`` the files that could not be
-catalogued and ``imgsearch_removed`` the rows of files that left the folder, so that a file that comes
-back keeps its id and embedding. ``imgsearch_reembed`` holds the new model's vectors while a
-``--reembed`` runs, so the catalog keeps answering with the old model until the switch. Triggers bump
+Opening for writing applies pending migrations (migrations.py); opening for reading never writes, never
+creates a ``-wal``/``-shm``/``-journal`` file, and works on read-only storage. Triggers bump
 ``catalog_version`` on every change of an embedding, whoever makes it, so any reader can tell whether
-the sibling FAISS index still matches, and log the id of each changed row in ``imgsearch_changes``, so
-a server catches a stale index up with the rows changed since it was written instead of reloading
-every vector at every commit of a build. They also refuse any embedding whose length is not the
-catalog's dimension, whichever program writes it.
+the sibling FAISS index still matches, and log each changed row's id, so a server catches a stale
+index up instead of reloading every vector at every commit of a build.
 """
 
 from __future__ import annotations
 
 import contextlib
-import datetime
 import hashlib
 import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Iterable, Iterator
 
 import numpy as np
 import sqlite_utils
 from sqlite_utils.utils import sqlite3  # pysqlite3 where sqlite-utils picked it, so its errors are the ones raised
 
-from .errors import CatalogError
-
-TABLE = "images"
-META_TABLE = "imgsearch_meta"
-ERRORS_TABLE = "imgsearch_errors"
-REMOVED_TABLE = "imgsearch_removed"
-REEMBED_TABLE = "imgsearch_reembed"
-CHANGES_TABLE = "imgsearch_changes"
-CATALOG_SUFFIXES = ("", "-wal", "-shm", "-journal", ".faiss", ".faiss.tmp")
-
-# Every column of an image row except ``id``, in table order, with its SQL type.
-COLUMNS: dict[str, str] = {
-    "path": "TEXT NOT NULL",
-    "name": "TEXT NOT NULL",
-    "folder": "TEXT NOT NULL",
-    "format": "TEXT",
-    "width": "INTEGER",
-    "height": "INTEGER",
-    "size": "INTEGER NOT NULL",
-    "modified": "TEXT NOT NULL",
-    "mtime_ns": "INTEGER NOT NULL",
-    "hash": "TEXT NOT NULL",
-    "taken": "TEXT",
-    "camera_make": "TEXT",
-    "camera_model": "TEXT",
-    "latitude": "REAL",
-    "longitude": "REAL",
-    "thumbnail": "BLOB",
-    "embedding": "BLOB NOT NULL",
-}
-BLOB_COLUMNS = ("thumbnail", "embedding")
-# What a build records about the model; a re-embed replaces all of them at once.
-MODEL_KEYS = ("model", "text_model", "multilingual_model", "dimension", "precision")
-
-_VERSION_1 = f"""
-CREATE TABLE IF NOT EXISTS [{TABLE}] (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    {", ".join(f"[{name}] {kind}{' UNIQUE' if name == 'path' else ''}" for name, kind in COLUMNS.items())}
-);
-CREATE INDEX IF NOT EXISTS [idx_{TABLE}_hash] ON [{TABLE}] ([hash]);
-CREATE INDEX IF NOT EXISTS [idx_{TABLE}_taken] ON [{TABLE}] ([taken]);
-CREATE TABLE IF NOT EXISTS [{REMOVED_TABLE}] (
-    id INTEGER PRIMARY KEY,
-    {", ".join(f"[{name}] {kind}" for name, kind in COLUMNS.items())},
-    removed TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS [idx_{REMOVED_TABLE}_hash] ON [{REMOVED_TABLE}] ([hash]);
-CREATE TABLE IF NOT EXISTS [{ERRORS_TABLE}] (
-    path TEXT PRIMARY KEY,
-    error TEXT NOT NULL,
-    message TEXT NOT NULL,
-    at TEXT NOT NULL
-);
-INSERT OR IGNORE INTO [{META_TABLE}] (key, value) VALUES ('catalog_version', 0);
-CREATE TRIGGER IF NOT EXISTS [{TABLE}_inserted] AFTER INSERT ON [{TABLE}] BEGIN
-    UPDATE [{META_TABLE}] SET value = value + 1 WHERE key = 'catalog_version';
-END;
-CREATE TRIGGER IF NOT EXISTS [{TABLE}_deleted] AFTER DELETE ON [{TABLE}] BEGIN
-    UPDATE [{META_TABLE}] SET value = value + 1 WHERE key = 'catalog_version';
-END;
-CREATE TRIGGER IF NOT EXISTS [{TABLE}_embedding_changed] AFTER UPDATE OF id, embedding ON [{TABLE}] BEGIN
-    UPDATE [{META_TABLE}] SET value = value + 1 WHERE key = 'catalog_version';
-END;
-"""
-
-_WRONG_LENGTH = (
-    "length(NEW.embedding) != 4 * coalesce((SELECT value FROM [{meta}] WHERE key = 'dimension'), length(NEW.embedding) / 4)"
-).format(meta=META_TABLE)
-_DIMENSION_MESSAGE = "imgsearch: an embedding of another length than the catalog''s dimension cannot be stored"
-
-_VERSION_2 = f"""
-DELETE FROM [{META_TABLE}] WHERE key = 'reembed_next_id';
-CREATE TABLE IF NOT EXISTS [{REEMBED_TABLE}] (
-    id INTEGER PRIMARY KEY,
-    embedding BLOB NOT NULL
-);
-CREATE TRIGGER IF NOT EXISTS [{TABLE}_embedding_length_on_insert] BEFORE INSERT ON [{TABLE}]
-WHEN {_WRONG_LENGTH} BEGIN SELECT RAISE(ABORT, '{_DIMENSION_MESSAGE}'); END;
-CREATE TRIGGER IF NOT EXISTS [{TABLE}_embedding_length_on_update] BEFORE UPDATE OF embedding ON [{TABLE}]
-WHEN {_WRONG_LENGTH} BEGIN SELECT RAISE(ABORT, '{_DIMENSION_MESSAGE}'); END;
-"""
-
-# The change log: each change of a row's embedding logs the row's id under the catalog_version it
-# made. Writing the index prunes what it covers; ``changes_from`` is the version from which the log is
-# whole (a catalog migrated from schema 2 has no log of its earlier changes).
-_BUMP = f"UPDATE [{META_TABLE}] SET value = value + 1 WHERE key = 'catalog_version';"
-
-
-def _log(row: str, condition: str = "") -> str:
-    return (f"INSERT INTO [{CHANGES_TABLE}] (version, id) SELECT value, {row}.id FROM [{META_TABLE}] "
-            f"WHERE key = 'catalog_version'{condition};")
-
-
-_VERSION_3 = f"""
-CREATE TABLE IF NOT EXISTS [{CHANGES_TABLE}] (
-    version INTEGER NOT NULL,
-    id INTEGER NOT NULL
-);
-CREATE INDEX IF NOT EXISTS [idx_{CHANGES_TABLE}_version] ON [{CHANGES_TABLE}] (version);
-INSERT OR REPLACE INTO [{META_TABLE}] (key, value)
-    SELECT 'changes_from', value FROM [{META_TABLE}] WHERE key = 'catalog_version';
-DROP TRIGGER IF EXISTS [{TABLE}_inserted];
-DROP TRIGGER IF EXISTS [{TABLE}_deleted];
-DROP TRIGGER IF EXISTS [{TABLE}_embedding_changed];
-CREATE TRIGGER [{TABLE}_inserted] AFTER INSERT ON [{TABLE}] BEGIN
-    {_BUMP} {_log("NEW")}
-END;
-CREATE TRIGGER [{TABLE}_deleted] AFTER DELETE ON [{TABLE}] BEGIN
-    {_BUMP} {_log("OLD")}
-END;
-CREATE TRIGGER [{TABLE}_embedding_changed] AFTER UPDATE OF id, embedding ON [{TABLE}] BEGIN
-    {_BUMP} {_log("OLD")} {_log("NEW", " AND NEW.id != OLD.id")}
-END;
-"""
-
-
-def _run_script(script: str) -> Callable[[sqlite3.Connection], None]:
-    """A migration that runs ``script`` statement by statement inside the caller's transaction
-    (``executescript`` would commit first)."""
-    statements, current = [], ""
-    for line in script.splitlines(keepends=True):
-        current += line
-        if sqlite3.complete_statement(current):
-            statements.append(current)
-            current = ""
-
-    def run(conn: sqlite3.Connection) -> None:
-        for statement in statements:
-            conn.execute(statement)
-
-    return run
-
-
-# Migration N brings a catalog from schema N-1 to N; each runs in its own transaction. Never edit a
-# released migration: add the next one (the way sqlite-utils and llm do it).
-MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
-    _run_script(_VERSION_1), _run_script(_VERSION_2), _run_script(_VERSION_3),
-]
-SCHEMA_VERSION = len(MIGRATIONS)
-
-
-def migrate(conn: sqlite3.Connection) -> int:
-    """Bring a catalog's schema up to :data:`SCHEMA_VERSION` in place; returns the version it had."""
-    conn.execute(f"CREATE TABLE IF NOT EXISTS [{META_TABLE}] (key TEXT PRIMARY KEY, value)")
-    row = conn.execute(f"select value from [{META_TABLE}] where key = 'schema_version'").fetchone()
-    found = int(row[0]) if row else 0
-    for number in range(found + 1, SCHEMA_VERSION + 1):
-        with conn:
-            MIGRATIONS[number - 1](conn)
-            conn.execute(f"insert or replace into [{META_TABLE}] (key, value) values ('schema_version', ?)", [number])
-    return found
-
-
-def index_path(db_path: str | Path) -> Path:
-    """The sibling FAISS index of a catalog: ``photos.db`` → ``photos.db.faiss``."""
-    return Path(str(db_path) + ".faiss")
-
-
-def catalog_files(db_path: str | Path) -> set[Path]:
-    """Every file a catalog owns, so the folder scan never catalogues them."""
-    base = str(Path(db_path).resolve())
-    return {Path(base + suffix) for suffix in CATALOG_SUFFIXES}
-
-
-def to_blob(vector: np.ndarray) -> bytes:
-    return np.asarray(vector, dtype="<f4").tobytes()
-
-
-def from_blob(blob: bytes) -> np.ndarray:
-    return np.frombuffer(blob, dtype="<f4")
-
-
-def now() -> str:
-    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+from datasette_imgsearch.catalog.changes import Change, ForgetChanges, SetMeta
+from datasette_imgsearch.catalog.migrations import migrate, schema_version
+from datasette_imgsearch.catalog.schema import (
+    CHANGES_TABLE,
+    ERRORS_TABLE,
+    META_TABLE,
+    MODEL_KEYS,
+    REEMBED_TABLE,
+    REMOVED_TABLE,
+    TABLE,
+    from_blob,
+)
+from datasette_imgsearch.errors import CatalogError
 
 
 def is_catalog(conn: Any) -> bool:
@@ -282,7 +115,7 @@ class Catalog:
                     "name a new file for the catalog"
                 )
             version = int(self.meta("schema_version", 0) or 0) if holds_catalog else 0
-            if version > SCHEMA_VERSION:
+            if version > schema_version():
                 raise CatalogError(
                     f"{self.path} was written by a newer datasette-imgsearch (schema {version}); upgrade to read it"
                 )
@@ -522,109 +355,3 @@ class Catalog:
         return str(mode).lower() == "delete"
 
 
-class Change:
-    """One write to the catalog; :meth:`Catalog.write` applies a batch of them atomically."""
-
-    def apply(self, conn: sqlite3.Connection) -> None:  # pragma: no cover - interface
-        raise NotImplementedError
-
-
-@dataclass
-class Upsert(Change):
-    """Insert a new row, or replace the facts of row ``id`` in place (the id never changes)."""
-
-    values: dict[str, Any]
-    id: int | None = None
-
-    def apply(self, conn: sqlite3.Connection) -> None:
-        names = list(self.values)
-        if self.id is None:
-            conn.execute(
-                f"insert into [{TABLE}] ({', '.join(f'[{n}]' for n in names)}) values ({', '.join('?' for _ in names)})",
-                [self.values[n] for n in names],
-            )
-        else:
-            conn.execute(
-                f"update [{TABLE}] set {', '.join(f'[{n}] = ?' for n in names)} where id = ?",
-                [self.values[n] for n in names] + [self.id],
-            )
-        conn.execute(f"delete from [{ERRORS_TABLE}] where path = ?", [self.values["path"]])
-
-
-@dataclass
-class Revive(Change):
-    """Bring a removed row back under its old id, at its new path."""
-
-    id: int
-    values: dict[str, Any]
-
-    def apply(self, conn: sqlite3.Connection) -> None:
-        columns = ", ".join(f"[{n}]" for n in COLUMNS)
-        conn.execute(f"insert into [{TABLE}] (id, {columns}) select id, {columns} from [{REMOVED_TABLE}] where id = ?", [self.id])
-        conn.execute(f"delete from [{REMOVED_TABLE}] where id = ?", [self.id])
-        Upsert(self.values, self.id).apply(conn)
-
-
-@dataclass
-class Remove(Change):
-    """Move a row whose file left the folder out of the live table, keeping it for a later return."""
-
-    id: int
-
-    def apply(self, conn: sqlite3.Connection) -> None:
-        columns = ", ".join(f"[{n}]" for n in COLUMNS)
-        conn.execute(
-            f"insert or replace into [{REMOVED_TABLE}] (id, {columns}, removed) "
-            f"select id, {columns}, ? from [{TABLE}] where id = ?",
-            [now(), self.id],
-        )
-        conn.execute(f"delete from [{TABLE}] where id = ?", [self.id])
-
-
-@dataclass
-class Failure(Change):
-    """Record why a file could not be catalogued."""
-
-    path: str
-    error: str
-    message: str
-
-    def apply(self, conn: sqlite3.Connection) -> None:
-        conn.execute(
-            f"insert or replace into [{ERRORS_TABLE}] (path, error, message, at) values (?, ?, ?, ?)",
-            [self.path, self.error, self.message, now()],
-        )
-
-
-@dataclass
-class SetMeta(Change):
-    """Record facts about the catalog in the same transaction as the rows they describe."""
-
-    values: dict[str, Any]
-
-    def apply(self, conn: sqlite3.Connection) -> None:
-        conn.executemany(
-            f"insert or replace into [{META_TABLE}] (key, value) values (?, ?)",
-            [(key, value) for key, value in self.values.items() if value is not None],
-        )
-
-
-@dataclass
-class StageEmbedding(Change):
-    """Keep a re-embedded vector aside until :meth:`Catalog.switch_model` swaps them all in."""
-
-    id: int
-    embedding: bytes
-
-    def apply(self, conn: sqlite3.Connection) -> None:
-        conn.execute(f"insert or replace into [{REEMBED_TABLE}] (id, embedding) values (?, ?)", [self.id, self.embedding])
-
-
-@dataclass
-class ForgetChanges(Change):
-    """Empty the change log up to ``version``: an index written at that version holds those changes."""
-
-    version: int
-
-    def apply(self, conn: sqlite3.Connection) -> None:
-        conn.execute(f"delete from [{CHANGES_TABLE}] where version <= ?", [self.version])

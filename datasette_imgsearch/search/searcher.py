@@ -19,14 +19,16 @@ from typing import Any, Callable, Literal, Union
 
 import numpy as np
 
-from .embed import Embedder, is_loaded, load_embedder
-from .errors import ModelError, QueryError
-from .languages import CLIP, MULTILINGUAL, check_route, multilingual_model, reader_of
-from .lru import LRU
-from .pixels import DEFAULT_MAX_MEGAPIXELS, decode
-from .ranking import Hit
-from .store import Loaded, VectorStore
-from .strength import Calibration, random_text_vectors, random_texts
+from datasette_imgsearch.errors import ModelError, QueryError
+from datasette_imgsearch.images.pixels import DEFAULT_MAX_MEGAPIXELS, decode
+from datasette_imgsearch.lru import LRU
+from datasette_imgsearch.models.cache import is_loaded, load_embedder
+from datasette_imgsearch.models.choice import ModelChoice
+from datasette_imgsearch.models.embedder import Embedder
+from datasette_imgsearch.models.languages import CLIP, MULTILINGUAL, check_route, multilingual_model, reader_of
+from datasette_imgsearch.search.strength import Calibration, random_text_vectors, random_texts
+from datasette_imgsearch.vectors.ranking import Hit
+from datasette_imgsearch.vectors.store import Loaded, VectorStore
 
 MAX_QUERY_LENGTH = 1000
 MAX_TERMS = 16
@@ -182,19 +184,6 @@ def _number(value: Any, name: str, wanted: str) -> float:
 
 
 @dataclass(frozen=True)
-class ModelChoice:
-    """What a searcher is told beyond what the catalog records: model overrides, the multilingual text
-    model, how terms are routed between the text models, and the device."""
-
-    model: str | None = None  # the image model (a moved local folder, say)
-    text_model: str | None = None  # CLIP's text tower, or a replacement for it
-    multilingual_model: str | None = None  # reads the terms that are not English-like; "none" for none
-    route: str = "auto"  # auto, clip or multilingual (see languages.reader_of)
-    device: str = "auto"
-    precision: str = "auto"  # bf16 only where the hardware has it (see embed.best_precision)
-
-
-@dataclass(frozen=True)
 class Reading:
     """One term of a query and what reads it: ``reader`` is ``clip``, ``multilingual`` or ``row`` (the
     row's stored vector), ``model`` the text model's name (None for a row)."""
@@ -220,7 +209,8 @@ class Searcher:
         self, db_path: str | Path, choice: ModelChoice = ModelChoice(), immutable: bool = False, cache_size: int = 512
     ) -> None:
         self.db_path = Path(db_path)
-        self.choice = ModelChoice(**{**choice.__dict__, "route": check_route(choice.route)})
+        check_route(choice.route)
+        self.choice = choice
         self.device = choice.device
         self.precision = choice.precision
         self.store = VectorStore(db_path, immutable)

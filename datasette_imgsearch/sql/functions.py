@@ -10,10 +10,10 @@ import json
 import time
 from typing import Any, Callable
 
-from .errors import ImgsearchError, QueryError
-from .query import Searcher, check_candidates, check_k, check_min_score, searcher_for
-from .settings import Settings
-from .sqlite_functions import create_function
+from datasette_imgsearch.errors import ImgsearchError, QueryError
+from datasette_imgsearch.search.searcher import Searcher, check_candidates, check_k, check_min_score, searcher_for
+from datasette_imgsearch.settings import Settings
+from datasette_imgsearch.sql.binding import create_function
 
 DEFAULT_K = 10
 SCORER_RECHECK_SECONDS = 1.0
@@ -23,7 +23,7 @@ def register_functions(conn: Any, db_path: str, settings: Settings, immutable: b
     """Add imgsearch(query [, k [, min_score [, candidates]]]) and imgsearch_score(embedding, query) to a connection."""
 
     def searcher() -> Searcher:
-        found = searcher_for(db_path, settings.choice, immutable)
+        found = searcher_for(db_path, settings.models, immutable)
         found.wait_until_loaded(settings.sql_wait_seconds)
         return found
 

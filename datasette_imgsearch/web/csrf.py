@@ -19,7 +19,7 @@ import re
 import secrets
 from typing import Any
 
-from .errors import RequestError
+from datasette_imgsearch.errors import RequestError
 
 COOKIE = "ds_csrftoken"
 SKIPPED = "datasette_imgsearch.csrf_skipped"

@@ -1,0 +1,128 @@
+"""Writes to a catalog as values: a build collects a batch of them and :meth:`Catalog.write` applies it
+in one transaction, so a crash leaves all of a batch or none of it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from sqlite_utils.utils import sqlite3
+
+from datasette_imgsearch.catalog.schema import (
+    CHANGES_TABLE,
+    COLUMNS,
+    ERRORS_TABLE,
+    META_TABLE,
+    REEMBED_TABLE,
+    REMOVED_TABLE,
+    TABLE,
+    now,
+)
+
+
+class Change:
+    """One write to the catalog; :meth:`Catalog.write` applies a batch of them atomically."""
+
+    def apply(self, conn: sqlite3.Connection) -> None:  # pragma: no cover - interface
+        raise NotImplementedError
+
+
+@dataclass
+class Upsert(Change):
+    """Insert a new row, or replace the facts of row ``id`` in place (the id never changes)."""
+
+    values: dict[str, Any]
+    id: int | None = None
+
+    def apply(self, conn: sqlite3.Connection) -> None:
+        names = list(self.values)
+        if self.id is None:
+            conn.execute(
+                f"insert into [{TABLE}] ({', '.join(f'[{n}]' for n in names)}) values ({', '.join('?' for _ in names)})",
+                [self.values[n] for n in names],
+            )
+        else:
+            conn.execute(
+                f"update [{TABLE}] set {', '.join(f'[{n}] = ?' for n in names)} where id = ?",
+                [self.values[n] for n in names] + [self.id],
+            )
+        conn.execute(f"delete from [{ERRORS_TABLE}] where path = ?", [self.values["path"]])
+
+
+@dataclass
+class Revive(Change):
+    """Bring a removed row back under its old id, at its new path."""
+
+    id: int
+    values: dict[str, Any]
+
+    def apply(self, conn: sqlite3.Connection) -> None:
+        columns = ", ".join(f"[{n}]" for n in COLUMNS)
+        conn.execute(f"insert into [{TABLE}] (id, {columns}) select id, {columns} from [{REMOVED_TABLE}] where id = ?", [self.id])
+        conn.execute(f"delete from [{REMOVED_TABLE}] where id = ?", [self.id])
+        Upsert(self.values, self.id).apply(conn)
+
+
+@dataclass
+class Remove(Change):
+    """Move a row whose file left the folder out of the live table, keeping it for a later return."""
+
+    id: int
+
+    def apply(self, conn: sqlite3.Connection) -> None:
+        columns = ", ".join(f"[{n}]" for n in COLUMNS)
+        conn.execute(
+            f"insert or replace into [{REMOVED_TABLE}] (id, {columns}, removed) "
+            f"select id, {columns}, ? from [{TABLE}] where id = ?",
+            [now(), self.id],
+        )
+        conn.execute(f"delete from [{TABLE}] where id = ?", [self.id])
+
+
+@dataclass
+class Failure(Change):
+    """Record why a file could not be catalogued."""
+
+    path: str
+    error: str
+    message: str
+
+    def apply(self, conn: sqlite3.Connection) -> None:
+        conn.execute(
+            f"insert or replace into [{ERRORS_TABLE}] (path, error, message, at) values (?, ?, ?, ?)",
+            [self.path, self.error, self.message, now()],
+        )
+
+
+@dataclass
+class SetMeta(Change):
+    """Record facts about the catalog in the same transaction as the rows they describe."""
+
+    values: dict[str, Any]
+
+    def apply(self, conn: sqlite3.Connection) -> None:
+        conn.executemany(
+            f"insert or replace into [{META_TABLE}] (key, value) values (?, ?)",
+            [(key, value) for key, value in self.values.items() if value is not None],
+        )
+
+
+@dataclass
+class StageEmbedding(Change):
+    """Keep a re-embedded vector aside until :meth:`Catalog.switch_model` swaps them all in."""
+
+    id: int
+    embedding: bytes
+
+    def apply(self, conn: sqlite3.Connection) -> None:
+        conn.execute(f"insert or replace into [{REEMBED_TABLE}] (id, embedding) values (?, ?)", [self.id, self.embedding])
+
+
+@dataclass
+class ForgetChanges(Change):
+    """Empty the change log up to ``version``: an index written at that version holds those changes."""
+
+    version: int
+
+    def apply(self, conn: sqlite3.Connection) -> None:
+        conn.execute(f"delete from [{CHANGES_TABLE}] where version <= ?", [self.version])

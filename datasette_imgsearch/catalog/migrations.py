@@ -1,0 +1,148 @@
+"""The catalog's migrations: numbered functions of literal SQL, frozen once released.
+
+Migration N brings a catalog from schema N-1 to N, in its own transaction, and records N in
+``imgsearch_meta``. Never edit a released migration, and never build one from the live schema
+(schema.py): a new catalog runs every migration in turn, so a column that migration 5 adds must not
+already be there when migration 1 runs. To change the schema, add the next function here (and the
+column to ``schema.COLUMNS``), and a fixture catalog of the previous schema to tests/fixtures/.
+This is the habit of sqlite-utils' and llm's migrations.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from sqlite_utils.utils import sqlite3  # pysqlite3 where sqlite-utils picked it, so its errors are the ones raised
+
+Migration = Callable[[sqlite3.Connection], None]
+MIGRATIONS: list[Migration] = []
+
+
+def migration(function: Migration) -> Migration:
+    """Register ``function`` as the next migration."""
+    MIGRATIONS.append(function)
+    return function
+
+
+def run_script(conn: sqlite3.Connection, script: str) -> None:
+    """Run ``script`` statement by statement inside the caller's transaction (``executescript`` would
+    commit first)."""
+    current = ""
+    for line in script.splitlines(keepends=True):
+        current += line
+        if sqlite3.complete_statement(current):
+            conn.execute(current)
+            current = ""
+
+
+@migration
+def m001_catalog(conn: sqlite3.Connection) -> None:
+    """Images, removed rows, errors, and the version that every change of an embedding bumps."""
+    run_script(conn, """
+CREATE TABLE IF NOT EXISTS [images] (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    [path] TEXT NOT NULL UNIQUE, [name] TEXT NOT NULL, [folder] TEXT NOT NULL, [format] TEXT, [width] INTEGER,
+    [height] INTEGER, [size] INTEGER NOT NULL, [modified] TEXT NOT NULL, [mtime_ns] INTEGER NOT NULL,
+    [hash] TEXT NOT NULL, [taken] TEXT, [camera_make] TEXT, [camera_model] TEXT, [latitude] REAL,
+    [longitude] REAL, [thumbnail] BLOB, [embedding] BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS [idx_images_hash] ON [images] ([hash]);
+CREATE INDEX IF NOT EXISTS [idx_images_taken] ON [images] ([taken]);
+CREATE TABLE IF NOT EXISTS [imgsearch_removed] (
+    id INTEGER PRIMARY KEY,
+    [path] TEXT NOT NULL, [name] TEXT NOT NULL, [folder] TEXT NOT NULL, [format] TEXT, [width] INTEGER,
+    [height] INTEGER, [size] INTEGER NOT NULL, [modified] TEXT NOT NULL, [mtime_ns] INTEGER NOT NULL,
+    [hash] TEXT NOT NULL, [taken] TEXT, [camera_make] TEXT, [camera_model] TEXT, [latitude] REAL,
+    [longitude] REAL, [thumbnail] BLOB, [embedding] BLOB NOT NULL,
+    removed TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS [idx_imgsearch_removed_hash] ON [imgsearch_removed] ([hash]);
+CREATE TABLE IF NOT EXISTS [imgsearch_errors] (
+    path TEXT PRIMARY KEY,
+    error TEXT NOT NULL,
+    message TEXT NOT NULL,
+    at TEXT NOT NULL
+);
+INSERT OR IGNORE INTO [imgsearch_meta] (key, value) VALUES ('catalog_version', 0);
+CREATE TRIGGER IF NOT EXISTS [images_inserted] AFTER INSERT ON [images] BEGIN
+    UPDATE [imgsearch_meta] SET value = value + 1 WHERE key = 'catalog_version';
+END;
+CREATE TRIGGER IF NOT EXISTS [images_deleted] AFTER DELETE ON [images] BEGIN
+    UPDATE [imgsearch_meta] SET value = value + 1 WHERE key = 'catalog_version';
+END;
+CREATE TRIGGER IF NOT EXISTS [images_embedding_changed] AFTER UPDATE OF id, embedding ON [images] BEGIN
+    UPDATE [imgsearch_meta] SET value = value + 1 WHERE key = 'catalog_version';
+END;
+""")
+
+
+@migration
+def m002_reembed_and_dimension_guard(conn: sqlite3.Connection) -> None:
+    """Staged vectors for ``--reembed``, and triggers that refuse a vector of another length than the
+    catalog's dimension, whichever program writes it."""
+    run_script(conn, """
+DELETE FROM [imgsearch_meta] WHERE key = 'reembed_next_id';
+CREATE TABLE IF NOT EXISTS [imgsearch_reembed] (
+    id INTEGER PRIMARY KEY,
+    embedding BLOB NOT NULL
+);
+CREATE TRIGGER IF NOT EXISTS [images_embedding_length_on_insert] BEFORE INSERT ON [images]
+WHEN length(NEW.embedding)
+    != 4 * coalesce((SELECT value FROM [imgsearch_meta] WHERE key = 'dimension'), length(NEW.embedding) / 4)
+BEGIN SELECT RAISE(ABORT, 'imgsearch: an embedding of another length than the catalog''s dimension cannot be stored'); END;
+CREATE TRIGGER IF NOT EXISTS [images_embedding_length_on_update] BEFORE UPDATE OF embedding ON [images]
+WHEN length(NEW.embedding)
+    != 4 * coalesce((SELECT value FROM [imgsearch_meta] WHERE key = 'dimension'), length(NEW.embedding) / 4)
+BEGIN SELECT RAISE(ABORT, 'imgsearch: an embedding of another length than the catalog''s dimension cannot be stored'); END;
+""")
+
+
+@migration
+def m003_change_log(conn: sqlite3.Connection) -> None:
+    """The change log: each change of a row's embedding logs the row's id under the catalog_version it
+    made, so a server catches a stale index up with the rows changed since it was written. Writing the
+    index prunes what it covers; ``changes_from`` is the version from which the log is whole (a catalog
+    migrated from schema 2 has no log of its earlier changes)."""
+    run_script(conn, """
+CREATE TABLE IF NOT EXISTS [imgsearch_changes] (
+    version INTEGER NOT NULL,
+    id INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS [idx_imgsearch_changes_version] ON [imgsearch_changes] (version);
+INSERT OR REPLACE INTO [imgsearch_meta] (key, value)
+    SELECT 'changes_from', value FROM [imgsearch_meta] WHERE key = 'catalog_version';
+DROP TRIGGER IF EXISTS [images_inserted];
+DROP TRIGGER IF EXISTS [images_deleted];
+DROP TRIGGER IF EXISTS [images_embedding_changed];
+CREATE TRIGGER [images_inserted] AFTER INSERT ON [images] BEGIN
+    UPDATE [imgsearch_meta] SET value = value + 1 WHERE key = 'catalog_version';
+    INSERT INTO [imgsearch_changes] (version, id) SELECT value, NEW.id FROM [imgsearch_meta] WHERE key = 'catalog_version';
+END;
+CREATE TRIGGER [images_deleted] AFTER DELETE ON [images] BEGIN
+    UPDATE [imgsearch_meta] SET value = value + 1 WHERE key = 'catalog_version';
+    INSERT INTO [imgsearch_changes] (version, id) SELECT value, OLD.id FROM [imgsearch_meta] WHERE key = 'catalog_version';
+END;
+CREATE TRIGGER [images_embedding_changed] AFTER UPDATE OF id, embedding ON [images] BEGIN
+    UPDATE [imgsearch_meta] SET value = value + 1 WHERE key = 'catalog_version';
+    INSERT INTO [imgsearch_changes] (version, id) SELECT value, OLD.id FROM [imgsearch_meta] WHERE key = 'catalog_version';
+    INSERT INTO [imgsearch_changes] (version, id)
+        SELECT value, NEW.id FROM [imgsearch_meta] WHERE key = 'catalog_version' AND NEW.id != OLD.id;
+END;
+""")
+
+
+def schema_version() -> int:
+    """The schema this release writes: the number of the last migration."""
+    return len(MIGRATIONS)
+
+
+def migrate(conn: sqlite3.Connection) -> int:
+    """Bring a catalog's schema up to the last migration in place; returns the version it had."""
+    conn.execute("CREATE TABLE IF NOT EXISTS [imgsearch_meta] (key TEXT PRIMARY KEY, value)")
+    row = conn.execute("SELECT value FROM [imgsearch_meta] WHERE key = 'schema_version'").fetchone()
+    found = int(row[0]) if row else 0
+    for number in range(found + 1, len(MIGRATIONS) + 1):
+        with conn:
+            MIGRATIONS[number - 1](conn)
+            conn.execute("INSERT OR REPLACE INTO [imgsearch_meta] (key, value) VALUES ('schema_version', ?)", [number])
+    return found
