@@ -146,7 +146,7 @@ SERVE = """
 import json, resource, sys, time
 started = time.perf_counter()
 import numpy as np
-from datasette_imgsearch.store import VectorStore
+from datasette_imgsearch.vectors.store import VectorStore
 store = VectorStore(sys.argv[1])
 queries = np.load(sys.argv[2])
 first = store.search(queries[0], 10, set(), None)
@@ -231,11 +231,11 @@ def during_build(rows: int, added: int) -> list[list[object]]:
     import shutil
 
     from datasette_imgsearch.search.searcher import Searcher
-    from datasette_imgsearch.vectors import store
+    from datasette_imgsearch.vectors import snapshot
 
     model = str(vit_b32())
     source = synthetic_catalog(rows, model, "flat")
-    defaults = store.CATCH_UP_MIN_ROWS, store.CATCH_UP_SHARE
+    defaults = snapshot.CATCH_UP_MIN_ROWS, snapshot.CATCH_UP_SHARE
     results = []
     for label, catch_up in (("no build running (the baseline: same queries, same seconds)", None),
                             ("catching up with the change log (now)", True),
@@ -246,7 +246,7 @@ def during_build(rows: int, added: int) -> list[list[object]]:
         shutil.copy(source, db)
         shutil.copy(str(source) + ".faiss", str(db) + ".faiss")
         if catch_up is False:
-            store.CATCH_UP_MIN_ROWS, store.CATCH_UP_SHARE = 0, 0.0
+            snapshot.CATCH_UP_MIN_ROWS, snapshot.CATCH_UP_SHARE = 0, 0.0
         searcher = Searcher(db)
         searcher.search("warm up", 10)
         done = multiprocessing.Event()
@@ -267,7 +267,7 @@ def during_build(rows: int, added: int) -> list[list[object]]:
         seconds = time.perf_counter() - began
         p50, p95 = percentiles(samples)
         results.append([label, f"{len(samples)}", f"{seconds:.0f}", f"{p50:.0f}", f"{p95:.0f}", f"{max(samples) * 1000:.0f}"])
-        store.CATCH_UP_MIN_ROWS, store.CATCH_UP_SHARE = defaults
+        snapshot.CATCH_UP_MIN_ROWS, snapshot.CATCH_UP_SHARE = defaults
     return results
 
 

@@ -17,7 +17,7 @@ from datasette_imgsearch.catalog.schema import index_path
 from datasette_imgsearch.images.toyworld import write_world
 from datasette_imgsearch.models.choice import ModelChoice
 from datasette_imgsearch.search.searcher import Searcher
-from datasette_imgsearch.vectors import store
+from datasette_imgsearch.vectors import snapshot, store
 from datasette_imgsearch.vectors.ranking import top_k
 
 from .conftest import run_cli
@@ -179,7 +179,7 @@ def test_the_calibration_extends_its_best_scores_over_appended_rows_and_redoes_t
 
 
 def test_a_delta_past_a_quarter_of_its_base_is_read_in_full(catalog: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(store, "CATCH_UP_MIN_ROWS", 0)
+    monkeypatch.setattr(snapshot, "CATCH_UP_MIN_ROWS", 0)
     searcher = Searcher(catalog)
     base = searcher.store.current().base
     conn = sqlite3.connect(catalog)

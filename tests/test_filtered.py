@@ -14,7 +14,7 @@ from datasette.app import Datasette
 from datasette_imgsearch.catalog.schema import from_blob
 from datasette_imgsearch.images.toyworld import label_of
 from datasette_imgsearch.search.searcher import Candidates, Searcher
-from datasette_imgsearch.vectors import store
+from datasette_imgsearch.vectors import snapshot, store
 from datasette_imgsearch.vectors.index import restricted_to
 
 from .conftest import run_cli
@@ -53,7 +53,7 @@ def test_a_filtered_ranking_is_the_exact_ranking_of_the_rows_that_passed(
         exact = [float(from_blob(conn.execute("select embedding from images where id = ?", [h.id]).fetchone()[0]) @ vector)
                  for h in hits]
     assert [h.score for h in hits] == pytest.approx(exact, abs=1e-5)
-    assert (searcher.store.current().base.first_pass is not None) == (first_pass and not gathered)
+    assert (searcher.store.current().base.bfloat16 is not None) == (first_pass and not gathered)
 
 
 @pytest.mark.parametrize("lookup", ["id table", "binary search"])
@@ -62,7 +62,7 @@ def test_candidates_in_any_order_with_repeats_rank_like_the_sorted_unique_ids(
     shared_catalog: Path, monkeypatch: pytest.MonkeyPatch, lookup: str, order: str
 ) -> None:
     if lookup == "binary search":  # what ids too sparse for a table (large gaps) go through
-        monkeypatch.setattr(store, "ID_TABLE_SLACK", 0)
+        monkeypatch.setattr(snapshot, "ID_TABLE_SLACK", 0)
     with sqlite3.connect(shared_catalog) as conn:
         passing = [r[0] for r in conn.execute("select id from images where name not like 'red-circle%'")]
     given = list(reversed(passing))

@@ -28,7 +28,8 @@ from datasette_imgsearch.models.embedder import Embedder
 from datasette_imgsearch.models.languages import CLIP, MULTILINGUAL, check_route, multilingual_model, reader_of
 from datasette_imgsearch.search.strength import Calibration, random_text_vectors, random_texts
 from datasette_imgsearch.vectors.ranking import Hit
-from datasette_imgsearch.vectors.store import Loaded, VectorStore
+from datasette_imgsearch.vectors.snapshot import Snapshot
+from datasette_imgsearch.vectors.store import VectorStore
 
 MAX_QUERY_LENGTH = 1000
 MAX_TERMS = 16
@@ -226,15 +227,15 @@ class Searcher:
         self.load_seconds: float | None = None
 
     # Models ------------------------------------------------------------------------------------
-    # Each query takes one snapshot of what is loaded (``Loaded``) and uses it throughout, so a query
+    # Each query takes one snapshot of what is loaded (``Snapshot``) and uses it throughout, so a query
     # that runs while a re-embed switches models never mixes the old model with the new vectors.
-    def image_model(self, loaded: Loaded) -> str:
+    def image_model(self, loaded: Snapshot) -> str:
         return self.choice.model or loaded.model
 
-    def text_model(self, loaded: Loaded) -> str:
+    def text_model(self, loaded: Snapshot) -> str:
         return self.choice.text_model or loaded.text_model or self.choice.model or loaded.model
 
-    def multilingual_model(self, loaded: Loaded) -> str | None:
+    def multilingual_model(self, loaded: Snapshot) -> str | None:
         return multilingual_model(loaded.model, loaded.multilingual_model, self.choice.multilingual_model)
 
     @property
@@ -245,7 +246,7 @@ class Searcher:
     def text_model_name(self) -> str:
         return self.text_model(self.store.current())
 
-    def text_embedder(self, loaded: Loaded | None = None, reader: str = CLIP) -> Embedder:
+    def text_embedder(self, loaded: Snapshot | None = None, reader: str = CLIP) -> Embedder:
         """The text model that reads terms routed to ``reader``; the multilingual one loads at its first term."""
         loaded = loaded or self.store.current()
         if reader == CLIP:
@@ -257,11 +258,11 @@ class Searcher:
             raise ModelError(f"the multilingual model {name!r} cannot encode text")
         return self._checked(embedder, loaded)
 
-    def image_embedder(self, loaded: Loaded | None = None) -> Embedder:
+    def image_embedder(self, loaded: Snapshot | None = None) -> Embedder:
         loaded = loaded or self.store.current()
         return self._checked(load_embedder(self.image_model(loaded), self.device, self.precision), loaded)
 
-    def _checked(self, embedder: Embedder, loaded: Loaded) -> Embedder:
+    def _checked(self, embedder: Embedder, loaded: Snapshot) -> Embedder:
         if embedder.dimension != loaded.dimension:
             raise ModelError(
                 f"the model {embedder.name!r} gives {embedder.dimension}-dimensional vectors, but this catalog "
@@ -273,7 +274,7 @@ class Searcher:
         """Load the text model and the vectors, and measure what chance finds, so the first query is fast."""
         self.calibration(self.store.current())
 
-    def calibration(self, loaded: Loaded, multilingual: bool = False) -> Calibration:
+    def calibration(self, loaded: Snapshot, multilingual: bool = False) -> Calibration:
         """What random text finds in this catalog (see strength.py), through CLIP's text tower and, with
         ``multilingual``, through the multilingual model too: made once per catalog state and models."""
         readers = [CLIP, MULTILINGUAL] if multilingual else [CLIP]
@@ -286,7 +287,7 @@ class Searcher:
             self._calibrations.put(key, found)
         return found
 
-    def _random_vectors(self, loaded: Loaded, reader: str) -> np.ndarray:
+    def _random_vectors(self, loaded: Snapshot, reader: str) -> np.ndarray:
         embedder = self.text_embedder(loaded, reader)
         vectors = self._random_text_vectors.get(embedder.identity)
         if vectors is None:
@@ -338,7 +339,7 @@ class Searcher:
             raise self._load_error
 
     # Queries -----------------------------------------------------------------------------------
-    def row_vector(self, row_id: int, loaded: Loaded | None = None) -> np.ndarray:
+    def row_vector(self, row_id: int, loaded: Snapshot | None = None) -> np.ndarray:
         loaded = loaded or self.store.current()
         vector = self.store.embedding(row_id)
         if vector is None:
@@ -347,7 +348,7 @@ class Searcher:
             raise QueryError("the catalog switched to another model while this query ran: run it again")
         return vector
 
-    def readings(self, query: str, loaded: Loaded | None = None) -> list[Reading]:
+    def readings(self, query: str, loaded: Snapshot | None = None) -> list[Reading]:
         """The terms of ``query`` and the model that reads each (``row`` for a row's stored vector)."""
         loaded = loaded or self.store.current()
         multilingual = self.multilingual_model(loaded)
@@ -367,13 +368,13 @@ class Searcher:
         calibration = self._calibration_of(readings, self.store.current())
         return None if calibration is None else calibration.strong_score
 
-    def _calibration_of(self, readings: list[Reading], loaded: Loaded) -> Calibration | None:
+    def _calibration_of(self, readings: list[Reading], loaded: Snapshot) -> Calibration | None:
         """The calibration a query's strength is measured with; None for a query with row: terms."""
         if any(reading.row is not None for reading in readings):
             return None
         return self.calibration(loaded, any(reading.reader == MULTILINGUAL for reading in readings))
 
-    def text_vector(self, text: str, loaded: Loaded | None = None, reader: str = CLIP) -> np.ndarray:
+    def text_vector(self, text: str, loaded: Snapshot | None = None, reader: str = CLIP) -> np.ndarray:
         loaded = loaded or self.store.current()
         key = (reader, self.text_model(loaded), self.multilingual_model(loaded), text)
         vector = self._text_vectors.get(key)
@@ -388,12 +389,12 @@ class Searcher:
             self._text_vectors.put(key, vector)
         return vector
 
-    def query_vector(self, query: str, loaded: Loaded | None = None) -> tuple[np.ndarray, set[int]]:
+    def query_vector(self, query: str, loaded: Snapshot | None = None) -> tuple[np.ndarray, set[int]]:
         """The unit vector a query stands for, and the rows it names (left out of its results)."""
         loaded = loaded or self.store.current()
         return self._vector_of(query, self.readings(query, loaded), loaded)
 
-    def _vector_of(self, query: str, readings: list[Reading], loaded: Loaded) -> tuple[np.ndarray, set[int]]:
+    def _vector_of(self, query: str, readings: list[Reading], loaded: Snapshot) -> tuple[np.ndarray, set[int]]:
         total: np.ndarray | None = None
         exclude = set()
         for reading in readings:
@@ -432,7 +433,7 @@ class Searcher:
             ids = None if candidates is None else candidates.ids
             hits = self.store.search(vector, k, exclude, min_score, ids, loaded)
             if calibration is not None:
-                hits = [Hit(hit.id, hit.score, calibration.strength(hit.score)) for hit in hits]
+                hits = [calibration.rated(hit) for hit in hits]
             self._results.put(key, hits)
         return hits
 

@@ -41,6 +41,8 @@ from typing import Callable
 
 import numpy as np
 
+from datasette_imgsearch.vectors.ranking import Hit
+
 NULL_TEXT_COUNT = 200
 STRONG = 0.99
 SEED = 20260101
@@ -84,6 +86,11 @@ class Calibration:
     def strength(self, score: float) -> float:
         """The share of random strings whose best match in the catalog scores below ``score``."""
         return float(np.searchsorted(self.best, score, side="left")) / len(self.best)
+
+    def rated(self, hit: Hit) -> Hit:
+        """``hit`` with its strength, and whether that is strong."""
+        strength = self.strength(hit.score)
+        return Hit(hit.id, hit.score, strength, strength >= STRONG)
 
     @property
     def strong_score(self) -> float:

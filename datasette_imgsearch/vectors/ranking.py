@@ -1,5 +1,6 @@
 """The arithmetic of ranking: scores of vectors against rows, and the k best of them, tie-broken the same
-way by every door (SQL, the page, the JSON, the CLI). :mod:`store` decides which rows to score."""
+way by every door (SQL, the page, the JSON, the CLI). :mod:`store` decides which rows to score;
+:mod:`search.strength` how strong a hit is."""
 
 from __future__ import annotations
 
@@ -7,8 +8,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-
-from datasette_imgsearch.search.strength import STRONG
 
 # Rounding two unit vectors to bfloat16 moves their dot product by at most 2**-8 (about 0.004); the
 # margin a bfloat16 first pass keeps is 2.5 times that.
@@ -19,11 +18,8 @@ FIRST_PASS_MARGIN = 0.01
 class Hit:
     id: int
     score: float
-    strength: float | None = None  # see strength.py; None for picture queries
-
-    @property
-    def strong(self) -> bool | None:
-        return None if self.strength is None else self.strength >= STRONG
+    strength: float | None = None  # how it compares with what random text finds (search.strength); None for pictures
+    strong: bool | None = None  # whether that strength counts as strong; None for pictures
 
     def as_dict(self) -> dict[str, Any]:
         found = {"id": self.id, "score": round(self.score, 6)}
