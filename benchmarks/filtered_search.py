@@ -35,7 +35,7 @@ def main() -> None:
         gather_or_full_pass()
         return
 
-    from datasette_imgsearch.search.searcher import searcher_for
+    from datasette_imgsearch.search.registry import searcher_for
     from datasette_imgsearch.settings import Settings
     from datasette_imgsearch.sql.functions import register_functions
 

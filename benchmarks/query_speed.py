@@ -55,7 +55,7 @@ def synthetic_catalog(rows: int, model: str) -> Path:
 
 
 def sql_latencies(db: Path, model: str, count: int) -> dict[str, tuple[float, float]]:
-    from datasette_imgsearch.search.searcher import searcher_for
+    from datasette_imgsearch.search.registry import searcher_for
     from datasette_imgsearch.settings import Settings
     from datasette_imgsearch.sql.functions import register_functions
 

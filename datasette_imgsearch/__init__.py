@@ -17,7 +17,7 @@ from datasette_imgsearch.catalog.catalog import has_embeddings, is_catalog
 from datasette_imgsearch.catalog.schema import REMOVED_TABLE, TABLE
 from datasette_imgsearch.errors import ImgsearchError
 from datasette_imgsearch.models.choice import ModelChoice
-from datasette_imgsearch.search.searcher import searcher_for
+from datasette_imgsearch.search.registry import searcher_for
 from datasette_imgsearch.settings import Settings
 from datasette_imgsearch.sql.functions import register_functions
 from datasette_imgsearch.web import csrf
@@ -28,7 +28,6 @@ hookimpl = pluggy.HookimplMarker("datasette")
 # The background load waits this long, so that importing torch (seconds of work holding the GIL) does
 # not delay Datasette's first answers (+0.3 s measured); a query that comes sooner starts it at once.
 LOAD_AFTER_SECONDS = 1.0
-_ROUTE = r"^/(?P<database>[^/]+)/(?P<table>[^/]+)/-/imgsearch"
 # Per Datasette instance, the databases found to hold a catalog when their first connection opened:
 # the table action and the cell links appear only there, never on any other table called images.
 _catalogs: weakref.WeakKeyDictionary[Any, set[str]] = weakref.WeakKeyDictionary()
@@ -40,9 +39,9 @@ def _is_catalog(datasette: Any, database: str) -> bool:
 
 @hookimpl
 def prepare_connection(conn: Any, database: str, datasette: Any) -> None:
-    from datasette_imgsearch.web import search
+    from datasette_imgsearch.web.target import catalog_file
 
-    found = search.catalog_file(datasette, database)
+    found = catalog_file(datasette, database)
     if found and is_catalog(conn):
         _catalogs.setdefault(datasette, set()).add(database)
         path, immutable = found
@@ -53,10 +52,10 @@ def prepare_connection(conn: Any, database: str, datasette: Any) -> None:
 def startup(datasette: Any) -> None:
     """Start loading each catalog's model and vectors in the background, so the first query is fast and
     Datasette answers its first request as soon as it would without this plugin."""
-    from datasette_imgsearch.web import search
+    from datasette_imgsearch.web.target import catalog_file
 
     for name in list(datasette.databases):
-        found = search.catalog_file(datasette, name)
+        found = catalog_file(datasette, name)
         if found and has_embeddings(*found):
             settings = Settings.for_database(datasette, name)
             timer = threading.Timer(LOAD_AFTER_SECONDS, _load, args=(found[0], settings.models, found[1]))
@@ -73,25 +72,19 @@ def _load(path: str, choice: ModelChoice, immutable: bool) -> None:
 
 @hookimpl
 def register_routes() -> list[tuple[str, Any]]:
-    from datasette_imgsearch.web import search
+    from datasette_imgsearch.web.routes import routes
 
-    return [
-        (_ROUTE + r"$", search.search_page),
-        (_ROUTE + r"\.json$", search.search_json),
-        (_ROUTE + r"/thumbnail/(?P<id>\d+)$", search.thumbnail_view),
-        (_ROUTE + r"/original/(?P<id>\d+)$", search.original_view),
-        (r"^/-/imgsearch(\.json)?$", search.status_view),
-    ]
+    return routes()
 
 
 @hookimpl
 def table_actions(datasette: Any, database: str, table: str) -> list[dict[str, str]] | None:
-    from datasette_imgsearch.web import search
+    from datasette_imgsearch.web.routes import search_url
 
     if table != TABLE or not _is_catalog(datasette, database):
         return None
     return [{
-        "href": search.image_routes_base(datasette, database, table),
+        "href": search_url(datasette, database, table),
         "label": "Search images by text or example",
         "description": "Semantic search with CLIP: type a description or upload a reference image",
     }]
@@ -102,9 +95,9 @@ def render_cell(value: Any, column: str, table: str | None, database: str, datas
     """Thumbnails as pictures; paths with their picture, a link to the original and "more like this"."""
     if table not in (TABLE, REMOVED_TABLE, None) or not _is_catalog(datasette, database):
         return None
-    from datasette_imgsearch.web import search
+    from datasette_imgsearch.web.cells import render_cell as cell
 
-    return search.render_cell(value, column, table, database, datasette, row)
+    return cell(value, column, table, database, datasette, row)
 
 
 @hookimpl

@@ -22,7 +22,8 @@ from datasette_imgsearch.models.embedder import Embedder
 from datasette_imgsearch.models.hardware import DEVICES, PRECISIONS
 from datasette_imgsearch.models.languages import MULTILINGUAL, ROUTES
 from datasette_imgsearch.models.names import DEFAULT_MODEL
-from datasette_imgsearch.search.searcher import check_k, check_min_score, searcher_for
+from datasette_imgsearch.search.arguments import check_k, check_min_score
+from datasette_imgsearch.search.registry import searcher_for
 from datasette_imgsearch.search.strength import STRONG
 from datasette_imgsearch.status import catalog_status
 from datasette_imgsearch.vectors.index import INDEX_TYPES, write_index

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 
@@ -20,6 +21,7 @@ from datasette_imgsearch.build.options import BuildOptions
 from datasette_imgsearch.cli import cli
 from datasette_imgsearch.images.toyworld import write_world
 from datasette_imgsearch.models.choice import ModelChoice
+from datasette_imgsearch.search.arguments import Candidates
 
 TOY_MODEL = Path(__file__).parent / "fixtures" / "toy-clip"
 TOY_MULTILINGUAL = Path(__file__).parent / "fixtures" / "toy-multilingual"
@@ -69,6 +71,11 @@ def shared_catalog(tmp_path_factory: pytest.TempPathFactory, world: Path, toy_mo
     path = folder / "photos.db"
     build(path, images, BuildOptions(ModelChoice(model=toy_model), batch_size=16))
     return path
+
+
+def candidates_of(ids: object) -> Candidates:
+    """The candidates argument SQL's ``json_group_array(id)`` would give for ``ids``."""
+    return Candidates(json.dumps([int(i) for i in ids]))
 
 
 def run_cli(*args: str, expect: int = 0) -> str:

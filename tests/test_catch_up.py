@@ -57,7 +57,7 @@ def test_a_server_searching_during_a_build_catches_up_and_stays_exact(
     views: list[str] = []
 
     def search_now(done: int, total: int) -> None:  # runs between the build's commits
-        found = [hit.id for hit in searcher.search_vector(vector, 8, set(), None)]
+        found = [hit.id for hit in searcher.store.search(vector, 8, set(), None)]
         assert found == exact_top(catalog, vector, 8)
         loaded = searcher.store.current()
         assert loaded.base is base  # caught up, never read in full again
@@ -65,10 +65,10 @@ def test_a_server_searching_during_a_build_catches_up_and_stays_exact(
 
     build(catalog, images, BuildOptions(ModelChoice(model=toy_model), batch_size=2), progress=search_now)
     assert any("caught up with" in view for view in views)
-    found = [hit.id for hit in searcher.search_vector(vector, 8, set(), None)]
+    found = [hit.id for hit in searcher.store.search(vector, 8, set(), None)]
     assert found == exact_top(catalog, vector, 8)
     assert searcher.store.current().base is not base  # the new index file: one full load
-    assert searcher.size == 64
+    assert searcher.store.current().size == 64
 
 
 def test_a_row_changed_in_place_is_found_by_its_new_vector_only(catalog: Path) -> None:
@@ -78,13 +78,13 @@ def test_a_row_changed_in_place_is_found_by_its_new_vector_only(catalog: Path) -
     changed, donor = ids[3], ids[40]
     old = np.frombuffer(conn.execute("select embedding from images where id = ?", [changed]).fetchone()[0], "<f4")
     new = np.frombuffer(conn.execute("select embedding from images where id = ?", [donor]).fetchone()[0], "<f4")
-    assert searcher.search_vector(old, 1, set(), None)[0].id == changed
+    assert searcher.store.search(old, 1, set(), None)[0].id == changed
     with conn:
         conn.execute("update images set embedding = (select embedding from images where id = ?) where id = ?", [donor, changed])
     conn.close()
-    assert changed not in [hit.id for hit in searcher.search_vector(old, 1, set(), None)]
-    assert {hit.id for hit in searcher.search_vector(new, 2, set(), None)} == {changed, donor}
-    assert "caught up with 1 row changed since" in searcher.vectors_from
+    assert changed not in [hit.id for hit in searcher.store.search(old, 1, set(), None)]
+    assert {hit.id for hit in searcher.store.search(new, 2, set(), None)} == {changed, donor}
+    assert "caught up with 1 row changed since" in searcher.store.current().vectors_from
 
 
 @pytest.mark.parametrize("selectors", ["FAISS leaves the hidden rows out", "FAISS without selectors"])
@@ -109,7 +109,7 @@ def test_an_index_search_leaves_out_the_rows_changed_since_and_fetches_only_k(
     conn = sqlite3.connect(catalog)
     ids = [row[0] for row in conn.execute("select id from images order by id")]
     vector = searcher.store.embedding(ids[5])
-    top = [hit.id for hit in searcher.search_vector(vector, 6, set(), None)]
+    top = [hit.id for hit in searcher.store.search(vector, 6, set(), None)]
     donors = [id_ for id_ in reversed(ids) if id_ not in top][:3]
     with conn:  # the best match and two more changed in place, one removed
         conn.executemany("update images set embedding = (select embedding from images where id = ?) where id = ?",
@@ -117,7 +117,7 @@ def test_an_index_search_leaves_out_the_rows_changed_since_and_fetches_only_k(
         conn.execute("delete from images where id = ?", [top[3]])
     conn.close()
     fetched.clear()
-    found = [hit.id for hit in searcher.search_vector(vector, 6, {ids[0]}, None)]
+    found = [hit.id for hit in searcher.store.search(vector, 6, {ids[0]}, None)]
     assert found == [id_ for id_ in exact_top(catalog, vector, 7) if id_ != ids[0]][:6]
     assert not set(top[:4]) & set(found)
     assert fetched == ([(7, True)] if selectors == "FAISS leaves the hidden rows out" else [(7 + 4, False)])
@@ -135,7 +135,7 @@ def test_filtered_search_during_a_catch_up_sees_new_rows_and_not_removed_ones(ca
         added = conn.execute("select max(id) from images").fetchone()[0]
     conn.close()
     vector = searcher.store.embedding(ids[1])
-    hits = searcher.search_vector(vector, 3, set(), None)
+    hits = searcher.store.search(vector, 3, set(), None)
     assert {hits[0].id, hits[1].id} == {ids[1], added}
     among = searcher.store.search(vector, 5, set(), None, candidates=np.array([ids[0], added, ids[2]]))
     assert [hit.id for hit in among] == [added, ids[2]]
@@ -190,8 +190,9 @@ def test_a_delta_past_a_quarter_of_its_base_is_read_in_full(catalog: Path, monke
         conn.execute("delete from images where id in (select id from images order by id limit 10)")
     conn.close()
     assert searcher.store.current().base is not base  # 20 of 60: read again
-    assert searcher.vectors_from == "stored embeddings (exact; index stale by more changed rows than a catch-up carries)"
-    assert searcher.size == 40
+    expected = "stored embeddings (exact; index stale by more changed rows than a catch-up carries)"
+    assert searcher.store.current().vectors_from == expected
+    assert searcher.store.current().size == 40
 
 
 def test_the_change_log_holds_what_the_index_lacks(catalog: Path) -> None:

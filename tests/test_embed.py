@@ -105,7 +105,7 @@ def test_a_separate_text_model_is_recorded_and_used(tmp_path: Path, images: Path
     run_cli("build", db, images, "--model", toy_model, "--text-model", text_model, "--silent")
     assert f"text_model:  {text_model.resolve()}" in run_cli("info", db)
     searcher = Searcher(db)
-    assert searcher.text_model_name == str(text_model.resolve())
+    assert searcher.models.text_model(searcher.store.current()) == str(text_model.resolve())
     assert len(searcher.search("a red circle", 3)) == 3
 
 
@@ -222,4 +222,4 @@ def test_queries_encoded_in_bf16_stay_within_cosine_0_999_of_fp32_and_rank_the_s
         assert float(fp32 @ bf16) >= 0.999, query
         top = {p: {h.id for h in searchers[p].search(query, 5)} for p in searchers}  # near-ties may swap places
         assert top["fp32"] == top["bf16"], query
-    assert searchers["bf16"].text_embedder().precision == "bf16"
+    assert searchers["bf16"].models.text_embedder(searchers["bf16"].store.current()).precision == "bf16"

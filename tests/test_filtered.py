@@ -13,11 +13,12 @@ from datasette.app import Datasette
 
 from datasette_imgsearch.catalog.schema import from_blob
 from datasette_imgsearch.images.toyworld import label_of
-from datasette_imgsearch.search.searcher import Candidates, Searcher
+from datasette_imgsearch.search.arguments import Candidates
+from datasette_imgsearch.search.searcher import Searcher
 from datasette_imgsearch.vectors import snapshot, store
 from datasette_imgsearch.vectors.index import restricted_to
 
-from .conftest import run_cli
+from .conftest import candidates_of, run_cli
 from .test_plugin import sql
 
 BLUE = "(select json_group_array(id) from images where name like 'blue-%')"
@@ -45,7 +46,7 @@ def test_a_filtered_ranking_is_the_exact_ranking_of_the_rows_that_passed(
     with sqlite3.connect(shared_catalog) as conn:
         candidates = np.array([r[0] for r in conn.execute(f"select id from images where {where}")], dtype=np.int64)
     vector, _ = searcher.query_vector("a red circle")
-    hits = searcher.search("a red circle", 10, None, Candidates.of(candidates))
+    hits = searcher.search("a red circle", 10, None, candidates_of(candidates))
     expected = brute_force(shared_catalog, vector, where)[:10]
     assert [h.id for h in hits] == expected
     assert len(hits) == min(10, len(candidates))
@@ -81,11 +82,11 @@ def test_candidates_in_any_order_with_repeats_rank_like_the_sorted_unique_ids(
 def test_an_approximate_index_still_ranks_the_candidates_exactly(catalog: Path) -> None:
     run_cli("index", catalog, "--type", "hnsw")
     searcher = Searcher(catalog)
-    assert "hnsw" in searcher.vectors_from
+    assert "hnsw" in searcher.store.current().vectors_from
     with sqlite3.connect(catalog) as conn:
         candidates = np.array([r[0] for r in conn.execute("select id from images where name like 'green-%'")], dtype=np.int64)
     vector, _ = searcher.query_vector("a green square")
-    hits = searcher.search("a green square", 8, None, Candidates.of(candidates))
+    hits = searcher.search("a green square", 8, None, candidates_of(candidates))
     assert [h.id for h in hits] == brute_force(catalog, vector, "name like 'green-%'")[:8]
 
 
@@ -103,7 +104,7 @@ def test_many_candidates_are_searched_in_the_index_restricted_to_them(
     with sqlite3.connect(catalog) as conn:
         candidates = np.array([r[0] for r in conn.execute(f"select id from images where {where}")], dtype=np.int64)
     vector, _ = searcher.query_vector("a green square")
-    hits = [h.id for h in searcher.search("a green square", 8, None, Candidates.of(candidates))]
+    hits = [h.id for h in searcher.search("a green square", 8, None, candidates_of(candidates))]
     expected = brute_force(catalog, vector, where)[:8]
     assert restricted == [len(candidates)]
     assert set(hits) <= set(candidates.tolist())
@@ -125,7 +126,7 @@ def test_without_search_time_selectors_in_faiss_the_candidates_are_read_exactly(
     vector, _ = searcher.query_vector("a blue circle")
     with sqlite3.connect(catalog) as conn:
         candidates = np.array([r[0] for r in conn.execute("select id from images where name like 'blue-%'")], dtype=np.int64)
-    hits = searcher.search("a blue circle", 5, None, Candidates.of(candidates))
+    hits = searcher.search("a blue circle", 5, None, candidates_of(candidates))
     assert [h.id for h in hits] == brute_force(catalog, vector, "name like 'blue-%'")[:5]
 
 
@@ -149,7 +150,7 @@ def test_the_restricted_index_search_sees_rows_committed_since_and_not_removed_o
     conn.close()
     hits = searcher.store.search(vector, 3, set(), None, candidates=np.array([*blue, added]))
     assert hits[0].id == added and blue[0] not in [h.id for h in hits]
-    assert "caught up with" in searcher.vectors_from
+    assert "caught up with" in searcher.store.current().vectors_from
 
 
 @pytest.mark.asyncio
@@ -194,9 +195,9 @@ def test_a_changed_catalog_changes_the_filtered_answer(catalog: Path, images: Pa
     searcher = Searcher(catalog)
     with sqlite3.connect(catalog) as conn:
         blue = np.array([r[0] for r in conn.execute("select id from images where name like 'blue-%'")], dtype=np.int64)
-    before = searcher.search("a blue circle", 3, None, Candidates.of(blue))
+    before = searcher.search("a blue circle", 3, None, candidates_of(blue))
     for path in images.glob("blue-circle-*"):
         shutil.move(path, images.parent / path.name)  # out of the catalogued folder
     run_cli("build", catalog, "--silent")
-    after = searcher.search("a blue circle", 3, None, Candidates.of(blue))
+    after = searcher.search("a blue circle", 3, None, candidates_of(blue))
     assert {h.id for h in after}.isdisjoint({h.id for h in before}) and all(h.id in set(blue) for h in after)

@@ -14,8 +14,9 @@ from datasette.app import Datasette
 from PIL import Image
 
 from datasette_imgsearch.images.toyworld import label_of
-from datasette_imgsearch.search.searcher import Candidates, Searcher
+from datasette_imgsearch.search.searcher import Searcher
 
+from .conftest import candidates_of
 from .test_plugin import SEARCH, make_datasette, started
 
 
@@ -42,7 +43,7 @@ async def test_a_filter_beside_the_query_ranks_exactly_within_the_rows_that_pass
     assert found["filters"] == 'where name starts with "blue"'
     with sqlite3.connect(shared_catalog) as conn:
         blue = [r[0] for r in conn.execute("select id from images where name like 'blue%'")]
-    expected = Searcher(shared_catalog).search("a red circle", 10, None, Candidates.of(blue))
+    expected = Searcher(shared_catalog).search("a red circle", 10, None, candidates_of(blue))
     assert [r["id"] for r in found["results"]] == [h.id for h in expected]
 
 

@@ -23,10 +23,12 @@ from datasette_imgsearch.build.options import BuildOptions
 from datasette_imgsearch.catalog.catalog import Catalog
 from datasette_imgsearch.catalog.changes import Upsert
 from datasette_imgsearch.catalog.schema import catalog_files, to_blob
+from datasette_imgsearch.catalog.writing import exclusive
 from datasette_imgsearch.errors import CatalogError
 from datasette_imgsearch.models.choice import ModelChoice
 from datasette_imgsearch.models.names import model_key
-from datasette_imgsearch.search.searcher import Searcher, searcher_for
+from datasette_imgsearch.search.registry import searcher_for
+from datasette_imgsearch.search.searcher import Searcher
 
 from .conftest import run_cli
 from .test_plugin import SEARCH, make_datasette, sql, started
@@ -152,7 +154,7 @@ async def test_a_symlinked_external_folder_is_catalogued_and_served_alike(tmp_pa
 
 # Builds -------------------------------------------------------------------------------------------
 def test_a_second_build_on_the_same_catalog_is_told_another_is_writing(catalog: Path, images: Path, toy_model: str) -> None:
-    with Catalog(catalog, write=True) as held, held.exclusive():
+    with Catalog(catalog, write=True) as held, exclusive(held):
         output = run_cli("build", catalog, images, "--model", toy_model, "--silent", expect=1)
     assert "another build is writing" in output and "Traceback" not in output
 

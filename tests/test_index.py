@@ -92,8 +92,8 @@ def test_index_types_can_be_chosen_and_are_remembered(catalog: Path, kind: str) 
     assert Catalog(catalog).meta("index_type") == kind
     searcher = Searcher(catalog)
     hits = searcher.search("a red circle", 5)
-    assert f"({kind})" in searcher.vectors_from
-    assert len(hits) == 5 and searcher.size == 60
+    assert f"({kind})" in searcher.store.current().vectors_from
+    assert len(hits) == 5 and searcher.store.current().size == 60
 
 
 def test_a_stale_or_missing_index_never_gives_wrong_rows(catalog: Path) -> None:
@@ -106,7 +106,7 @@ def test_a_stale_or_missing_index_never_gives_wrong_rows(catalog: Path) -> None:
     conn.close()
     after = searcher.search("a red circle", 3)
     assert gone not in [hit.id for hit in after]
-    assert "caught up with 1 row changed since" in searcher.vectors_from
+    assert "caught up with 1 row changed since" in searcher.store.current().vectors_from
     assert [h.id for h in Searcher(catalog).search("a red circle", 3)] == [h.id for h in after]  # a fresh load too
     index_path(catalog).unlink()
     assert [h.id for h in Searcher(catalog).search("a red circle", 3)] == [h.id for h in after]
@@ -115,10 +115,10 @@ def test_a_stale_or_missing_index_never_gives_wrong_rows(catalog: Path) -> None:
 def test_a_rebuilt_index_is_picked_up_without_a_restart(catalog: Path) -> None:
     searcher = Searcher(catalog)
     searcher.search("a square", 3)
-    assert "(exact)" in searcher.vectors_from
+    assert "(exact)" in searcher.store.current().vectors_from
     run_cli("index", catalog, "--type", "hnsw")
     searcher.search("a square", 3)
-    assert "hnsw" in searcher.vectors_from
+    assert "hnsw" in searcher.store.current().vectors_from
 
 
 def test_the_index_is_written_atomically(catalog: Path) -> None:

@@ -17,7 +17,7 @@ from datasette.app import Datasette
 from datasette.version import __version__ as datasette_version
 from PIL import Image
 
-from datasette_imgsearch.search.searcher import searcher_for
+from datasette_imgsearch.search.registry import searcher_for
 
 from .conftest import run_cli
 
@@ -159,7 +159,8 @@ async def test_concurrent_json_searches_all_join_one_model_run(ds: Datasette, sh
     """Searches wait for the model in threads of their own, so as many as arrive together share its next
     run, whatever the number of cores (the event loop's default pool holds CPU count + 4 threads)."""
     searches = 12
-    embedder = searcher_for(shared_catalog).text_embedder()
+    searcher = searcher_for(shared_catalog)
+    embedder = searcher.models.text_embedder(searcher.store.current())
     queries = [f"a red ball {uuid.uuid4().hex[:6]} {n}" for n in range(searches)]  # new: no cached vectors
     with embedder._lock:  # the model is busy: the first search takes the next turn, the others queue behind it
         requests = asyncio.ensure_future(asyncio.gather(*(ds.client.get(SEARCH + ".json", params={"q": q}) for q in queries)))

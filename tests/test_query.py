@@ -11,7 +11,9 @@ import pytest
 
 from datasette_imgsearch.catalog.schema import from_blob
 from datasette_imgsearch.errors import ModelError, QueryError
-from datasette_imgsearch.search.searcher import Searcher, Term, check_k, parse
+from datasette_imgsearch.search.arguments import check_k
+from datasette_imgsearch.search.parse import Term, parse
+from datasette_imgsearch.search.searcher import Searcher
 from datasette_imgsearch.vectors import store
 from datasette_imgsearch.vectors.ranking import top_k
 
@@ -193,7 +195,7 @@ def test_a_large_catalog_searches_through_the_first_pass_and_ranks_exactly(share
     searcher = Searcher(shared_catalog)
     searcher.store.first_pass_rows = 1  # as if it held millions of rows
     vector, _ = searcher.query_vector("a red circle")
-    hits = searcher.search_vector(vector, 10, set(), None)
+    hits = searcher.store.search(vector, 10, set(), None)
     assert searcher.store.current().base.bfloat16 is not None
     expected = top_k(ids, matrix @ vector, 10, set(), None)
     assert [h.id for h in hits] == [h.id for h in expected]
@@ -214,7 +216,8 @@ def test_a_query_never_mixes_two_models_when_the_catalog_switches_under_it(share
 
     searcher = Searcher(shared_catalog)
     loaded = searcher.store.current()
-    switched = dataclasses.replace(loaded, facts=dataclasses.replace(loaded.facts, dimension=16))  # as if a re-embed switched models
+    # as if a re-embed switched models mid-query
+    switched = dataclasses.replace(loaded, facts=dataclasses.replace(loaded.facts, dimension=16))
     with pytest.raises(QueryError, match="switched to another model while this query ran"):
         searcher.query_vector("row:3 + a red circle", switched)
     with pytest.raises(ModelError, match="gives 32-dimensional vectors"):

@@ -77,7 +77,7 @@ def test_plugin_and_cli_work_on_really_read_only_storage(read_only_catalog: Path
 async def _probe_datasette(db: Path, immutable: bool) -> dict[str, int]:
     from datasette.app import Datasette
 
-    from datasette_imgsearch.search.searcher import searcher_for
+    from datasette_imgsearch.search.registry import searcher_for
 
     ds = Datasette([] if immutable else [str(db)], immutables=[str(db)] if immutable else [])
     await ds.invoke_startup()

@@ -17,7 +17,7 @@ from datasette.app import Datasette
 from PIL import Image
 
 from datasette_imgsearch.images.toyworld import COLOURS, SHAPES, draw_image, label_of
-from datasette_imgsearch.search.searcher import searcher_for
+from datasette_imgsearch.search.registry import searcher_for
 
 from .conftest import run_cli
 

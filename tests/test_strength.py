@@ -15,7 +15,8 @@ from datasette.app import Datasette
 
 from datasette_imgsearch.errors import QueryError
 from datasette_imgsearch.images.toyworld import COLOURS, SHAPES, draw_image
-from datasette_imgsearch.search.searcher import Searcher, check_min_score
+from datasette_imgsearch.search.arguments import check_min_score
+from datasette_imgsearch.search.searcher import Searcher
 from datasette_imgsearch.search.strength import STRONG, Calibration, random_texts
 
 from .conftest import run_cli

@@ -20,8 +20,9 @@ from datasette_imgsearch.build.options import BuildOptions, Summary
 from datasette_imgsearch.build.plan import plan_reembed, plan_update
 from datasette_imgsearch.build.rows import RowChanges
 from datasette_imgsearch.catalog.catalog import Catalog
-from datasette_imgsearch.catalog.changes import Change, Remove, SetMeta, StageEmbedding, Upsert
+from datasette_imgsearch.catalog.changes import Change, Remove, SetMeta, StageEmbedding, SwitchModel, Upsert
 from datasette_imgsearch.catalog.schema import catalog_files, now, to_blob
+from datasette_imgsearch.catalog.writing import exclusive, settle
 from datasette_imgsearch.errors import CatalogError
 from datasette_imgsearch.images.scan import FoundFile, ScanResult, scan
 from datasette_imgsearch.models.cache import MODELS, ModelCache
@@ -71,14 +72,14 @@ class Builder:
             return False
 
     def run(self) -> Summary:
-        with self.catalog.exclusive():
+        with exclusive(self.catalog):
             self.catalog.set_meta(**self.catalog.folder_facts(self.folder), **self.model.first_facts())
             found = scan(self.folder, skip=catalog_files(self.catalog.path))
             reembedded = self._reembed(found) if self.model.reembed else set()
             self._update(found, reembedded)
             self.catalog.set_meta(last_build=now())
             self.summary.index = self._refresh_index()
-            if not self.catalog.settle():
+            if not settle(self.catalog):
                 self.summary.notes.append(
                     "the catalog stays in WAL mode while another program has it open; "
                     "run build again with nothing serving it before copying it to read-only storage"
@@ -106,7 +107,7 @@ class Builder:
                 changes = []
         self.catalog.write(changes)
         staged = self.catalog.reembedded_ids()
-        self.catalog.switch_model(**self._model_facts())
+        self.catalog.write([SwitchModel(self._model_facts())])
         reembedded = {path for path, row in stored.items() if row.id in staged}
         self.summary.updated += len(reembedded)
         return reembedded

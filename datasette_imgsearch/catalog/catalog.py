@@ -11,9 +11,7 @@ index up instead of reloading every vector at every commit of a build.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator
@@ -28,7 +26,6 @@ from datasette_imgsearch.catalog.schema import (
     CHANGES_TABLE,
     ERRORS_TABLE,
     META_TABLE,
-    MODEL_KEYS,
     REEMBED_TABLE,
     REMOVED_TABLE,
     TABLE,
@@ -294,64 +291,3 @@ class Catalog:
     def reembedded_ids(self) -> set[int]:
         """Rows whose new vector a running ``--reembed`` has already staged."""
         return {id_ for (id_,) in self.db.execute(f"select id from [{REEMBED_TABLE}]")}
-
-    def switch_model(self, **model: Any) -> int:
-        """Finish a ``--reembed`` in one transaction: the staged vectors replace the old ones (ids kept),
-        the model's facts are replaced, rows that could not be re-embedded leave (their files are gone
-        or unreadable; the next pass records why), and removed rows' old-model vectors are forgotten.
-        Returns how many rows left."""
-        conn = self.db.conn
-        with conn:
-            conn.executemany(f"delete from [{META_TABLE}] where key = ?", [(key,) for key in MODEL_KEYS])
-            conn.executemany(
-                f"insert into [{META_TABLE}] (key, value) values (?, ?)",
-                [(key, value) for key, value in model.items() if value is not None],
-            )
-            left = conn.execute(f"delete from [{TABLE}] where id not in (select id from [{REEMBED_TABLE}])").rowcount
-            conn.execute(
-                f"update [{TABLE}] set embedding = (select embedding from [{REEMBED_TABLE}] where id = [{TABLE}].id)"
-            )
-            conn.execute(f"delete from [{REMOVED_TABLE}]")
-            conn.execute(f"delete from [{REEMBED_TABLE}]")
-            conn.execute(f"delete from [{META_TABLE}] where key = 'reembedding'")
-        return left
-
-    # Writing safely ----------------------------------------------------------------------------
-    @contextlib.contextmanager
-    def exclusive(self) -> Iterator[None]:
-        """Hold the catalog for one writer (a build): a second build is told, not left to collide.
-
-        The advisory lock is taken on a small file in the system's temporary folder named after the
-        catalog's path, never on the catalog itself: closing a second descriptor of the database
-        file would release SQLite's own POSIX locks in this process."""
-        try:
-            import fcntl
-        except ImportError:  # no advisory locks here (Windows): SQLite's own locking still keeps the file whole
-            yield
-            return
-        digest = hashlib.sha256(str(self.path.resolve()).encode()).hexdigest()[:32]
-        with open(Path(tempfile.gettempdir()) / f"datasette-imgsearch-{digest}.lock", "a") as handle:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
-                raise CatalogError(
-                    f"another build is writing {self.path} right now: wait for it to finish, then run this again"
-                ) from None
-            try:
-                yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
-
-    def settle(self) -> bool:
-        """Leave the catalog in rollback-journal mode, so readers on read-only storage can open it.
-
-        SQLite refuses while another connection (a running Datasette) has it open; then it stays in
-        WAL mode, which readers on writable storage read as well. Returns whether it settled."""
-        try:
-            self.db.conn.execute("PRAGMA busy_timeout = 0")
-            mode = self.db.conn.execute("PRAGMA journal_mode = DELETE").fetchone()[0]
-        except sqlite3.OperationalError:
-            return False
-        return str(mode).lower() == "delete"
-
-

@@ -13,6 +13,7 @@ from datasette_imgsearch.catalog.schema import (
     COLUMNS,
     ERRORS_TABLE,
     META_TABLE,
+    MODEL_KEYS,
     REEMBED_TABLE,
     REMOVED_TABLE,
     TABLE,
@@ -109,7 +110,7 @@ class SetMeta(Change):
 
 @dataclass
 class StageEmbedding(Change):
-    """Keep a re-embedded vector aside until :meth:`Catalog.switch_model` swaps them all in."""
+    """Keep a re-embedded vector aside until :class:`SwitchModel` swaps them all in."""
 
     id: int
     embedding: bytes
@@ -126,3 +127,21 @@ class ForgetChanges(Change):
 
     def apply(self, conn: sqlite3.Connection) -> None:
         conn.execute(f"delete from [{CHANGES_TABLE}] where version <= ?", [self.version])
+
+
+@dataclass
+class SwitchModel(Change):
+    """Finish a ``--reembed``: the staged vectors replace the old ones (ids kept), the model's facts are
+    replaced, rows that could not be re-embedded leave (their files are gone or unreadable; the next
+    pass records why), and removed rows' old-model vectors are forgotten."""
+
+    facts: dict[str, Any]
+
+    def apply(self, conn: sqlite3.Connection) -> None:
+        conn.executemany(f"delete from [{META_TABLE}] where key = ?", [(key,) for key in MODEL_KEYS])
+        SetMeta(self.facts).apply(conn)
+        conn.execute(f"delete from [{TABLE}] where id not in (select id from [{REEMBED_TABLE}])")
+        conn.execute(f"update [{TABLE}] set embedding = (select embedding from [{REEMBED_TABLE}] where id = [{TABLE}].id)")
+        conn.execute(f"delete from [{REMOVED_TABLE}]")
+        conn.execute(f"delete from [{REEMBED_TABLE}]")
+        conn.execute(f"delete from [{META_TABLE}] where key = 'reembedding'")

@@ -68,11 +68,37 @@ def decode(
     """Decode ``data`` into an upright RGB image.
 
     ``shrink_to`` (shortest side, longest side) lets a JPEG decode at a reduced scale (``Image.draft``,
-    1/2 to 1/8 in the DCT) as long as both sides stay at least that large: a 12-megapixel photo decodes
-    twice as fast, and a model that sees 224 pixels cannot tell the difference.
+    1/2 to 1/8 in the DCT) as long as both sides stay at least that large: a large photo decodes
+    faster, and a model that sees a few hundred pixels cannot tell the difference.
     ``max_decoded_megapixels`` caps the pixels actually decoded (after that reduction): what bounds
     the memory one upload can take, while a large JPEG still passes.
     """
+    image = _opened(data, max_megapixels)
+    width, height = image.size
+    image_format = image.format
+    try:
+        if shrink_to and image.format == "JPEG":
+            shortest, longest = shrink_to
+            image.draft("RGB", (longest, shortest) if width >= height else (shortest, longest))
+    except Exception as error:
+        raise ImageError("corrupt", f"cannot decode the pixels: {error}") from None
+    _check_decoded_size(image, max_decoded_megapixels)
+    try:
+        exif = image.getexif()
+    except Exception:
+        exif = Image.Exif()
+    if exif.get(_ORIENTATION) in _TRANSPOSED_ORIENTATIONS:
+        width, height = height, width
+    try:
+        image.load()
+        rgb = to_rgb(ImageOps.exif_transpose(image) or image)
+    except Exception as error:
+        raise ImageError("corrupt", f"cannot decode the pixels: {error}") from None
+    return Decoded(rgb, image_format, width, height, exif_facts(exif))
+
+
+def _opened(data: bytes, max_megapixels: float) -> Image.Image:
+    """The image's header read, and its size checked against ``max_megapixels``, before any pixels."""
     if not data:
         raise ImageError("empty", "the file is empty (0 bytes)")
     try:
@@ -93,34 +119,20 @@ def decode(
             f"{width}x{height} is {megapixels:.0f} megapixels, above the {max_megapixels:g} megapixel cap "
             "(raise it with --max-megapixels)",
         )
-    image_format = image.format
-    try:
-        if shrink_to and image.format == "JPEG":
-            shortest, longest = shrink_to
-            image.draft("RGB", (longest, shortest) if width >= height else (shortest, longest))
-    except Exception as error:
-        raise ImageError("corrupt", f"cannot decode the pixels: {error}") from None
-    # Checked before anything reads pixels: Pillow's PNG reader loads the whole image to find EXIF.
+    return image
+
+
+def _check_decoded_size(image: Image.Image, max_decoded_megapixels: float | None) -> None:
+    """Refuse an image that would decode to too many pixels. Checked before anything reads pixels:
+    Pillow's PNG reader loads the whole image to find EXIF."""
     decoded_megapixels = image.size[0] * image.size[1] / 1e6
     if max_decoded_megapixels is not None and decoded_megapixels > max_decoded_megapixels:
         raise ImageError(
             "too-large",
-            f"{image.size[0]}x{image.size[1]} {image_format or 'image'} would decode to {decoded_megapixels:.0f} "
+            f"{image.size[0]}x{image.size[1]} {image.format or 'image'} would decode to {decoded_megapixels:.0f} "
             f"megapixels, above the {max_decoded_megapixels:g} megapixel limit for uploads; send a smaller "
             "picture or a JPEG",
         )
-    try:
-        exif = image.getexif()
-    except Exception:
-        exif = Image.Exif()
-    if exif.get(_ORIENTATION) in _TRANSPOSED_ORIENTATIONS:
-        width, height = height, width
-    try:
-        image.load()
-        rgb = to_rgb(ImageOps.exif_transpose(image) or image)
-    except Exception as error:
-        raise ImageError("corrupt", f"cannot decode the pixels: {error}") from None
-    return Decoded(rgb, image_format, width, height, exif_facts(exif))
 
 
 def _trim_function() -> Any:

@@ -46,8 +46,6 @@ from datasette_imgsearch.vectors.ranking import Hit
 NULL_TEXT_COUNT = 200
 STRONG = 0.99
 SEED = 20260101
-
-
 ASCII = string.ascii_lowercase + string.digits + "!?.,'-"
 CYRILLIC = "абвгдеёжзийклмнопрстуфхцчшщъыьэюя"
 ACCENTED = "abcdefghijklmnopqrstuvwxyzéèàùçäöüßñ"

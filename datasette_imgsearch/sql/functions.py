@@ -11,7 +11,9 @@ import time
 from typing import Any, Callable
 
 from datasette_imgsearch.errors import ImgsearchError, QueryError
-from datasette_imgsearch.search.searcher import Searcher, check_candidates, check_k, check_min_score, searcher_for
+from datasette_imgsearch.search.arguments import check_candidates, check_k, check_min_score
+from datasette_imgsearch.search.registry import searcher_for
+from datasette_imgsearch.search.searcher import Searcher
 from datasette_imgsearch.settings import Settings
 from datasette_imgsearch.sql.binding import create_function
 

@@ -17,7 +17,15 @@ from datasette_imgsearch.lru import LRU
 from datasette_imgsearch.models.batcher import Batcher
 from datasette_imgsearch.models.hardware import cpu_computes_bf16
 from datasette_imgsearch.vectors.index import RERANKED_TYPES, Restriction, hiding, restricted_to
-from datasette_imgsearch.vectors.ranking import Hit, exact_scores, rescored_top_k, score_batch, scores_of, top_k, unique_ids
+from datasette_imgsearch.vectors.ranking import (
+    Hit,
+    exact_scores,
+    rescored_top_k,
+    score_batch,
+    scores_of,
+    top_k,
+    unique_ids,
+)
 from datasette_imgsearch.vectors.snapshot import Base, Delta, Snapshot, Snapshots
 
 # From this many rows, exact search reads a bfloat16 copy of the matrix first (half the memory

@@ -1,0 +1,115 @@
+"""A row's pictures: its stored thumbnail and its original file, served only from inside the catalogued
+folder, after the permission check."""
+
+from __future__ import annotations
+
+from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING, Any, Awaitable, Callable
+
+from datasette.utils.asgi import Response
+
+from datasette_imgsearch.catalog.catalog import Catalog
+from datasette_imgsearch.catalog.schema import TABLE
+from datasette_imgsearch.errors import RequestError
+from datasette_imgsearch.images import pixels
+from datasette_imgsearch.images.scan import media_type
+from datasette_imgsearch.search.parse import MAX_ROW_ID
+from datasette_imgsearch.web.target import Target, answers_errors, in_thread, resolve
+
+if TYPE_CHECKING:
+    from datasette.app import Datasette
+    from datasette.utils.asgi import Request
+
+
+# Images ----------------------------------------------------------------------------------------
+def _image_folder(target: Target) -> Path | None:
+    with Catalog(target.path, immutable=target.immutable) as catalog:
+        return catalog.image_folder()
+
+
+async def _original_of(target: Target, row: dict[str, Any]) -> Path:
+    """The file behind a row (see :func:`original_file`), with the folder read from the catalog."""
+    return original_file(await in_thread(_image_folder, target), row["path"])
+
+
+def original_file(folder: Path | None, relative: str) -> Path:
+    """The file a row points at: its catalogued path under the catalogued folder.
+
+    The rule is the build's: whatever the folder holds is catalogued, symlinked folders and files
+    (an external drive linked in) included, so the same file is served as thumbnail and original.
+    A path that is absolute or climbs out with ``..`` is never followed."""
+    if folder is None:
+        raise RequestError(404, "the catalog does not record its image folder")
+    path = PurePosixPath(relative)
+    if not path.parts or path.is_absolute() or ".." in path.parts or "\x00" in relative:
+        raise RequestError(404, "the row's path is no longer inside the catalogued folder")
+    candidate = folder.joinpath(*path.parts)
+    try:
+        if candidate.is_file():
+            return candidate
+    except (OSError, ValueError):
+        pass
+    raise RequestError(404, "the original file is no longer inside the catalogued folder")
+
+
+def _row_id(request: "Request") -> int:
+    value = int(request.url_vars["id"])
+    if value > MAX_ROW_ID:
+        raise RequestError(404, "no such row")
+    return value
+
+
+async def _row_image(
+    datasette: "Datasette", request: "Request", etag_suffix: str,
+    body_of: Callable[[Target, dict[str, Any]], Awaitable[tuple[bytes, str]]],
+) -> Response:
+    """Serve one row's picture after the permission check, answering 304 when the browser has it."""
+    target = await resolve(datasette, request)
+    found = await datasette.databases[target.database].execute(
+        f"select path, hash, thumbnail from [{TABLE}] where id = ?", [_row_id(request)]
+    )
+    if not found.rows:
+        raise RequestError(404, "no such row")
+    row = dict(found.rows[0])
+    etag = f'"{row["hash"]}{etag_suffix}"'
+    if request.headers.get("if-none-match") == etag:
+        return Response("", status=304, headers={"ETag": etag})
+    body, content_type = await body_of(target, row)
+    return Response(
+        body,
+        content_type=content_type,
+        headers={"X-Content-Type-Options": "nosniff", "ETag": etag, "Cache-Control": "private, max-age=3600"},
+    )
+
+
+@answers_errors(as_json=False)
+async def thumbnail_view(datasette: "Datasette", request: "Request") -> Response:
+    """A row's stored thumbnail; made from the original when the catalog was built without thumbnails."""
+
+    async def body(target: Target, row: dict[str, Any]) -> tuple[bytes, str]:
+        if row["thumbnail"] is not None:
+            return row["thumbnail"], "image/jpeg"
+        file = await _original_of(target, row)
+        return await in_thread(_thumbnail_from_file, file, target.settings.max_megapixels), "image/jpeg"
+
+    return await _row_image(datasette, request, "-thumbnail", body)
+
+
+def _thumbnail_from_file(file: Path, max_megapixels: float) -> bytes:
+    decoded = pixels.decode(pixels.read_bytes(file), max_megapixels, shrink_to=(1, pixels.DEFAULT_THUMBNAIL_SIZE))
+    return pixels.thumbnail(decoded.image)
+
+
+@answers_errors(as_json=False)
+async def original_view(datasette: "Datasette", request: "Request") -> Response:
+    """The original image file, served only from inside the catalogued folder."""
+
+    async def body(target: Target, row: dict[str, Any]) -> tuple[bytes, str]:
+        file = await _original_of(target, row)
+        try:
+            data = await in_thread(file.read_bytes)
+        except OSError:
+            raise RequestError(404, "the original file cannot be read") from None
+        return data, media_type(file.name)
+
+    return await _row_image(datasette, request, "", body)

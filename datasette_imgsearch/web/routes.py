@@ -1,0 +1,29 @@
+"""The plugin's URLs, spelled once: the routes Datasette serves and the links the pages make to them."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from datasette.app import Datasette
+
+SEGMENT = "/-/imgsearch"  # after a table's URL: its search page; after the instance's root: the status
+_TABLE = r"^/(?P<database>[^/]+)/(?P<table>[^/]+)" + SEGMENT
+
+
+def routes() -> list[tuple[str, Any]]:
+    """Datasette's ``register_routes``: each pattern and its view."""
+    from datasette_imgsearch.web import images, search, status
+
+    return [
+        (_TABLE + r"$", search.search_page),
+        (_TABLE + r"\.json$", search.search_json),
+        (_TABLE + r"/thumbnail/(?P<id>\d+)$", images.thumbnail_view),
+        (_TABLE + r"/original/(?P<id>\d+)$", images.original_view),
+        ("^" + SEGMENT + r"(\.json)?$", status.status_view),
+    ]
+
+
+def search_url(datasette: "Datasette", database: str, table: str) -> str:
+    """The search page of a table; its JSON, thumbnails and originals hang below it."""
+    return datasette.urls.table(database, table) + SEGMENT

@@ -1,0 +1,51 @@
+"""``/-/imgsearch``: what each catalog the actor may view holds and what its searcher loaded."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from datasette.utils.asgi import Response
+
+from datasette_imgsearch.catalog.catalog import Catalog, is_catalog
+from datasette_imgsearch.catalog.schema import TABLE
+from datasette_imgsearch.errors import ImgsearchError
+from datasette_imgsearch.search.registry import existing_searcher
+from datasette_imgsearch.settings import Settings
+from datasette_imgsearch.status import catalog_status, versions
+from datasette_imgsearch.web.access import can_view_table
+from datasette_imgsearch.web.target import catalog_file, in_thread
+
+if TYPE_CHECKING:
+    from datasette.app import Datasette
+    from datasette.utils.asgi import Request
+
+
+# Status ----------------------------------------------------------------------------------------
+def _public_status(path: str, immutable: bool) -> dict[str, Any]:
+    with Catalog(path, immutable=immutable) as catalog:
+        facts = catalog_status(catalog)
+    facts.pop("folder")  # an absolute path on the server: not for everyone who may view the table
+    return facts
+
+
+async def status_view(datasette: "Datasette", request: "Request") -> Response:
+    """``/-/imgsearch``: versions, and for each catalog the actor may view, what it holds and what the
+    searcher loaded (and how long that took): one block to paste into a bug report."""
+    catalogs: dict[str, Any] = {}
+    for name in list(datasette.databases):
+        found = catalog_file(datasette, name)
+        if found is None or not await datasette.databases[name].execute_fn(is_catalog):
+            continue
+        if not await can_view_table(datasette, request.actor, name, TABLE):
+            continue
+        settings = Settings.for_database(datasette, name)
+        path, immutable = found
+        try:
+            facts = await in_thread(_public_status, path, immutable)
+        except ImgsearchError as error:
+            catalogs[name] = {"error": error.message}
+            continue
+        searcher = existing_searcher(path, settings.models, immutable)
+        facts["searcher"] = await in_thread(searcher.state) if searcher is not None else None
+        catalogs[name] = facts
+    return Response.json({"versions": versions(), "catalogs": catalogs})
