@@ -120,7 +120,8 @@ def scale(rows: int, kinds: list[str], queries: int = 100) -> list[list[object]]
     """Exact and approximate search over ``rows`` vectors held in memory, with recall@10 against exact."""
     import faiss
 
-    from datasette_imgsearch.vectors.index import make_index, tune
+    from datasette_imgsearch.vectors.index import filled_index, inner_index
+    from datasette_imgsearch.vectors.kinds import kind_of
     from datasette_imgsearch.vectors.ranking import exact_scores, top_k
 
     matrix = clustered(rows, seed=1)
@@ -160,10 +161,15 @@ def scale(rows: int, kinds: list[str], queries: int = 100) -> list[list[object]]
     ):
         p50, p95, recall = measure(search)
         results.append([label, "-", f"{p50:.1f}", f"{p95:.1f}", f"{recall:.3f}", f"{memory / 1e9:.2f}"])
+    order = np.random.default_rng(0).permutation(len(ids))
+
+    def sample(wanted: int) -> np.ndarray:
+        return matrix[order[:wanted]]
+
     for kind in kinds:
         started = time.perf_counter()
-        index = make_index(ids, matrix, kind)
-        tune(index)
+        index = filled_index(kind_of(kind), DIMENSION, len(ids), sample, [(ids, matrix)])
+        kind_of(kind).tune(inner_index(index))
         built = time.perf_counter() - started
         p50, p95, recall = measure(lambda q, index=index: index.search(q.reshape(1, -1), 10)[1][0].tolist())
         size = faiss.serialize_index(index).nbytes / 1e9

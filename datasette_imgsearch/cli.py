@@ -26,7 +26,8 @@ from datasette_imgsearch.search.arguments import check_k, check_min_score
 from datasette_imgsearch.search.registry import searcher_for
 from datasette_imgsearch.search.strength import STRONG
 from datasette_imgsearch.status import catalog_status
-from datasette_imgsearch.vectors.index import INDEX_TYPES, write_index
+from datasette_imgsearch.vectors.index import write_index
+from datasette_imgsearch.vectors.kinds import KINDS
 
 MAX_K = 10_000
 HIDDEN_INFO_KEYS = ("index_fresh", "index_type", "schema_version", "schema_version_written", "package_version")
@@ -167,7 +168,7 @@ def _progress(enabled: bool) -> Iterator[Progress | None]:
 
 @cli.command(name="index")
 @click.argument("database", type=click.Path(exists=True, dir_okay=False))
-@click.option("--type", "kind", type=click.Choice(list(INDEX_TYPES)), help="index type  [default: the catalog's, or flat]")
+@click.option("--type", "kind", type=click.Choice(list(KINDS)), help="index type  [default: the catalog's, or flat]")
 def index_command(database: str, kind: str | None) -> None:
     """Rebuild DATABASE's sibling FAISS index (DATABASE.faiss) from the stored embeddings.
 

@@ -18,6 +18,7 @@ from datasette_imgsearch.images.toyworld import write_world
 from datasette_imgsearch.models.choice import ModelChoice
 from datasette_imgsearch.search.searcher import Searcher
 from datasette_imgsearch.vectors import snapshot, store
+from datasette_imgsearch.vectors.kinds import KINDS
 from datasette_imgsearch.vectors.ranking import top_k
 
 from .conftest import run_cli
@@ -42,7 +43,10 @@ def change_the_folder(images: Path, tmp_path: Path) -> None:
     shutil.copy(new[6], old[2])
 
 
-@pytest.mark.parametrize("kind", ["flat", "hnsw", "ivfsq8", "ivfpq", "no index"])
+EXACT_SCORES = [name for name, kind in KINDS.items() if kind.exact_scores]
+
+
+@pytest.mark.parametrize("kind", EXACT_SCORES + ["no index"])
 def test_a_server_searching_during_a_build_catches_up_and_stays_exact(
     catalog: Path, images: Path, tmp_path: Path, toy_model: str, kind: str
 ) -> None:
@@ -88,7 +92,7 @@ def test_a_row_changed_in_place_is_found_by_its_new_vector_only(catalog: Path) -
 
 
 @pytest.mark.parametrize("selectors", ["FAISS leaves the hidden rows out", "FAISS without selectors"])
-@pytest.mark.parametrize("kind", ["hnsw", "ivfsq8", "ivfpq"])
+@pytest.mark.parametrize("kind", [name for name in EXACT_SCORES if KINDS[name].approximate])
 def test_an_index_search_leaves_out_the_rows_changed_since_and_fetches_only_k(
     catalog: Path, monkeypatch: pytest.MonkeyPatch, kind: str, selectors: str
 ) -> None:

@@ -17,6 +17,7 @@ from datasette_imgsearch.search.arguments import Candidates
 from datasette_imgsearch.search.searcher import Searcher
 from datasette_imgsearch.vectors import snapshot, store
 from datasette_imgsearch.vectors.index import restricted_to
+from datasette_imgsearch.vectors.kinds import KINDS
 
 from .conftest import candidates_of, run_cli
 from .test_plugin import sql
@@ -90,14 +91,14 @@ def test_an_approximate_index_still_ranks_the_candidates_exactly(catalog: Path) 
     assert [h.id for h in hits] == brute_force(catalog, vector, "name like 'green-%'")[:8]
 
 
-@pytest.mark.parametrize("kind", ["hnsw", "ivf", "sq8", "ivfsq8", "ivfpq"])
+@pytest.mark.parametrize("kind", [name for name, kind in KINDS.items() if kind.approximate])
 def test_many_candidates_are_searched_in_the_index_restricted_to_them(
     catalog: Path, monkeypatch: pytest.MonkeyPatch, kind: str
 ) -> None:
     monkeypatch.setattr(store, "EXACT_CANDIDATES", 0)  # as if a million rows passed the filter
     restricted = []
     monkeypatch.setattr(store, "restricted_to",
-                        lambda index, ids, share: restricted.append(len(ids)) or restricted_to(index, ids, share))
+                        lambda index, kind, ids, share: restricted.append(len(ids)) or restricted_to(index, kind, ids, share))
     run_cli("index", catalog, "--type", kind)
     searcher = Searcher(catalog)
     where = "name like 'green-%' or name like 'red-%'"

@@ -13,7 +13,8 @@ import pytest
 from datasette_imgsearch.catalog.catalog import Catalog
 from datasette_imgsearch.catalog.schema import index_path
 from datasette_imgsearch.search.searcher import Searcher
-from datasette_imgsearch.vectors.index import INDEX_TYPES, index_state, make_index, read_index, write_index
+from datasette_imgsearch.vectors.index import filled_index, index_state, read_index, write_index
+from datasette_imgsearch.vectors.kinds import KINDS, kind_of
 
 from .conftest import run_cli
 
@@ -23,11 +24,15 @@ def unit_rows(count: int, dimension: int = 32, seed: int = 0) -> np.ndarray:
     return rows / np.linalg.norm(rows, axis=1, keepdims=True)
 
 
-@pytest.mark.parametrize("kind", list(INDEX_TYPES))
+APPROXIMATE = [name for name, kind in KINDS.items() if kind.approximate]
+RERANKED = [name for name, kind in KINDS.items() if kind.rerank]
+
+
+@pytest.mark.parametrize("kind", list(KINDS))
 def test_every_index_type_is_keyed_by_row_id(kind: str) -> None:
     matrix = unit_rows(2000)
     ids = np.arange(1000, 3000, dtype=np.int64)
-    index = make_index(ids, matrix, kind)
+    index = filled_index(kind_of(kind), matrix.shape[1], len(ids), lambda wanted: matrix[:wanted], [(ids, matrix)])
     assert index.ntotal == 2000
     _, found = index.search(matrix[:20], 1)
     assert (found[:, 0] == ids[:20]).mean() >= 0.9  # approximate types may miss a few
@@ -86,7 +91,7 @@ def test_the_index_file_is_hashed_only_when_it_is_not_the_file_written_and_then_
     assert hashed == [index_path(catalog)]  # hashed once, then remembered
 
 
-@pytest.mark.parametrize("kind", ["hnsw", "sq8", "ivf", "ivfsq8", "ivfpq"])
+@pytest.mark.parametrize("kind", APPROXIMATE)
 def test_index_types_can_be_chosen_and_are_remembered(catalog: Path, kind: str) -> None:
     assert f"({kind}, 60 vectors)" in run_cli("index", catalog, "--type", kind)
     assert Catalog(catalog).meta("index_type") == kind
@@ -158,7 +163,7 @@ def test_the_codes_of_other_index_types_are_memory_mapped_where_faiss_can_and_an
     expected = [h.id for h in Searcher(catalog).search("a blue square", 5)]
     if mapping == "read in full":  # a FAISS that cannot map flat codes
         monkeypatch.delattr(faiss, "IO_FLAG_MMAP_IFC")
-    index = read_index(index_path(catalog))
+    index = read_index(index_path(catalog), kind)
     inner = faiss.downcast_index(index.index)
     storage = faiss.downcast_index(inner.storage) if kind == "hnsw" else inner
     assert storage.codes.is_owned == (mapping == "read in full")

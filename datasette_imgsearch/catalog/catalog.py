@@ -174,6 +174,10 @@ class Catalog:
     def count(self) -> int:
         return self.db.execute(f"select count(*) from [{TABLE}]").fetchone()[0]
 
+    def largest_id(self) -> int:
+        """The largest row id (0 for an empty catalog): no row an index holds has a larger one."""
+        return int(self.db.execute(f"select coalesce(max(id), 0) from [{TABLE}]").fetchone()[0])
+
     def error_count(self) -> int:
         return self.db.execute(f"select count(*) from [{ERRORS_TABLE}]").fetchone()[0]
 

@@ -279,7 +279,7 @@ class Snapshots:
 
     def _base_from_index(self, meta: dict[str, Any]) -> Base:
         path = index_path(self.db_path)
-        index = read_index(path)
+        index = read_index(path, meta.get("index_type"))
         largest = meta.get("index_largest_id")
         base = Base(int(meta["index_version"]), "", index_type=meta.get("index_type") or "flat",
                     largest_id=None if largest is None else int(largest))

@@ -16,7 +16,8 @@ from datasette_imgsearch.catalog.catalog import Catalog
 from datasette_imgsearch.lru import LRU
 from datasette_imgsearch.models.batcher import Batcher
 from datasette_imgsearch.models.hardware import cpu_computes_bf16
-from datasette_imgsearch.vectors.index import RERANKED_TYPES, Restriction, hiding, restricted_to
+from datasette_imgsearch.vectors.index import Restriction, hiding, restricted_to
+from datasette_imgsearch.vectors.kinds import kind_of
 from datasette_imgsearch.vectors.ranking import (
     Hit,
     exact_scores,
@@ -75,7 +76,8 @@ class VectorStore:
             return None
         made = self._hidden_rows
         if made is None or made[0] != delta.serial:
-            made = self._hidden_rows = (delta.serial, hiding(base.faiss, delta.hidden, 1 - len(delta.hidden) / max(1, base.size)))
+            share = 1 - len(delta.hidden) / max(1, base.size)
+            made = self._hidden_rows = (delta.serial, hiding(base.faiss, kind_of(base.index_type), delta.hidden, share))
         return made[1]
 
     def embedding(self, id_: int) -> np.ndarray | None:
@@ -128,8 +130,9 @@ class VectorStore:
         """Per vector, (ids, scores) of the ``want`` best rows in a FAISS base (among the rows ``restriction``
         allows, when given); for an index with rough scores, re-scored exactly from the stored embeddings,
         out of ``rerank`` candidates at least (the type's own number when not given)."""
-        reranked = base.index_type in RERANKED_TYPES
-        fetch = min(base.faiss.ntotal, max(want, rerank or RERANKED_TYPES[base.index_type]) if reranked else want)
+        kind = kind_of(base.index_type)
+        reranked = kind.rerank > 0
+        fetch = min(base.faiss.ntotal, max(want, rerank or kind.rerank) if reranked else want)
         if fetch <= 0:
             return [np.zeros(0, np.int64)] * len(vectors), [np.zeros(0, np.float32)] * len(vectors)
         params = None if restriction is None else restriction.params
@@ -186,7 +189,7 @@ class VectorStore:
         want = k + len(exclude)
         found: list[Hit] = []
         if len(in_base):
-            restriction = restricted_to(base.faiss, in_base, len(in_base) / max(1, base.size))
+            restriction = restricted_to(base.faiss, kind_of(base.index_type), in_base, len(in_base) / max(1, base.size))
             if restriction is None:
                 return None
             ids, scores = self._from_index(base, vector[None], want, restriction=restriction)
