@@ -19,6 +19,7 @@ from datasette_imgsearch.errors import ImgsearchError
 from datasette_imgsearch.models.choice import ModelChoice
 from datasette_imgsearch.search.registry import searcher_for
 from datasette_imgsearch.settings import Settings
+from datasette_imgsearch.sql import binding
 from datasette_imgsearch.sql.functions import register_functions
 from datasette_imgsearch.web import csrf
 
@@ -54,6 +55,7 @@ def startup(datasette: Any) -> None:
     Datasette answers its first request as soon as it would without this plugin."""
     from datasette_imgsearch.web.target import catalog_file
 
+    binding.install()  # before Datasette opens its connections, so imgsearch()'s errors can say what is wrong
     for name in list(datasette.databases):
         found = catalog_file(datasette, name)
         if found and has_embeddings(*found):

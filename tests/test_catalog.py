@@ -173,10 +173,21 @@ def failing(*arguments: object) -> None:
 
 
 def test_a_standard_library_connection_gets_readable_errors() -> None:
+    binding.install()
     conn = sqlite3.connect(":memory:")
     assert binding.create_function(conn, "f", -1, failing) is True
     with pytest.raises(sqlite3.OperationalError, match=r"f\(\): bad arguments \(1, 'x'\)"):
         conn.execute("select f(1, 'x')").fetchone()
+
+
+def test_a_closed_connection_leaves_nothing_behind() -> None:
+    binding.install()
+    before = (len(binding._handles), len(binding._callbacks))
+    for _ in range(50):
+        conn = sqlite3.connect(":memory:")
+        assert binding.create_function(conn, "f", -1, failing) is True
+        conn.close()
+    assert (len(binding._handles), len(binding._callbacks)) == before
 
 
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
@@ -192,6 +203,7 @@ def test_a_connection_the_library_did_not_open_falls_back_safely() -> None:
 
 def test_a_pysqlite3_connection_gets_readable_errors_from_its_own_library() -> None:
     dbapi2 = pytest.importorskip("pysqlite3.dbapi2", reason="pysqlite3-binary is installed in CI's second run")
+    binding.install()
     conn = dbapi2.connect(":memory:")
     assert binding.create_function(conn, "f", -1, failing) is True
     with pytest.raises(dbapi2.OperationalError, match=r"f\(\): bad arguments \(2,\)"):

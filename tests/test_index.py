@@ -12,6 +12,7 @@ import pytest
 
 from datasette_imgsearch.catalog.catalog import Catalog
 from datasette_imgsearch.catalog.schema import index_path
+from datasette_imgsearch.lru import LRU
 from datasette_imgsearch.search.searcher import Searcher
 from datasette_imgsearch.vectors.index import filled_index, index_state, read_index, write_index
 from datasette_imgsearch.vectors.kinds import KINDS, kind_of
@@ -79,7 +80,7 @@ def test_the_index_file_is_hashed_only_when_it_is_not_the_file_written_and_then_
     hashed: list[Path] = []
     real = index.sha256_of
     monkeypatch.setattr(index, "sha256_of", lambda path: hashed.append(path) or real(path))
-    monkeypatch.setattr(index, "_hashed", {})
+    monkeypatch.setattr(index, "HASHED", LRU(64))
     with Catalog(catalog) as opened:
         assert index_state(opened).fresh and index_state(opened).fresh
     assert hashed == []  # the very file build wrote: recognised by its stamp

@@ -17,6 +17,7 @@ import numpy as np
 
 from datasette_imgsearch.catalog.catalog import Catalog
 from datasette_imgsearch.catalog.schema import index_path
+from datasette_imgsearch.lru import LRU
 from datasette_imgsearch.vectors.kinds import DEFAULT_KIND, IndexKind, kind_of
 
 CHUNK_ROWS = 50_000  # the embeddings an index write holds in memory at once
@@ -101,14 +102,16 @@ def file_stamp(path: Path) -> str:
     return f"{info.st_size}:{info.st_mtime_ns}:{info.st_ino}"
 
 
-_hashed: dict[tuple[str, str], str] = {}  # (path, stamp) -> sha256: each process hashes a file once
+HASHED = LRU[str](64)  # (path, stamp) -> sha256: this process hashes each index file once
 
 
 def sha256_once(path: Path) -> str:
     key = (str(path), file_stamp(path))
-    if key not in _hashed:
-        _hashed[key] = sha256_of(path)
-    return _hashed[key]
+    digest = HASHED.get(key)
+    if digest is None:
+        digest = sha256_of(path)
+        HASHED.put(key, digest)
+    return digest
 
 
 def filled_index(

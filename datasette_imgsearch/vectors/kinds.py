@@ -150,7 +150,8 @@ KINDS: dict[str, IndexKind] = {kind.name: kind for kind in (
     IndexKind("sq8", "8-bit scalar quantised, exact scan: a quarter of the memory, approximate scores",
               _flat_kind("IDMap2,SQ8"), rough_scores=True),
     IndexKind("ivfsq8", "inverted lists of 8-bit codes, memory-mapped, re-ranked exactly from the stored embeddings: "
-              "ten million images in a few GB", _ivfsq8, _per_cell, _probes(IVF_SQ8_PROBES), _ivf_widened, rerank=30, rough_scores=True),
+              "ten million images in a few GB",
+              _ivfsq8, _per_cell, _probes(IVF_SQ8_PROBES), _ivf_widened, rerank=30, rough_scores=True),
     IndexKind("ivfpq", "inverted lists of product-quantised codes (a byte per four dimensions), memory-mapped, re-ranked "
               "exactly from the stored embeddings: for tens of millions of images and more",
               _ivfpq, _per_coarse_cell_and_code, _probes(IVF_PROBES), _ivf_widened, rerank=300, rough_scores=True),

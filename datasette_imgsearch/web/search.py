@@ -9,6 +9,7 @@ reads, multipart parsing) runs in a thread. Every problem with a request is an
 from __future__ import annotations
 
 import concurrent.futures
+import functools
 import threading
 import urllib.parse
 from dataclasses import dataclass
@@ -42,13 +43,22 @@ from datasette_imgsearch.web.target import Target, answers_errors, argument_pair
 from datasette_imgsearch.web.uploads import read_upload
 
 PAGE_LOAD_TIMEOUT = 120.0  # a page may wait this long for a model still loading at startup
-# Uploads decoded at once: each may hold tens of MB of pixels, and there are only so many cores.
-_upload_decodes = threading.BoundedSemaphore(2)
+UPLOAD_DECODES = 2  # uploads decoded at once: each may hold tens of MB of pixels, and cores are few
 # A search spends most of its time waiting for a model run or a pass over the vectors that it shares
 # with the searches arriving beside it (batcher.py), so it waits in a thread of its own: the event
-# loop's default pool (CPU count + 4 threads, 6 on two cores) would cap how many can join one run.
+# loop's default pool (CPU count + 4 threads) would cap how many can join one run.
 SEARCH_THREADS = 32
-_searches = concurrent.futures.ThreadPoolExecutor(SEARCH_THREADS, thread_name_prefix="imgsearch-search")
+
+
+@functools.cache
+def search_threads() -> concurrent.futures.ThreadPoolExecutor:
+    """The threads searches wait in, made at the first search (never by importing this module)."""
+    return concurrent.futures.ThreadPoolExecutor(SEARCH_THREADS, thread_name_prefix="imgsearch-search")
+
+
+@functools.cache
+def upload_decodes() -> threading.BoundedSemaphore:
+    return threading.BoundedSemaphore(UPLOAD_DECODES)
 
 if TYPE_CHECKING:
     from datasette.app import Datasette
@@ -94,7 +104,7 @@ def run_search(
         hits = searcher.search(search.query, wanted, search.min_score, candidates)[offset:]
         readings = searcher.readings(search.query)
         return hits, readings, searcher.strong_score(readings)
-    with _upload_decodes:
+    with upload_decodes():
         try:
             hits = searcher.search_image_bytes(
                 search.image, wanted, search.min_score, settings.max_megapixels, settings.max_upload_megapixels, candidates
@@ -123,7 +133,9 @@ async def search(datasette: "Datasette", request: "Request", target: Target) -> 
         raise QueryError("add ?q=... to the URL, or POST an image in a field named 'image'")
     narrowing = read_narrowing(request, target.settings)
     candidates = await candidates_for(datasette, target, narrowing)
-    hits, readings, strong_score = await in_thread(run_search, target, wanted, candidates, narrowing.offset, pool=_searches)
+    hits, readings, strong_score = await in_thread(
+        run_search, target, wanted, candidates, narrowing.offset, pool=search_threads()
+    )
     has_more = len(hits) == wanted.k and narrowing.offset + wanted.k < target.settings.max_k
     results = await rows_for(datasette, target, hits, wanted.k)
     return Outcome(wanted, narrowing, results, has_more, readings, strong_score)
