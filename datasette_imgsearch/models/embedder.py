@@ -1,4 +1,5 @@
-"""Loading a sentence-transformers CLIP model and turning images and text into unit vectors.
+"""A loaded model, turning images and text into unit vectors: CLIP folders on fastclip.py's plain-torch
+towers, anything else through sentence-transformers (hub.py loads those).
 
 Image embedding is split in two so a build can keep the model busy: :meth:`Embedder.preprocess`
 (resize, crop, normalise; pure CPU work on one PIL image) runs in worker threads, and

@@ -217,7 +217,7 @@ class ClipTowers:
     def half_text(self) -> tuple[Tower, dict[str, Any]]:
         """The text tower with a half-precision copy of its weights (bfloat16 on a CPU, float16 on a GPU),
         made once. Autocast would convert every weight again at each call, which for one short query costs
-        more than the arithmetic it saves (35 ms against 28 in fp32 for ViT-B/32's text tower; 12 ms so)."""
+        more than the arithmetic it saves (docs/performance.md)."""
         import torch
 
         if self._half_text is None:

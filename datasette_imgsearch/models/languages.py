@@ -1,6 +1,6 @@
 """Which text model reads each term of a query: CLIP's own text tower for English, a multilingual one otherwise.
 
-CLIP's text tower learned English: in Chinese it is close to noise (0.4% recall@1 on Crossmodal-3600),
+CLIP's text tower learned English: in Chinese it is close to noise (docs/query-language.md),
 while a multilingual student distilled into the same space (sentence-transformers'
 ``clip-ViT-B-32-multilingual-v1``) reads fifty languages and needs no re-embedded images. The
 student is a little weaker in English than the tower it copies, so each term goes where it reads

@@ -10,7 +10,7 @@ import numpy as np
 
 from datasette_imgsearch.images.pixels import DEFAULT_THUMBNAIL_SIZE
 
-DRAFT_FACTOR = 3  # see shrink_to: at 2 a panorama's 1/8 DCT decode (an 8x8 box average) moved vectors to 0.992
+DRAFT_FACTOR = 3  # see draft_sides
 SIZE_KEYS = ("shortest_edge", "longest_edge", "height", "width")
 
 
@@ -32,12 +32,11 @@ def model_input_side(image_processor: Any) -> int:
 def draft_sides(input_size: int, thumbnail_size: int | None = DEFAULT_THUMBNAIL_SIZE) -> tuple[int, int]:
     """How far a JPEG may be shrunk while decoding (shortest side, longest side).
 
-    The decoded picture keeps at least three times the model's input on its short side, so the
-    processor's own resampling sees nearly what it would see in the full picture. At twice the
-    input, panoramas fell to the 1/8 DCT scale (each pixel an 8x8 box average) and their vectors
-    moved to cosine 0.992; at three times every shape tested stays at 0.99999 (see the test
-    ``test_reduced_decoding_gives_the_model_the_input_its_own_processor_gives``). For a 224-pixel
-    model a 12-MP photo still decodes at a quarter of its size. The thumbnail keeps its full size."""
+    The decoded picture keeps at least ``DRAFT_FACTOR`` times the model's input on its short side, so
+    the processor's own resampling sees nearly what it would see in the full picture; at twice the
+    input, panoramas fell to the 1/8 DCT scale (each pixel an 8x8 box average) and their vectors moved
+    visibly (the test ``test_reduced_decoding_gives_the_model_the_input_its_own_processor_gives`` holds
+    every shape to the full picture's vector). The thumbnail keeps its full size."""
     side = DRAFT_FACTOR * input_size
     return side, max(side, thumbnail_size or 0)
 
@@ -86,8 +85,8 @@ class ClipPixels:
 
 @dataclass(frozen=True)
 class PixelsOnly:
-    """A CLIP model's image preprocessing without its weights (see :meth:`Embedder.pixels_only`): Ray's
-    decode workers each loaded the whole model for this, 600 MB of ViT-B/32 weights they never used."""
+    """A CLIP model's image preprocessing without its weights (see :meth:`Embedder.pixels_only`), so that
+    Ray's decode workers never load weights they do not use."""
 
     pixels: ClipPixels
     input_size: int

@@ -62,8 +62,8 @@ def hiding(index, kind: IndexKind, hidden: np.ndarray, share: float) -> Restrict
     """Parameters that keep a search of ``index`` off the rows ``hidden`` (changed or removed since it was
     written; ``share`` of its rows remain), widened as :func:`restricted_to` widens; None where this FAISS
     has no search-time selectors. Without them a search fetches k + len(hidden) rows and skips the hidden
-    ones, reading as many embeddings from SQLite for a re-ranked type: with 10,000 of 200,000 rows hidden
-    behind an ``ivfsq8`` index, 116 ms a query against 6 (``benchmarks/serving_scale.py --parts hidden``)."""
+    ones, reading as many embeddings from SQLite for a re-ranked type, which is far slower
+    (``benchmarks/serving_scale.py --parts hidden``)."""
     import faiss
 
     if not all(hasattr(faiss, name) for name in ("IDSelectorNot", "IDSelectorBatch", "SearchParametersIVF")):
@@ -132,8 +132,8 @@ def filled_index(
 def write_index(catalog: Catalog, kind: str | None = None) -> Path:
     """Rebuild the index file from the stored embeddings, atomically, and record its fingerprint.
 
-    The embeddings are read in chunks from one snapshot of the catalog, so ten million rows (20 GB of
-    vectors) never sit in memory at once; training reads a random sample of them first."""
+    The embeddings are read in chunks from one snapshot of the catalog, so a catalog's vectors never sit
+    in memory all at once; training reads a random sample of them first."""
     import faiss
 
     kind = kind or catalog.meta("index_type") or DEFAULT_KIND
@@ -169,7 +169,7 @@ def index_state(catalog: Catalog) -> IndexState:
     That file is recognised by its stamp (size, time, inode) as recorded at writing; any other file (a
     copy, another catalog's index) is hashed, once per process, and compared with the recorded hash.
     Hashing at every reload read the whole file each time a build committed. A file the catalog wrote
-    at an older version is stale, but a server can catch it up from the change log (see store.py)."""
+    at an older version is stale, but a server can catch it up from the change log (see snapshot.py)."""
     path = index_path(catalog.path)
     if not path.exists():
         return IndexState(False, f"missing: {path.name} does not exist")
@@ -184,8 +184,8 @@ def index_state(catalog: Catalog) -> IndexState:
 def read_index(path: Path, kind: str | None = None):  # -> faiss.Index
     """The index file, memory-mapped where FAISS can map it, else read in full: the inverted lists of the
     IVF types, and the codes of the others (``IO_FLAG_MMAP_IFC``: an ``sq8`` or ``hnsw`` index then costs
-    pages the OS can share between servers and drop, not each server's memory; 400,000 rows of ``hnsw``
-    took 46 MB of a process's own memory instead of 927)."""
+    pages the OS can share between servers and drop, not each server's memory). ``kind`` sets its
+    search-time knobs (kinds.py)."""
     import faiss
 
     read_only = getattr(faiss, "IO_FLAG_READ_ONLY", 0)

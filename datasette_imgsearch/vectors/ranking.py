@@ -69,8 +69,8 @@ def exact_scores(matrix: Any, vectors: list[np.ndarray]) -> np.ndarray:
 
 
 def unique_ids(*arrays: np.ndarray) -> np.ndarray:
-    """The ids in ``arrays``, ascending, each once. ``np.unique`` (and ``np.union1d``, built on it) hashes
-    in numpy 2: 360 ms for 800,000 candidate ids, where sorting them takes 8."""
+    """The ids in ``arrays``, ascending, each once, by sorting: ``np.unique`` (and ``np.union1d``, built on
+    it) hashes in numpy 2, which is far slower for large id arrays."""
     ids = np.sort(np.concatenate(arrays) if len(arrays) > 1 else arrays[0])
     if len(ids) < 2:
         return ids
@@ -83,8 +83,7 @@ def scores_of(matrix: np.ndarray, vector: np.ndarray) -> np.ndarray:
     ``np.einsum`` sums each row on its own, in one thread: a row scores the same whichever rows are
     scored beside it, so re-scored candidates rank exactly as a full pass would, and no BLAS threads are
     woken. numpy's ``matrix @ vector`` wakes OpenBLAS's, which go on spinning after it returns and take
-    the cores from torch's (the text model, the full pass): with a caught-up delta of 10,000 rows scored
-    that way at every query, queries over a million rows took twice as long."""
+    the cores from torch's (the text model, the full pass), which slowed every query that scored a delta."""
     return np.einsum("ij,j->i", matrix, vector)
 
 
@@ -110,8 +109,8 @@ def score_batch(items: list[tuple[np.ndarray, np.ndarray, Any]], bfloat16_batche
     :func:`rescored_top_k`, which exact float32 ones are too.
 
     Where bfloat16 is emulated (``bfloat16_batches`` False), several queries at once go through the
-    float32 matrix: one query reads half the bytes in bfloat16 and is no slower, but a product for eight
-    at a million rows took 559 ms against 249 in float32 under AVX2 (about the same under AVX-512)."""
+    float32 matrix: one query reads half the bytes in bfloat16 and is no slower, but an emulated product
+    for several queries is slower than float32's (docs/performance.md)."""
     results: list[tuple[int, np.ndarray]] = []
     for matrix, first_pass in {id(m): (m, f) for _, m, f in items}.values():
         mine = [i for i, (_, m, _) in enumerate(items) if m is matrix]
