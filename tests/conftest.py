@@ -54,22 +54,24 @@ def images(tmp_path: Path, world: Path) -> Path:
     return folder
 
 
-@pytest.fixture
-def catalog(tmp_path: Path, images: Path, toy_model: str) -> Path:
-    """A catalog freshly built from ``images``."""
-    path = tmp_path / "photos.db"
-    build(path, images, BuildOptions(ModelChoice(model=toy_model), batch_size=16))
-    return path
-
-
 @pytest.fixture(scope="session")
 def shared_catalog(tmp_path_factory: pytest.TempPathFactory, world: Path, toy_model: str) -> Path:
-    """A catalog of the toy world for tests that only read it."""
+    """A catalog of the toy world (``images/`` beside ``photos.db``) for tests that only read it."""
     folder = tmp_path_factory.mktemp("shared")
     images = folder / "images"
     shutil.copytree(world, images)
     path = folder / "photos.db"
     build(path, images, BuildOptions(ModelChoice(model=toy_model), batch_size=16))
+    return path
+
+
+@pytest.fixture
+def catalog(tmp_path: Path, images: Path, shared_catalog: Path) -> Path:
+    """A private catalog of ``images`` that a test may change: the shared one's files, copied (what a
+    build of the same pictures writes; the catalog finds its folder relative to itself)."""
+    path = tmp_path / "photos.db"
+    for suffix in ("", ".faiss"):
+        shutil.copy(str(shared_catalog) + suffix, str(path) + suffix)
     return path
 
 

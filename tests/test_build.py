@@ -80,6 +80,7 @@ def test_the_catalog_records_model_folder_and_a_fresh_index(catalog: Path, image
     assert index_path(catalog).exists()
 
 
+@pytest.mark.slow
 def test_the_stored_embedding_matches_the_recipe(catalog: Path, images: Path, toy_model: str) -> None:
     """The recipe: model.encode(Image.open(path)), normalised."""
     from sentence_transformers import SentenceTransformer
@@ -286,6 +287,7 @@ def test_moving_the_catalog_and_its_folder_together_keeps_everything(catalog: Pa
     assert Catalog(moved / "photos.db").image_folder() == (moved / "images").resolve()
 
 
+@pytest.mark.slow
 def test_a_killed_build_leaves_a_consistent_catalog_and_the_next_run_carries_on(
     tmp_path: Path, toy_model: str
 ) -> None:

@@ -154,6 +154,7 @@ def photo(width: int, height: int) -> bytes:
     return buffer.getvalue()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("size", [(4000, 3000), (3000, 4000), (6000, 1500), (1500, 6000), (800, 531), (640, 480), (1280, 720)])
 def test_reduced_decoding_gives_the_model_the_input_its_own_processor_gives(toy_model: str, size: tuple[int, int]) -> None:
     from datasette_imgsearch.images import pixels

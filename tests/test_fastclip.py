@@ -131,6 +131,7 @@ def modules_after(code: str) -> set[str]:
     return set(json.loads(result.stdout.strip().splitlines()[-1]))
 
 
+@pytest.mark.slow
 def test_a_cold_search_imports_neither_sentence_transformers_nor_datasette(shared_catalog: Path) -> None:
     search = ("from click.testing import CliRunner\nfrom datasette_imgsearch.cli import cli\n"
               f"result = CliRunner().invoke(cli, ['search', {str(shared_catalog)!r}, 'a red circle', '--json'])\n"

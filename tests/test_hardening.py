@@ -203,6 +203,7 @@ def test_a_first_build_that_fails_leaves_no_file(tmp_path: Path, toy_model: str,
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_offline_the_default_model_fails_fast_with_one_message_and_no_file(tmp_path: Path, images: Path) -> None:
     environment = {k: v for k, v in os.environ.items() if k != "HF_HUB_OFFLINE"}
     environment["HF_ENDPOINT"] = "http://127.0.0.1:9"  # nothing listens there: as if offline

@@ -10,9 +10,12 @@ import faiss
 import numpy as np
 import pytest
 
+from datasette_imgsearch.build.builder import build
+from datasette_imgsearch.build.options import BuildOptions
 from datasette_imgsearch.catalog.catalog import Catalog
 from datasette_imgsearch.catalog.schema import index_path
 from datasette_imgsearch.lru import LRU
+from datasette_imgsearch.models.choice import ModelChoice
 from datasette_imgsearch.search.searcher import Searcher
 from datasette_imgsearch.vectors.index import filled_index, index_state, read_index, write_index
 from datasette_imgsearch.vectors.kinds import KINDS, kind_of
@@ -73,10 +76,12 @@ def test_a_foreign_index_file_is_detected(catalog: Path, tmp_path: Path, images:
 
 
 def test_the_index_file_is_hashed_only_when_it_is_not_the_file_written_and_then_once(
-    catalog: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    images: Path, tmp_path: Path, toy_model: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from datasette_imgsearch.vectors import index
 
+    catalog = tmp_path / "photos.db"
+    build(catalog, images, BuildOptions(ModelChoice(model=toy_model), batch_size=16))
     hashed: list[Path] = []
     real = index.sha256_of
     monkeypatch.setattr(index, "sha256_of", lambda path: hashed.append(path) or real(path))

@@ -26,6 +26,9 @@ from .conftest import run_cli
 
 ray = pytest.importorskip("ray")
 
+pytestmark = pytest.mark.slow  # each starts a local Ray: run in CI, not in the minute
+
+
 
 @pytest.fixture(scope="module", autouse=True)
 def local_ray() -> Iterator[None]:

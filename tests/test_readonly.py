@@ -24,6 +24,9 @@ from datasette_imgsearch.models.choice import ModelChoice
 
 HERE = Path(__file__).resolve()
 
+pytestmark = pytest.mark.slow  # a real read-only mount: run in CI, not in the minute
+
+
 
 def read_only_mount_available(folder: Path) -> str | None:
     """None if a read-only bind mount of ``folder`` can be made here, else why not."""
