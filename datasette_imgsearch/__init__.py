@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import threading
 import weakref
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pluggy
 from markupsafe import Markup
@@ -23,6 +23,9 @@ from datasette_imgsearch.sql import binding
 from datasette_imgsearch.sql.functions import register_functions
 from datasette_imgsearch.web import csrf
 
+if TYPE_CHECKING:
+    from datasette.app import Datasette
+
 # Datasette's own marker (``datasette.hookimpl``) is this one; making it here spares the command line
 # the import of Datasette itself.
 hookimpl = pluggy.HookimplMarker("datasette")
@@ -34,12 +37,12 @@ LOAD_AFTER_SECONDS = 1.0
 _catalogs: weakref.WeakKeyDictionary[Any, set[str]] = weakref.WeakKeyDictionary()
 
 
-def _is_catalog(datasette: Any, database: str) -> bool:
+def _is_catalog(datasette: "Datasette", database: str) -> bool:
     return database in _catalogs.get(datasette, ())
 
 
 @hookimpl
-def prepare_connection(conn: Any, database: str, datasette: Any) -> None:
+def prepare_connection(conn: Any, database: str, datasette: "Datasette") -> None:
     from datasette_imgsearch.web.target import catalog_file
 
     found = catalog_file(datasette, database)
@@ -50,7 +53,7 @@ def prepare_connection(conn: Any, database: str, datasette: Any) -> None:
 
 
 @hookimpl
-def startup(datasette: Any) -> None:
+def startup(datasette: "Datasette") -> None:
     """Start loading each catalog's model and vectors in the background, so the first query is fast and
     Datasette answers its first request as soon as it would without this plugin."""
     from datasette_imgsearch.web.target import catalog_file
@@ -80,7 +83,7 @@ def register_routes() -> list[tuple[str, Any]]:
 
 
 @hookimpl
-def table_actions(datasette: Any, database: str, table: str) -> list[dict[str, str]] | None:
+def table_actions(datasette: "Datasette", database: str, table: str) -> list[dict[str, str]] | None:
     from datasette_imgsearch.web.routes import search_url
 
     if table != TABLE or not _is_catalog(datasette, database):
@@ -93,7 +96,7 @@ def table_actions(datasette: Any, database: str, table: str) -> list[dict[str, s
 
 
 @hookimpl
-def render_cell(value: Any, column: str, table: str | None, database: str, datasette: Any, row: Any) -> Markup | None:
+def render_cell(value: Any, column: str, table: str | None, database: str, datasette: "Datasette", row: Any) -> Markup | None:
     """Thumbnails as pictures; paths with their picture, a link to the original and "more like this"."""
     if table not in (TABLE, REMOVED_TABLE, None) or not _is_catalog(datasette, database):
         return None

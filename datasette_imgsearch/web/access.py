@@ -7,10 +7,12 @@ asks here first. 1.0a20+ has ``datasette.allowed()`` with resource objects; 0.65
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+if TYPE_CHECKING:
+    from datasette.app import Datasette
 
-async def can_view_table(datasette: Any, actor: dict[str, Any] | None, database: str, table: str) -> bool:
+async def can_view_table(datasette: "Datasette", actor: dict[str, Any] | None, database: str, table: str) -> bool:
     if hasattr(datasette, "allowed"):
         from datasette.resources import TableResource
 

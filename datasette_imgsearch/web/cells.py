@@ -13,11 +13,12 @@ from datasette_imgsearch.catalog.schema import TABLE
 from datasette_imgsearch.web.routes import search_url
 
 if TYPE_CHECKING:
+    from datasette.app import Datasette
     pass
 
 
 # Cells in Datasette's own pages ---------------------------------------------------------------------
-def render_cell(value: Any, column: str, table: str | None, database: str, datasette: Any, row: Any) -> Markup | None:
+def render_cell(value: Any, column: str, table: str | None, database: str, datasette: "Datasette", row: Any) -> Markup | None:
     """Thumbnails as pictures (by their route where the row is known, so pages stay small); a path with
     its picture, a link to the original and "more like this", on table and row pages; and the short
     ``thumbnail_url`` links of the search's SQL page as pictures. Called for every cell of every page,

@@ -17,10 +17,13 @@ from __future__ import annotations
 
 import re
 import secrets
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from datasette_imgsearch.errors import RequestError
 
+if TYPE_CHECKING:
+    from datasette.app import Datasette
+    from datasette.utils.asgi import Request
 COOKIE = "ds_csrftoken"
 SKIPPED = "datasette_imgsearch.csrf_skipped"
 _UPLOAD_ROUTES = re.compile(r"^/[^/]+/[^/]+/-/imgsearch(\.json)?$")
@@ -34,7 +37,7 @@ def skip_asgi_csrf(scope: dict[str, Any]) -> bool:
     return False
 
 
-def check(datasette: Any, request: Any, fields: dict[str, str]) -> None:
+def check(datasette: "Datasette", request: "Request", fields: dict[str, str]) -> None:
     """Refuse a cross-site upload with 403, as asgi-csrf would, when asgi-csrf stepped aside for it."""
     if not request.scope.get(SKIPPED):
         return

@@ -79,14 +79,16 @@ async def candidates_for(datasette: "Datasette", target: Target, narrowing: Narr
     return Candidates(result.rows[0][0])
 
 
-def link(base: str, request: Any, add: tuple[tuple[str, str], ...] = (), drop: tuple[str, ...] = ()) -> str:
+def link(base: str, request: "Request", add: tuple[tuple[str, str], ...] = (), drop: tuple[str, ...] = ()) -> str:
     """``base`` with the request's arguments, less the ``drop`` keys and ``_next``, plus ``add``."""
     pairs = [(key, value) for key, value in argument_pairs(request)
              if key not in drop and key != "_next" and (key, value) not in add]
     return base + "?" + urllib.parse.urlencode(pairs + list(add))
 
 
-def facets_of(narrowing: Narrowing, results: list[dict[str, Any]], request: Any, base: str) -> dict[str, list[dict[str, Any]]]:
+def facets_of(
+    narrowing: Narrowing, results: list[dict[str, Any]], request: "Request", base: str
+) -> dict[str, list[dict[str, Any]]]:
     """For each facet asked for: each value among the results, its count, and a link narrowing to it."""
     active = set(narrowing.filters)
     facets: dict[str, list[dict[str, Any]]] = {}

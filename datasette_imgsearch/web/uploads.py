@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from python_multipart.multipart import FormParser, parse_options_header
 
 from datasette_imgsearch.errors import RequestError
 
+if TYPE_CHECKING:
+    from datasette.utils.asgi import Request
 MULTIPART_OVERHEAD = 64 * 1024  # room for the boundaries, headers and the other small fields
 MAX_PARTS = 16  # the search form has five fields
 MAX_BOUNDARY_LENGTH = 70  # RFC 2046
@@ -36,7 +38,7 @@ def _too_large(limit: int) -> RequestError:
     return RequestError(413, f"the upload is larger than the {limit / 1e6:g} MB limit; send a smaller image")
 
 
-async def read_body(request: Any, limit: int) -> bytes:
+async def read_body(request: "Request", limit: int) -> bytes:
     """The request body, refused with 413 as soon as it passes ``limit`` bytes."""
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit:
@@ -51,7 +53,7 @@ async def read_body(request: Any, limit: int) -> bytes:
             return bytes(body)
 
 
-async def read_upload(request: Any, max_file_bytes: int) -> Upload:
+async def read_upload(request: "Request", max_file_bytes: int) -> Upload:
     """Parse a ``multipart/form-data`` POST into its text fields and in-memory files."""
     content_type, options = parse_options_header(request.headers.get("content-type", ""))
     if content_type != b"multipart/form-data" or not options.get(b"boundary"):
