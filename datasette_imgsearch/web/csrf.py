@@ -15,23 +15,23 @@ calls the hook), so the mark on the scope is the whole decision.
 
 from __future__ import annotations
 
-import re
 import secrets
 from typing import TYPE_CHECKING, Any
 
 from datasette_imgsearch.errors import RequestError
+from datasette_imgsearch.web.routes import UPLOAD_ROUTES
 
 if TYPE_CHECKING:
     from datasette.app import Datasette
     from datasette.utils.asgi import Request
+
 COOKIE = "ds_csrftoken"
 SKIPPED = "datasette_imgsearch.csrf_skipped"
-_UPLOAD_ROUTES = re.compile(r"^/[^/]+/[^/]+/-/imgsearch(\.json)?$")
 
 
 def skip_asgi_csrf(scope: dict[str, Any]) -> bool:
     """Whether asgi-csrf should leave this request to :func:`check`; marks the scope when it should."""
-    if scope.get("method") == "POST" and _UPLOAD_ROUTES.match(scope.get("path", "")):
+    if scope.get("method") == "POST" and UPLOAD_ROUTES.match(scope.get("path", "")):
         scope[SKIPPED] = True
         return True
     return False

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -9,6 +10,7 @@ if TYPE_CHECKING:
 
 SEGMENT = "/-/imgsearch"  # after a table's URL: its search page; after the instance's root: the status
 _TABLE = r"^/(?P<database>[^/]+)/(?P<table>[^/]+)" + SEGMENT
+UPLOAD_ROUTES = re.compile(_TABLE + r"(\.json)?$")  # the search page and its JSON take POSTed pictures
 
 
 def routes() -> list[tuple[str, Any]]:
