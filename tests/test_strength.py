@@ -154,17 +154,17 @@ def test_the_random_texts_are_encoded_once_per_model_and_kept_in_the_cache(
         calls.append(len(texts))
         return embedder.encode_texts(texts)
 
-    first = random_text_vectors(embedder.identity, encode)
-    again = random_text_vectors(embedder.identity, encode)
+    first = random_text_vectors(embedder.identity, encode, embedder.dimension)
+    again = random_text_vectors(embedder.identity, encode, embedder.dimension)
     assert calls == [200] and np.array_equal(first, again)
-    random_text_vectors(("another model",), encode)
+    random_text_vectors(("another model",), encode, embedder.dimension)
     assert calls == [200, 200]
     for cached in (tmp_path / "cache").glob("*.npy"):
         cached.write_bytes(b"not a numpy file")  # a damaged cache file is encoded again
-    assert np.array_equal(random_text_vectors(embedder.identity, encode), first) and calls == [200, 200, 200]
+    assert np.array_equal(random_text_vectors(embedder.identity, encode, embedder.dimension), first) and calls == [200, 200, 200]
     monkeypatch.setenv("IMGSEARCH_CACHE", str(tmp_path / "a-file"))
     (tmp_path / "a-file").write_text("a cache folder that cannot be made")
-    assert np.array_equal(random_text_vectors(embedder.identity, encode), first)
+    assert np.array_equal(random_text_vectors(embedder.identity, encode, embedder.dimension), first)
 
 
 def test_a_model_folder_changed_in_place_is_another_model(tmp_path: Path, toy_model: str) -> None:

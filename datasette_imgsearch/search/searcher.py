@@ -95,7 +95,7 @@ class Searcher:
         vectors = self._random_text_vectors.get(embedder.identity)
         if vectors is None:
             texts = random_texts(foreign=reader == MULTILINGUAL)
-            vectors = random_text_vectors(embedder.identity, embedder.encode_texts, texts)
+            vectors = random_text_vectors(embedder.identity, embedder.encode_texts, embedder.dimension, texts)
             self._random_text_vectors.put(embedder.identity, vectors)
         return vectors
 

@@ -33,6 +33,7 @@ import hashlib
 import json
 import os
 import random
+import stat
 import string
 import tempfile
 from dataclasses import dataclass
@@ -45,6 +46,7 @@ from datasette_imgsearch.vectors.ranking import Hit
 
 NULL_TEXT_COUNT = 200
 STRONG = 0.99
+NPY_HEADER_LIMIT = 4096  # the most a .npy header of a plain 2-d array takes
 SEED = 20260101
 ASCII = string.ascii_lowercase + string.digits + "!?.,'-"
 CYRILLIC = "абвгдеёжзийклмнопрстуфхцчшщъыьэюя"
@@ -103,20 +105,17 @@ def cache_folder() -> Path:
 
 
 def random_text_vectors(
-    identity: object, encode: Callable[[list[str]], np.ndarray], texts: list[str] | None = None
+    identity: object, encode: Callable[[list[str]], np.ndarray], dimension: int, texts: list[str] | None = None
 ) -> np.ndarray:
-    """The vectors of ``texts`` (the random strings) from the model ``identity`` names: from the cache file
-    when there is a good one, else encoded with ``encode`` and written there (silently skipped where
-    that fails)."""
+    """The vectors of ``texts`` (the random strings) from the model ``identity`` names, ``dimension`` wide:
+    from the cache file when it holds exactly such vectors, else encoded with ``encode`` and written there
+    (silently skipped where that fails). A cache file is never trusted: see :func:`cached_vectors`."""
     texts = texts if texts is not None else random_texts()
     key = hashlib.sha256(json.dumps([repr(identity), texts]).encode()).hexdigest()[:32]
     path = cache_folder() / f"random-text-{key}.npy"
-    try:
-        vectors = np.load(path, allow_pickle=False)
-        if vectors.ndim == 2 and len(vectors) == len(texts) and vectors.dtype == np.float32:
-            return vectors
-    except (OSError, ValueError, EOFError):
-        pass
+    vectors = cached_vectors(path, (len(texts), dimension))
+    if vectors is not None:
+        return vectors
     vectors = np.ascontiguousarray(encode(texts), dtype=np.float32)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -125,4 +124,26 @@ def random_text_vectors(
         os.replace(handle.name, path)
     except OSError:
         pass
+    return vectors
+
+
+def cached_vectors(path: Path, shape: tuple[int, int]) -> np.ndarray | None:
+    """The unit vectors of ``shape`` in the ``.npy`` file at ``path``; None for anything else: no file, not a
+    regular file (a FIFO would block the reader), another size than such an array has, another shape or
+    type, or values that are not finite unit vectors."""
+    try:
+        info = os.stat(path)
+    except OSError:
+        return None
+    payload = shape[0] * shape[1] * 4
+    if not stat.S_ISREG(info.st_mode) or not payload < info.st_size <= payload + NPY_HEADER_LIMIT:
+        return None
+    try:
+        vectors = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError, MemoryError):
+        return None
+    if vectors.shape != shape or vectors.dtype != np.float32 or not np.isfinite(vectors).all():
+        return None
+    if not np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-3):
+        return None
     return vectors

@@ -1,0 +1,141 @@
+"""The second hostile pass: one request must not freeze the server, one failure must not last until
+restart, private means private, and files that are not files cost nothing."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+from datasette.app import Datasette
+
+from datasette_imgsearch.build.builder import build
+from datasette_imgsearch.build.options import BuildOptions
+from datasette_imgsearch.models.cache import ModelCache, load_embedder
+from datasette_imgsearch.models.choice import ModelChoice
+from datasette_imgsearch.search import loading
+from datasette_imgsearch.search.strength import cached_vectors, random_text_vectors
+
+from .test_plugin import make_datasette
+
+
+# Failures that pass are tried again ------------------------------------------------------------------
+@pytest.mark.asyncio
+async def test_a_model_folder_that_comes_back_is_used_without_a_restart(
+    tmp_path: Path, world: Path, toy_model: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(loading, "RETRY_SECONDS", 0.0)
+    model = tmp_path / "model"
+    shutil.copytree(toy_model, model)
+    db = tmp_path / "photos.db"
+    build(db, world, BuildOptions(ModelChoice(model=str(model)), batch_size=16), models=ModelCache())  # not this process's
+    model.rename(tmp_path / "away")
+    ds = make_datasette(db)
+    await ds.invoke_startup()
+    for query in ("a red circle", "row:3"):
+        response = await ds.client.get("/photos/images/-/imgsearch.json", params={"q": query})
+        assert response.status_code == 503 and "no model folder" in response.json()["error"]
+    (tmp_path / "away").rename(model)
+    for query in ("a red circle", "row:3"):
+        response = await ds.client.get("/photos/images/-/imgsearch.json", params={"q": query})
+        assert response.status_code == 200 and response.json()["count"] > 0, response.text
+
+
+def test_a_failed_load_is_not_tried_again_before_its_time() -> None:
+    attempts: list[int] = []
+
+    def load() -> None:
+        attempts.append(1)
+        raise RuntimeError("the model is not there")
+
+    background = loading.BackgroundLoad(load, lambda: "a model", retry_seconds=3600)
+    for _ in range(3):
+        with pytest.raises(RuntimeError):
+            background.wait(10)
+    assert len(attempts) == 1
+    background.retry_seconds = 0
+    with pytest.raises(RuntimeError):
+        background.wait(10)
+    assert len(attempts) == 2
+
+
+# A damaged strength cache is never trusted -------------------------------------------------------------
+def npy_claiming(shape: tuple[int, ...]) -> bytes:
+    """A .npy header that claims ``shape`` of float32, with a few bytes after it."""
+    header = "{'descr': '<f4', 'fortran_order': False, 'shape': %r, }" % (shape,)
+    header = header + " " * (63 - (10 + len(header)) % 64) + "\n"
+    return b"\x93NUMPY\x01\x00" + len(header).to_bytes(2, "little") + header.encode() + b"\x00" * 64
+
+
+DAMAGES = ["another dimension", "NaN", "Inf", "zero vectors", "a header claiming 72 TiB", "a FIFO", "a folder",
+           "float64", "one row short"]
+
+
+@pytest.mark.parametrize("damage", DAMAGES)
+def test_a_damaged_strength_cache_is_encoded_again(
+    tmp_path: Path, toy_model: str, monkeypatch: pytest.MonkeyPatch, damage: str
+) -> None:
+    monkeypatch.setenv("IMGSEARCH_CACHE", str(tmp_path / "cache"))
+    embedder = load_embedder(toy_model, "cpu")
+    good = random_text_vectors(embedder.identity, embedder.encode_texts, embedder.dimension)
+    (path,) = (tmp_path / "cache").glob("*.npy")
+    path.unlink()
+    rows, dimension = good.shape
+    if damage == "another dimension":
+        np.save(path, np.ones((rows, 16), dtype=np.float32) / 4)
+    elif damage in ("NaN", "Inf"):
+        np.save(path, np.full((rows, dimension), np.nan if damage == "NaN" else np.inf, dtype=np.float32))
+    elif damage == "zero vectors":
+        np.save(path, np.zeros((rows, dimension), dtype=np.float32))
+    elif damage == "a header claiming 72 TiB":
+        path.write_bytes(npy_claiming((200, 10**11)))
+    elif damage == "a FIFO":
+        os.mkfifo(path)
+    elif damage == "a folder":
+        path.mkdir()
+    elif damage == "float64":
+        np.save(path, good.astype(np.float64))
+    else:
+        np.save(path, good[:-1])
+    found: list[np.ndarray] = []
+    reader = threading.Thread(target=lambda: found.append(
+        random_text_vectors(embedder.identity, embedder.encode_texts, embedder.dimension)), daemon=True)
+    reader.start()
+    reader.join(30)
+    assert found, "the cache reader blocked"
+    assert np.array_equal(found[0], good)
+    repaired = cached_vectors(path, good.shape)  # written again, where a file can take the damaged one's place
+    assert (repaired is None) if damage == "a folder" else np.array_equal(repaired, good)
+
+
+def test_a_repaired_strength_cache_is_read(tmp_path: Path, toy_model: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("IMGSEARCH_CACHE", str(tmp_path / "cache"))
+    embedder = load_embedder(toy_model, "cpu")
+    good = random_text_vectors(embedder.identity, embedder.encode_texts, embedder.dimension)
+    (path,) = (tmp_path / "cache").glob("*.npy")
+    assert np.array_equal(cached_vectors(path, good.shape), good)
+
+    def refuse(texts: list[str]) -> np.ndarray:
+        raise AssertionError("a good cache file is read, not encoded again")
+
+    assert np.array_equal(random_text_vectors(embedder.identity, refuse, embedder.dimension), good)
+
+
+def test_every_search_works_while_a_strength_cache_is_damaged_and_after_it_is_repaired(
+    tmp_path: Path, shared_catalog: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from datasette_imgsearch.search.searcher import Searcher
+
+    monkeypatch.setenv("IMGSEARCH_CACHE", str(tmp_path / "cache"))
+    Searcher(shared_catalog).search("a red circle", 3)
+    for path in (tmp_path / "cache").glob("*.npy"):
+        np.save(path, np.ones((200, 16), dtype=np.float32) / 4)
+    hits = Searcher(shared_catalog).search("a red circle", 3)
+    assert len(hits) == 3 and all(hit.strength is not None for hit in hits)
+
+
+async def status_of(ds: Datasette, path: str) -> int:
+    return (await ds.client.get(path)).status_code
