@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import os
 import shutil
+import sqlite3
 import threading
+import urllib.parse
 from pathlib import Path
 
 import numpy as np
 import pytest
+import pytest_asyncio
 from datasette.app import Datasette
 
 from datasette_imgsearch.build.builder import build
@@ -19,7 +22,12 @@ from datasette_imgsearch.models.choice import ModelChoice
 from datasette_imgsearch.search import loading
 from datasette_imgsearch.search.strength import cached_vectors, random_text_vectors
 
-from .test_plugin import make_datasette
+from .test_plugin import make_datasette, started
+
+
+@pytest_asyncio.fixture
+async def ds_shared(shared_catalog: Path) -> Datasette:
+    return await started(make_datasette(shared_catalog), shared_catalog)
 
 
 # Failures that pass are tried again ------------------------------------------------------------------
@@ -139,3 +147,67 @@ def test_every_search_works_while_a_strength_cache_is_damaged_and_after_it_is_re
 
 async def status_of(ds: Datasette, path: str) -> int:
     return (await ds.client.get(path)).status_code
+
+
+# Bad requests are 400s with a message, never 500s, never SQL in a body ---------------------------------
+BAD_SEARCHES = {
+    "an integer SQLite cannot hold": [("q", "a red circle"), ("id__gt", "99999999999999999999999")],
+    "malformed JSON for a JSON filter": [("q", "a red circle"), ("path__arraycontains", "x")],
+    "a superscript digit as the offset": [("q", "a red circle"), ("_next", "²")],
+    "an Arabic-Indic digit as the offset": [("q", "a red circle"), ("_next", "٣")],
+    "a superscript digit as a row id": [("q", "row:²")],
+    "Arabic-Indic digits as k": [("q", "a red circle"), ("k", "١٠")],
+    "Arabic-Indic digits as min_score": [("q", "a red circle"), ("min_score", "٠.٥")],
+    "a thousand filters": [("q", "a red circle")] + [("path__contains", f"{n}") for n in range(1000)],
+    "five hundred facets": [("q", "a red circle")] + [("_facet", "path")] * 500,
+    "a thousand empty filters": [("q", "a red circle")] + [("path__contains", "")] * 1000,
+}
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("page", ["/photos/images/-/imgsearch.json", "/photos/images/-/imgsearch"])
+@pytest.mark.parametrize("case", list(BAD_SEARCHES))
+async def test_bad_search_requests_are_400s_that_say_why(ds_shared: Datasette, page: str, case: str) -> None:
+    response = await ds_shared.client.get(page + "?" + urllib.parse.urlencode(BAD_SEARCHES[case]))
+    assert response.status_code == 400, response.text[:300]
+    assert "json_group_array" not in response.text and "traceback" not in response.text.lower()  # no SQL, no trace
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("path", ["/photos/images/-/imgsearch/thumbnail/٣", "/photos/images/-/imgsearch/original/²"])
+async def test_picture_routes_take_ascii_row_ids_only(ds_shared: Datasette, path: str) -> None:
+    assert (await ds_shared.client.get(path)).status_code in (302, 400, 404)  # never taken as row 3 or 2
+
+
+@pytest.mark.parametrize("text", ["[1,2,]", "[+1]", "[007]", "[1 2]", "[1,,2]", "[,]", "[1.5]", "[-1]", "[٣]", "[1e3]"])
+def test_candidates_are_strict_json_arrays_of_whole_numbers(text: str) -> None:
+    from datasette_imgsearch.errors import QueryError
+    from datasette_imgsearch.search.arguments import Candidates
+
+    with pytest.raises(QueryError, match="candidates must be"):
+        Candidates(text).ids  # noqa: B018 - reading them is what is refused
+
+
+@pytest.mark.parametrize("text,ids", [("[]", []), ("[ ]", []), ("[0]", [0]), ("[3, 17,42]", [3, 17, 42]), ("[10,0]", [10, 0])])
+def test_well_formed_candidates_are_read(text: str, ids: list[int]) -> None:
+    from datasette_imgsearch.search.arguments import Candidates
+
+    assert Candidates(text).ids.tolist() == ids
+
+
+@pytest.mark.asyncio
+async def test_a_filter_that_runs_past_the_sql_time_limit_is_a_readable_400(catalog: Path) -> None:
+    conn = sqlite3.connect(catalog)
+    with conn:  # 300,000 more rows, so that a scan of the table takes longer than the limit
+        conn.execute("""
+            with recursive n(i) as (select 1 union all select i + 1 from n where i < 300000)
+            insert into images (path, name, folder, size, modified, mtime_ns, hash, embedding)
+            select 'more/' || i || '.jpg', i || '.jpg', 'more', 1, '2020', 1, 'h' || i,
+                   (select embedding from images limit 1) from n""")
+    conn.close()
+    ds = Datasette([str(catalog)], settings={"sql_time_limit_ms": 5})
+    await ds.invoke_startup()
+    response = await ds.client.get("/photos/images/-/imgsearch.json", params={"q": "a red circle", "path__contains": "zzz"})
+    assert response.status_code == 400
+    assert "longer than this server lets a query run" in response.json()["error"]
+    assert "json_group_array" not in response.text

@@ -71,14 +71,45 @@ def _parse_ids(text: str) -> np.ndarray:
         except ValueError:
             raise QueryError(f"candidates must be {CANDIDATES_WANTED}; this is not JSON: {text[:40]!r}") from None
         raise QueryError(f"candidates must be {CANDIDATES_WANTED}")
-    try:  # numpy reads a plain list of integers four times faster than json.loads
-        ids = np.fromstring(text[1:-1], dtype=np.int64, sep=",")
-    except ValueError:
-        raise QueryError(f"candidates must be {CANDIDATES_WANTED}") from None
+    ids = _strict_ids(text[1:-1])
+    if ids is None:
+        raise QueryError(f"candidates must be {CANDIDATES_WANTED}: whole numbers in JSON, such as [3, 17, 42]")
     clamped = len(ids) and int(ids.max()) == MAX_ROW_ID and str(MAX_ROW_ID) not in text  # numpy clamps overflow
-    if clamped or (len(ids) and int(ids.min()) < 0):
+    if clamped:
         raise QueryError(f"candidates must be {CANDIDATES_WANTED}")
     return ids
+
+
+# What each byte of a JSON array of whole numbers may be: 1 a digit, 2 a comma, 3 white space, 0 nothing.
+_ID_TEXT = np.zeros(256, dtype=np.uint8)
+_ID_TEXT[ord("0"):ord("9") + 1] = 1
+_ID_TEXT[ord(",")] = 2
+_ID_TEXT[[ord(" "), ord("\t"), ord("\n"), ord("\r")]] = 3
+
+
+def _strict_ids(inner: str) -> np.ndarray | None:
+    """The numbers between the brackets of a JSON array of whole numbers, or None when it is anything else
+    (``1,2,``, ``+1``, ``007``, ``1 2``, a sign, a fraction, a digit of another script). Checked a byte
+    at a time with numpy, then read by numpy: JSON's parser takes several times as long."""
+    try:
+        raw = np.frombuffer(inner.encode("ascii"), dtype=np.uint8)
+    except UnicodeEncodeError:
+        return None
+    kind = _ID_TEXT[raw]
+    if not kind.all():
+        return None
+    digit = kind == 1
+    starts = digit.copy()
+    starts[1:] &= ~digit[:-1]
+    numbers = int(np.count_nonzero(starts))
+    commas = inner.count(",")
+    if numbers != (commas + 1 if numbers or commas else 0):  # one comma between each two numbers, no more
+        return None
+    before_digit = np.zeros_like(digit)
+    before_digit[:-1] = digit[1:]
+    if (starts & (raw == ord("0")) & before_digit).any():  # a leading zero
+        return None
+    return np.fromstring(inner, dtype=np.int64, sep=",") if numbers else np.zeros(0, dtype=np.int64)
 
 
 def check_candidates(candidates: Any) -> Candidates | None:
@@ -96,6 +127,8 @@ def _number(value: Any, name: str, wanted: str) -> float:
     """A finite number from an int, a float or numeric text (Datasette passes named parameters as text)."""
     if isinstance(value, bool) or not isinstance(value, (int, float, str)):
         raise QueryError(f"{name} must be {wanted}, not {value!r}")
+    if isinstance(value, str) and not value.isascii():
+        raise QueryError(f"{name} must be {wanted} in ASCII digits, not {value[:20]!r}")
     try:
         number = float(value.strip() if isinstance(value, str) else value)
     except (ValueError, OverflowError):

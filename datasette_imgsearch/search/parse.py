@@ -58,7 +58,7 @@ def parse(query: str) -> list[Term]:
             weight = -weight
         row = _ROW.match(chunk)
         if row:
-            if not row.group(1).isdigit():
+            if not (row.group(1).isascii() and row.group(1).isdigit()):
                 raise QueryError(f"row: takes a row id, as in row:12, not {row.group(1)!r}")
             if int(row.group(1)) > MAX_ROW_ID:
                 raise QueryError(f"row:{row.group(1)[:30]} is not in the catalog (row ids go up to {MAX_ROW_ID})")

@@ -8,7 +8,9 @@ import urllib.parse
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from datasette.database import QueryInterrupted
 from datasette.filters import Filters
+from datasette.utils.sqlite import sqlite3
 
 from datasette_imgsearch.catalog.schema import BLOB_COLUMNS, COLUMNS, TABLE
 from datasette_imgsearch.errors import RequestError
@@ -24,6 +26,9 @@ if TYPE_CHECKING:
 
 
 # Facets over the results: any column, plus the year a photo was taken (narrowed with taken__startswith).
+MAX_ARGUMENTS = 64  # a URL with more is not one a person or a page made
+MAX_FILTERS = 16
+FACET_SIZE = 30  # values shown per facet, as Datasette's own facets show
 SEARCH_FIELDS = ("q", "k", "min_score")
 FORM_FIELDS = SEARCH_FIELDS + ("image", "csrftoken")  # the search's own fields, never column filters
 YEAR = "year"
@@ -44,15 +49,20 @@ class Narrowing:
 
 def read_narrowing(request: "Request", settings: Settings) -> Narrowing:
     """Column filters in Datasette's syntax (``taken__startswith=2020&camera_model=Canon+EOS+5D``),
-    ``_facet=COLUMN`` and ``_next=OFFSET``; 400 for a column or an operator that does not exist."""
+    ``_facet=COLUMN`` and ``_next=OFFSET``; 400 for a column or an operator that does not exist, and for
+    more filters or facets than a person asks for (each costs SQL or work per result)."""
     narrowing = Narrowing()
-    for key, value in argument_pairs(request):
+    pairs = argument_pairs(request)
+    if len(pairs) > MAX_ARGUMENTS:
+        raise RequestError(400, f"the URL has {len(pairs)} arguments; at most {MAX_ARGUMENTS} are taken")
+    for key, value in pairs:
         if key == "_facet":
             if value not in ROW_COLUMNS and value != YEAR:
-                raise RequestError(400, f"cannot facet by {value!r}: use {YEAR} or one of {', '.join(ROW_COLUMNS)}")
-            narrowing.facets.append(value)
+                raise RequestError(400, f"cannot facet by {value[:40]!r}: use {YEAR} or one of {', '.join(ROW_COLUMNS)}")
+            if value not in narrowing.facets:
+                narrowing.facets.append(value)
         elif key == "_next":
-            if not value.isdigit() or int(value) >= settings.max_k:
+            if not (value.isascii() and value.isdigit()) or int(value) >= settings.max_k:
                 raise RequestError(400, f"_next must be a result offset below {settings.max_k}, not {value[:20]!r}")
             narrowing.offset = int(value)
         elif not key.startswith("_") and key not in FORM_FIELDS:
@@ -60,6 +70,8 @@ def read_narrowing(request: "Request", settings: Settings) -> Narrowing:
             if column not in ROW_COLUMNS:
                 raise RequestError(400, f"cannot filter on {column!r}: the columns are {', '.join(ROW_COLUMNS)}")
             narrowing.filters.append((key, value))
+    if len(narrowing.filters) > MAX_FILTERS:
+        raise RequestError(400, f"{len(narrowing.filters)} column filters; at most {MAX_FILTERS} are taken")
     if narrowing.filters:
         filters = Filters(sorted(narrowing.filters))
         clauses, narrowing.params = filters.build_where_clauses(TABLE)
@@ -75,7 +87,13 @@ async def candidates_for(datasette: "Datasette", target: Target, narrowing: Narr
     if not narrowing.where:
         return None
     sql = f"select json_group_array(id) from [{TABLE}] where {narrowing.where}"
-    result = await datasette.databases[target.database].execute(sql, narrowing.params)
+    try:
+        result = await datasette.databases[target.database].execute(sql, narrowing.params)
+    except QueryInterrupted:
+        raise RequestError(400, "the column filters took longer than this server lets a query run: narrow them "
+                                "(an exact value or a range on an indexed column such as taken is quick)") from None
+    except (sqlite3.DatabaseError, OverflowError) as error:  # the message names the problem, never the SQL
+        raise RequestError(400, f"the column filters cannot be run: {str(error)[:120]}") from None
     return Candidates(result.rows[0][0])
 
 
@@ -89,7 +107,8 @@ def link(base: str, request: "Request", add: tuple[tuple[str, str], ...] = (), d
 def facets_of(
     narrowing: Narrowing, results: list[dict[str, Any]], request: "Request", base: str
 ) -> dict[str, list[dict[str, Any]]]:
-    """For each facet asked for: each value among the results, its count, and a link narrowing to it."""
+    """For each facet asked for: its ``FACET_SIZE`` most frequent values among the results, each with its
+    count and a link narrowing to it."""
     active = set(narrowing.filters)
     facets: dict[str, list[dict[str, Any]]] = {}
     for name in narrowing.facets:
@@ -101,6 +120,6 @@ def facets_of(
             {"value": value, "count": count, "selected": (key, str(value)) in active,
              "toggle_url": link(base, request, drop=(key,)) if (key, str(value)) in active
              else link(base, request, add=((key, str(value)),))}
-            for value, count in sorted(counts.items(), key=lambda item: (-item[1], str(item[0])))
+            for value, count in sorted(counts.items(), key=lambda item: (-item[1], str(item[0])))[:FACET_SIZE]
         ]
     return facets

@@ -20,8 +20,8 @@ def routes() -> list[tuple[str, Any]]:
     return [
         (_TABLE + r"$", search.search_page),
         (_TABLE + r"\.json$", search.search_json),
-        (_TABLE + r"/thumbnail/(?P<id>\d+)$", images.thumbnail_view),
-        (_TABLE + r"/original/(?P<id>\d+)$", images.original_view),
+        (_TABLE + r"/thumbnail/(?P<id>[0-9]+)$", images.thumbnail_view),
+        (_TABLE + r"/original/(?P<id>[0-9]+)$", images.original_view),
         ("^" + SEGMENT + r"(\.json)?$", status.status_view),
     ]
 

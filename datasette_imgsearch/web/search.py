@@ -199,6 +199,7 @@ async def search_json(datasette: "Datasette", request: "Request") -> Response:
     outcome = await search(datasette, request, target)
     wanted, narrowing = outcome.wanted, outcome.narrowing
     base = search_url(datasette, target.database, target.table) + ".json"
+    facets = await in_thread(facets_of, narrowing, outcome.results, request, base)
     next_offset = narrowing.offset + wanted.k if outcome.has_more else None
     return Response.json({
         "ok": True,
@@ -208,7 +209,7 @@ async def search_json(datasette: "Datasette", request: "Request") -> Response:
         "k": wanted.k,
         "count": len(outcome.results),
         "filters": narrowing.description or None,
-        "facets": facets_of(narrowing, outcome.results, request, base),
+        "facets": facets,
         "suggested_facets": [name for name in SUGGESTED_FACETS if name not in narrowing.facets],
         "next": next_offset,
         "next_url": None if next_offset is None else link(base, request, add=(("_next", str(next_offset)),)),
@@ -226,7 +227,9 @@ async def search_page(datasette: "Datasette", request: "Request") -> Response:
     if request.method == "POST" or context["q"]:
         try:
             outcome = await search(datasette, request, target)
-            context.update(outcome_context(datasette, request, target, outcome, context["page_url"]))
+            page = context["page_url"]
+            facets = await in_thread(facets_of, outcome.narrowing, outcome.results, request, page)
+            context.update(outcome_context(datasette, request, target, outcome, page), facets=facets)
         except ImgsearchError as error:
             status, context["error"] = error.status, web_message(error)
     html = await datasette.render_template("imgsearch.html", context, request=request)
@@ -263,14 +266,13 @@ def page_context(datasette: "Datasette", request: "Request", target: Target) -> 
 def outcome_context(
     datasette: "Datasette", request: "Request", target: Target, outcome: Outcome, page: str
 ) -> dict[str, Any]:
-    """What the search page shows of a search's outcome."""
+    """What the search page shows of a search's outcome, but its facets."""
     wanted, narrowing = outcome.wanted, outcome.narrowing
     more = outcome.has_more and wanted.image is None
     return {
         "q": wanted.query, "k": str(wanted.k), "uploaded": wanted.image is not None, "results": outcome.results,
         "sql_url": sql_url(datasette, target, wanted, narrowing),
         "filter_description": narrowing.description or None,
-        "facets": facets_of(narrowing, outcome.results, request, page),
         "suggested_facets": [(name, link(page, request, add=(("_facet", name),)))
                              for name in SUGGESTED_FACETS if name not in narrowing.facets],
         "reference_urls": reference_thumbnails(page, outcome.readings),
