@@ -211,3 +211,37 @@ async def test_a_filter_that_runs_past_the_sql_time_limit_is_a_readable_400(cata
     assert response.status_code == 400
     assert "longer than this server lets a query run" in response.json()["error"]
     assert "json_group_array" not in response.text
+
+
+# Files that are not files ------------------------------------------------------------------------------
+def test_a_fifo_and_a_link_to_a_device_are_error_rows_and_the_rest_is_catalogued(
+    tmp_path: Path, images: Path, toy_model: str
+) -> None:
+    os.mkfifo(images / "x.jpg")
+    (images / "z.jpg").symlink_to("/dev/zero")
+    db = tmp_path / "photos.db"
+    finished: list[str] = []
+    builder = threading.Thread(target=lambda: finished.append(
+        build(db, images, BuildOptions(ModelChoice(model=toy_model), batch_size=16)).line()), daemon=True)
+    builder.start()
+    builder.join(120)
+    assert finished, "the build blocked"
+    assert finished[0].startswith("62 images: 60 added") and "2 failed" in finished[0]
+    conn = sqlite3.connect(db)
+    errors = dict(conn.execute("select path, message from imgsearch_errors"))
+    assert set(errors) == {"x.jpg", "z.jpg"} and all("not a regular file" in message for message in errors.values())
+
+
+def test_folders_nested_deeper_than_pythons_recursion_limit_are_catalogued(
+    tmp_path: Path, world: Path, toy_model: str
+) -> None:
+    folder = deepest = tmp_path / "images"
+    folder.mkdir()
+    for _ in range(1100):
+        deepest = deepest / "d"
+        deepest.mkdir()
+    pictures = sorted(world.iterdir())
+    shutil.copy(pictures[0], folder / "top.jpg")
+    shutil.copy(pictures[1], deepest / "deep.jpg")
+    line = build(tmp_path / "photos.db", folder, BuildOptions(ModelChoice(model=toy_model))).line()
+    assert line.startswith("2 images: 2 added")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 
 import numpy as np
 import pytest
@@ -176,9 +177,28 @@ def test_unreadable_paths_raise_image_errors(tmp_path) -> None:
     with pytest.raises(pixels.ImageError) as raised:
         pixels.read_bytes(tmp_path / "missing.jpg")
     assert raised.value.kind == "unreadable"
+
+
+@pytest.mark.parametrize("kind", ["a folder", "a FIFO", "a link to /dev/zero"])
+def test_what_is_not_a_regular_file_is_never_read(tmp_path, kind: str) -> None:
+    path = tmp_path / "x.jpg"
+    if kind == "a folder":
+        path.mkdir()
+    elif kind == "a FIFO":
+        os.mkfifo(path)
+    else:
+        path.symlink_to("/dev/zero")
     with pytest.raises(pixels.ImageError) as raised:
-        pixels.read_bytes(tmp_path)
-    assert raised.value.kind == "unreadable"
+        pixels.read_bytes(path)
+    assert raised.value.kind == "not-a-file"
+
+
+def test_a_file_larger_than_any_image_under_the_cap_is_refused_after_the_cap(tmp_path) -> None:
+    path = tmp_path / "huge.jpg"
+    path.write_bytes(b"\xff" * 2_000_001)
+    with pytest.raises(pixels.ImageError, match="larger than 2 MB") as raised:
+        pixels.read_bytes(path, 2_000_000)
+    assert raised.value.kind == "too-large"
 
 
 def test_a_colour_key_is_composited_on_white() -> None:

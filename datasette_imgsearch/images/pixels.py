@@ -11,6 +11,8 @@ from __future__ import annotations
 import ctypes
 import io
 import math
+import os
+import stat
 import warnings
 from dataclasses import dataclass, field
 from typing import Any
@@ -45,15 +47,33 @@ class Decoded:
     facts: dict[str, Any] = field(default_factory=dict)
 
 
-def read_bytes(path: Any) -> bytes:
-    """Read a whole file, turning OS errors into :class:`ImageError`."""
+def max_file_bytes(max_megapixels: float = DEFAULT_MAX_MEGAPIXELS) -> int:
+    """The most bytes an image file under ``max_megapixels`` can take: eight a pixel (16-bit RGBA, not
+    compressed) and a megabyte of metadata."""
+    return int(max_megapixels * 8_000_000) + 1_000_000
+
+
+def read_bytes(path: Any, max_bytes: int | None = None) -> bytes:
+    """Read a whole regular file of at most ``max_bytes`` (``max_file_bytes()`` when None), turning OS
+    errors into :class:`ImageError`. Anything else is refused before a byte is read: a FIFO would block
+    the reader for ever, a device never ends."""
+    limit = max_file_bytes() if max_bytes is None else max_bytes
     try:
-        with open(path, "rb") as handle:
-            data = handle.read()
+        descriptor = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
     except PermissionError:
         raise ImageError("unreadable", "permission denied") from None
     except OSError as error:
         raise ImageError("unreadable", error.strerror or str(error)) from None
+    try:
+        if not stat.S_ISREG(os.fstat(descriptor).st_mode):
+            os.close(descriptor)
+            raise ImageError("not-a-file", "not a regular file (a folder, a FIFO, a device or a socket): nothing is read")
+        with os.fdopen(descriptor, "rb") as handle:
+            data = handle.read(limit + 1)
+    except OSError as error:
+        raise ImageError("unreadable", error.strerror or str(error)) from None
+    if len(data) > limit:
+        raise ImageError("too-large", f"the file is larger than {limit / 1e6:,.0f} MB, more than any image under the pixel cap")
     if not data:
         raise ImageError("empty", "the file is empty (0 bytes)")
     return data

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,6 +29,9 @@ def image_extensions() -> frozenset[str]:
 def media_type(name: str) -> str:
     """The Content-Type an image file is served with."""
     return MEDIA_TYPES.get(os.path.splitext(name)[1].lower(), "application/octet-stream")
+
+
+NOT_A_FILE = "not a regular file (a FIFO, a device or a socket): nothing is read from it"
 
 
 @dataclass(frozen=True)
@@ -82,11 +86,18 @@ class _Walker:
         return os.path.splitext(name)[1].lower() in self.extensions
 
     def walk(self, directory: Path, relative: str) -> None:
-        entries = self.list(directory, relative)
-        for entry in entries:
+        """Depth first in name order, with a stack of its own: folders nested thousands deep are walked
+        like any other (Python's recursion limit would stop a recursive walk)."""
+        stack = [(iter(self.list(directory, relative)), relative)]
+        while stack:
+            entries, parent = stack[-1]
+            entry = next(entries, None)
+            if entry is None:
+                stack.pop()
+                continue
             if entry.name.startswith("."):
                 continue
-            child = f"{relative}/{entry.name}" if relative else entry.name
+            child = f"{parent}/{entry.name}" if parent else entry.name
             try:
                 is_dir = entry.is_dir()  # follows symlinks
             except OSError as error:
@@ -97,7 +108,7 @@ class _Walker:
                 if entry.is_symlink():
                     self.deferred.append((Path(entry.path), child))
                 else:
-                    self.walk(Path(entry.path), child)
+                    stack.append((iter(self.list(Path(entry.path), child)), child))
             elif self.is_image_name(entry.name):
                 self.add_file(entry, child)
 
@@ -125,6 +136,9 @@ class _Walker:
             info = entry.stat()
         except OSError as error:  # a dangling symlink or a symlink loop
             self.result.unreadable_files[child] = error.strerror or str(error)
+            return
+        if not stat.S_ISREG(info.st_mode):  # a FIFO would block its reader, a device never ends
+            self.result.unreadable_files[child] = NOT_A_FILE
             return
         if absolute.resolve() not in self.skip:
             self.result.files.append(FoundFile(child, absolute, info.st_size, info.st_mtime_ns))

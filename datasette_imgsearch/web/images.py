@@ -3,10 +3,11 @@ folder, after the permission check."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
-from datasette.utils.asgi import Response
+from datasette.utils.asgi import AsgiFileDownload, Response
 
 from datasette_imgsearch.catalog.catalog import Catalog
 from datasette_imgsearch.catalog.schema import TABLE
@@ -59,11 +60,14 @@ def _row_id(request: "Request") -> int:
     return value
 
 
+Body = Callable[[Target, dict[str, Any], dict[str, str]], Awaitable["Response | AsgiFileDownload"]]
+
+
 async def _row_image(
-    datasette: "Datasette", request: "Request", etag_suffix: str,
-    body_of: Callable[[Target, dict[str, Any]], Awaitable[tuple[bytes, str]]],
-) -> Response:
-    """Serve one row's picture after the permission check, answering 304 when the browser has it."""
+    datasette: "Datasette", request: "Request", etag_suffix: str, body_of: Body
+) -> "Response | AsgiFileDownload":
+    """Serve one row's picture after the permission check, answering 304 when the browser has it;
+    ``body_of`` makes the response from the row and the headers every picture carries."""
     target = await resolve(datasette, request)
     found = await datasette.databases[target.database].execute(
         f"select path, hash, thumbnail from [{TABLE}] where id = ?", [_row_id(request)]
@@ -74,42 +78,39 @@ async def _row_image(
     etag = f'"{row["hash"]}{etag_suffix}"'
     if request.headers.get("if-none-match") == etag:
         return Response("", status=304, headers={"ETag": etag})
-    body, content_type = await body_of(target, row)
-    return Response(
-        body,
-        content_type=content_type,
-        headers={"X-Content-Type-Options": "nosniff", "ETag": etag, "Cache-Control": "private, max-age=3600"},
-    )
+    headers = {"X-Content-Type-Options": "nosniff", "ETag": etag, "Cache-Control": "private, max-age=3600"}
+    return await body_of(target, row, headers)
 
 
 @answers_errors(as_json=False)
-async def thumbnail_view(datasette: "Datasette", request: "Request") -> Response:
+async def thumbnail_view(datasette: "Datasette", request: "Request") -> "Response | AsgiFileDownload":
     """A row's stored thumbnail; made from the original when the catalog was built without thumbnails."""
 
-    async def body(target: Target, row: dict[str, Any]) -> tuple[bytes, str]:
-        if row["thumbnail"] is not None:
-            return row["thumbnail"], "image/jpeg"
-        file = await _original_of(target, row)
-        return await in_thread(_thumbnail_from_file, file, target.settings.max_megapixels), "image/jpeg"
+    async def body(target: Target, row: dict[str, Any], headers: dict[str, str]) -> Response:
+        data = row["thumbnail"]
+        if data is None:
+            file = await _original_of(target, row)
+            data = await in_thread(_thumbnail_from_file, file, target.settings.max_megapixels)
+        return Response(data, content_type="image/jpeg", headers=headers)
 
     return await _row_image(datasette, request, "-thumbnail", body)
 
 
 def _thumbnail_from_file(file: Path, max_megapixels: float) -> bytes:
-    decoded = pixels.decode(pixels.read_bytes(file), max_megapixels, shrink_to=(1, pixels.DEFAULT_THUMBNAIL_SIZE))
+    data = pixels.read_bytes(file, pixels.max_file_bytes(max_megapixels))
+    decoded = pixels.decode(data, max_megapixels, shrink_to=(1, pixels.DEFAULT_THUMBNAIL_SIZE))
     return pixels.thumbnail(decoded.image)
 
 
 @answers_errors(as_json=False)
-async def original_view(datasette: "Datasette", request: "Request") -> Response:
-    """The original image file, served only from inside the catalogued folder."""
+async def original_view(datasette: "Datasette", request: "Request") -> "Response | AsgiFileDownload":
+    """The original image file, served only from inside the catalogued folder, streamed from disk in
+    chunks (never held whole in memory)."""
 
-    async def body(target: Target, row: dict[str, Any]) -> tuple[bytes, str]:
+    async def body(target: Target, row: dict[str, Any], headers: dict[str, str]) -> AsgiFileDownload:
         file = await _original_of(target, row)
-        try:
-            data = await in_thread(file.read_bytes)
-        except OSError:
-            raise RequestError(404, "the original file cannot be read") from None
-        return data, media_type(file.name)
+        if not os.access(file, os.R_OK):
+            raise RequestError(404, "the original file cannot be read")
+        return AsgiFileDownload(file, content_type=media_type(file.name), headers=headers)
 
     return await _row_image(datasette, request, "", body)

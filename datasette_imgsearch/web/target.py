@@ -79,7 +79,7 @@ def error_response(error: ImgsearchError, as_json: bool) -> Response:
     return Response.text(web_message(error), status=error.status)
 
 
-View = Callable[["Datasette", "Request"], Awaitable[Response]]
+View = Callable[["Datasette", "Request"], Awaitable[Any]]  # a Response, or anything with asgi_send
 
 
 def answers_errors(as_json: bool) -> Callable[[View], View]:
@@ -88,7 +88,7 @@ def answers_errors(as_json: bool) -> Callable[[View], View]:
 
     def decorate(view: View) -> View:
         @functools.wraps(view)
-        async def answered(datasette: "Datasette", request: "Request") -> Response:
+        async def answered(datasette: "Datasette", request: "Request") -> Any:
             try:
                 return await view(datasette, request)
             except ImgsearchError as error:
