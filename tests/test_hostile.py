@@ -237,11 +237,42 @@ def test_folders_nested_deeper_than_pythons_recursion_limit_are_catalogued(
 ) -> None:
     folder = deepest = tmp_path / "images"
     folder.mkdir()
+    levels = []
     for _ in range(1100):
         deepest = deepest / "d"
         deepest.mkdir()
+        levels.append(deepest)
     pictures = sorted(world.iterdir())
     shutil.copy(pictures[0], folder / "top.jpg")
     shutil.copy(pictures[1], deepest / "deep.jpg")
-    line = build(tmp_path / "photos.db", folder, BuildOptions(ModelChoice(model=toy_model))).line()
-    assert line.startswith("2 images: 2 added")
+    try:
+        line = build(tmp_path / "photos.db", folder, BuildOptions(ModelChoice(model=toy_model))).line()
+        assert line.startswith("2 images: 2 added")
+    finally:  # pytest's own clean-up of tmp_path recurses, and would stop at this depth
+        (deepest / "deep.jpg").unlink()
+        for level in reversed(levels):
+            level.rmdir()
+
+
+# Failed files are remembered like good ones ------------------------------------------------------------
+def test_failed_files_are_examined_again_only_when_they_change(
+    tmp_path: Path, images: Path, toy_model: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from datasette_imgsearch.images import pixels
+
+    for number in range(20):
+        (images / f"empty-{number}.jpg").write_bytes(b"")
+    db = tmp_path / "photos.db"
+    options = BuildOptions(ModelChoice(model=toy_model), batch_size=16)
+    assert "20 failed" in build(db, images, options).line()
+    read: list[str] = []
+    real = pixels.read_bytes
+    monkeypatch.setattr(pixels, "read_bytes", lambda path, *limit: read.append(Path(path).name) or real(path, *limit))
+    assert build(db, images, options).line() == "80 images: 0 added, 0 moved, 0 updated, 0 removed, 20 failed, 60 unchanged"
+    assert read == []
+    (images / "empty-3.jpg").write_bytes(b"still not a picture")
+    assert "20 failed" in build(db, images, options).line() and read == ["empty-3.jpg"]
+    shutil.copy(sorted(images.glob("*-0000*.jpg"))[0], images / "empty-5.jpg")  # fixed
+    line = build(db, images, options).line()
+    assert line.startswith("80 images: 1 added") and "19 failed" in line and read[-1] == "empty-5.jpg"
+    assert sqlite3.connect(db).execute("select count(*) from imgsearch_errors").fetchone() == (19,)

@@ -115,9 +115,9 @@ class Builder:
     def _update(self, found: ScanResult, reembedded: set[str]) -> None:
         """Bring the rows in line with the folder, committing batch by batch in scan order."""
         stored = self.catalog.stored_files()
-        plan = plan_update(found, stored)
+        plan = plan_update(found, stored, self.catalog.failed_files())
         self.summary.unchanged += sum(1 for path in plan.unchanged if path not in reembedded)
-        self.summary.failed += len(plan.failures)
+        self.summary.failed += len(plan.failures) + len(plan.still_failing)
         rows = RowChanges(self.catalog, plan, stored, self.summary)
         changes: list[Change] = list(plan.failures)
         for result in self._results(plan.to_read, reusable=set(rows.sources)):

@@ -18,6 +18,7 @@ from datasette_imgsearch.images.scan import FoundFile, ScanResult
 @dataclass
 class Plan:
     unchanged: list[str] = field(default_factory=list)
+    still_failing: list[str] = field(default_factory=list)  # failed before, unchanged since: not read again
     to_read: list[FoundFile] = field(default_factory=list)
     vanished: list[StoredFile] = field(default_factory=list)
     failures: list[Change] = field(default_factory=list)
@@ -25,13 +26,17 @@ class Plan:
     present: set[str] = field(default_factory=set)
 
 
-def plan_update(found: ScanResult, stored: dict[str, StoredFile]) -> Plan:
-    """Compare the folder with the catalog: what to skip, what to read, which rows lost their file."""
+def plan_update(found: ScanResult, stored: dict[str, StoredFile], failed: dict[str, tuple[int, int]] | None = None) -> Plan:
+    """Compare the folder with the catalog: what to skip, what to read, which rows lost their file.
+    ``failed``: the files that failed, by the size and modification time they had then."""
     plan = Plan()
+    failed = failed or {}
     for item in found.files:
         known = stored.get(item.path)
         if known and known.size == item.size and known.mtime_ns == item.mtime_ns:
             plan.unchanged.append(item.path)
+        elif not known and failed.get(item.path) == (item.size, item.mtime_ns):
+            plan.still_failing.append(item.path)
         else:
             plan.to_read.append(item)
     seen = {item.path for item in found.files}

@@ -185,6 +185,13 @@ class Catalog:
         rows = self.db.execute(f"select id, path, size, mtime_ns, hash from [{TABLE}]").fetchall()
         return {row[1]: StoredFile(*row) for row in rows}
 
+    def failed_files(self) -> dict[str, tuple[int, int]]:
+        """path → (size, mtime_ns) of the files that failed as they were when they failed."""
+        rows = self.db.execute(
+            f"select path, size, mtime_ns from [{ERRORS_TABLE}] where size is not null and mtime_ns is not null"
+        ).fetchall()
+        return {path: (size, mtime_ns) for path, size, mtime_ns in rows}
+
     def embedding_sources(self) -> dict[str, tuple[str, int]]:
         """hash → (table, id) of a stored row whose embedding and facts can be reused for identical bytes."""
         sources: dict[str, tuple[str, int]] = {}

@@ -82,16 +82,19 @@ class Remove(Change):
 
 @dataclass
 class Failure(Change):
-    """Record why a file could not be catalogued."""
+    """Record why a file could not be catalogued, with its size and modification time where they are
+    known: the next build examines it again only when they change."""
 
     path: str
     error: str
     message: str
+    size: int | None = None
+    mtime_ns: int | None = None
 
     def apply(self, conn: sqlite3.Connection) -> None:
         conn.execute(
-            f"insert or replace into [{ERRORS_TABLE}] (path, error, message, at) values (?, ?, ?, ?)",
-            [self.path, self.error, self.message, now()],
+            f"insert or replace into [{ERRORS_TABLE}] (path, error, message, at, size, mtime_ns) values (?, ?, ?, ?, ?, ?)",
+            [self.path, self.error, self.message, now(), self.size, self.mtime_ns],
         )
 
 

@@ -131,6 +131,16 @@ END;
 """)
 
 
+@migration
+def m004_failed_file_stamps(conn: sqlite3.Connection) -> None:
+    """The size and modification time of a file that failed, so that the next build examines it again
+    only when it has changed."""
+    run_script(conn, """
+ALTER TABLE [imgsearch_errors] ADD COLUMN [size] INTEGER;
+ALTER TABLE [imgsearch_errors] ADD COLUMN [mtime_ns] INTEGER;
+""")
+
+
 def schema_version() -> int:
     """The schema this release writes: the number of the last migration."""
     return len(MIGRATIONS)
