@@ -276,3 +276,30 @@ def test_failed_files_are_examined_again_only_when_they_change(
     line = build(db, images, options).line()
     assert line.startswith("80 images: 1 added") and "19 failed" in line and read[-1] == "empty-5.jpg"
     assert sqlite3.connect(db).execute("select count(*) from imgsearch_errors").fetchone() == (19,)
+
+
+# An index rewrite is one step for a reader -------------------------------------------------------------
+@pytest.mark.parametrize("kind", ["flat", "ivfsq8"])
+def test_a_reader_during_an_index_rewrite_ends_up_on_the_new_index(
+    catalog: Path, monkeypatch: pytest.MonkeyPatch, kind: str
+) -> None:
+    from datasette_imgsearch.catalog.catalog import Catalog
+    from datasette_imgsearch.search.searcher import Searcher
+    from datasette_imgsearch.vectors import index
+
+    searcher = Searcher(catalog)
+    searcher.search("a red circle", 3)
+    real_replace = os.replace
+    seen: list[str] = []
+
+    def replace_then_search(source: object, target: object) -> None:  # a query lands right after the swap
+        real_replace(source, target)
+        seen.append(searcher.store.current().vectors_from)
+
+    monkeypatch.setattr(index.os, "replace", replace_then_search)
+    with Catalog(catalog, write=True) as opened:
+        index.write_index(opened, kind)
+    monkeypatch.undo()
+    assert seen  # and whatever it read then, it is on the new file now, not the stored embeddings for ever
+    assert searcher.store.current().vectors_from.startswith(f"photos.db.faiss ({'exact' if kind == 'flat' else kind})")
+    assert len(searcher.search("a blue square", 3)) == 3

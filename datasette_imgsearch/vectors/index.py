@@ -148,9 +148,12 @@ def write_index(catalog: Catalog, kind: str | None = None) -> Path:
     faiss.write_index(index, str(temporary))
     with open(temporary, "rb+") as handle:
         os.fsync(handle.fileno())
+    # The new file's facts are recorded before it takes the old one's place (a rename keeps its size, time
+    # and inode, so its stamp stays true): a reader in between sees the old file as not the catalog's and
+    # reads the stored embeddings, then the swap changes what it watches and it loads the new file.
+    catalog.index_written(index_type=kind, index_version=version, index_sha256=sha256_of(temporary), index_count=count,
+                          index_largest_id=largest, index_stamp=file_stamp(temporary))
     os.replace(temporary, target)
-    catalog.index_written(index_type=kind, index_version=version, index_sha256=sha256_of(target), index_count=count,
-                          index_largest_id=largest, index_stamp=file_stamp(target))
     return target
 
 
