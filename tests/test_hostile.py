@@ -303,3 +303,35 @@ def test_a_reader_during_an_index_rewrite_ends_up_on_the_new_index(
     assert seen  # and whatever it read then, it is on the new file now, not the stored embeddings for ever
     assert searcher.store.current().vectors_from.startswith(f"photos.db.faiss ({'exact' if kind == 'flat' else kind})")
     assert len(searcher.search("a blue square", 3)) == 3
+
+
+# Private means private ---------------------------------------------------------------------------------
+CATALOG_URLS = ["/photos/images.json", "/photos/imgsearch_removed.json", "/photos/imgsearch_meta.json",
+                "/photos/imgsearch_errors.json", "/photos/images/-/imgsearch.json?q=a+red+circle",
+                "/photos/images/-/imgsearch?q=a+red+circle", "/photos/images/-/imgsearch/thumbnail/1",
+                "/photos.json?sql=select+imgsearch('a red circle')"]
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("url", CATALOG_URLS)
+async def test_the_private_recipe_hides_every_table_and_page_of_the_catalog(shared_catalog: Path, url: str) -> None:
+    ds = make_datasette(shared_catalog, {"databases": {"photos": {"allow": {"id": "alice"}}}})  # the README's recipe
+    await ds.invoke_startup()
+    anonymous = await ds.client.get(url, follow_redirects=True)
+    assert anonymous.status_code in (403, 404), url
+    alice = {"ds_actor": ds.sign({"a": {"id": "alice"}}, "actor")}
+    assert (await ds.client.get(url, cookies=alice, follow_redirects=True)).status_code == 200, url
+
+
+@pytest.mark.asyncio
+async def test_the_status_page_follows_the_instances_permission_and_shows_no_server_paths(shared_catalog: Path) -> None:
+    ds = make_datasette(shared_catalog, {"allow": {"id": "alice"}})
+    await ds.invoke_startup()
+    for path in ("/-/imgsearch.json", "/-/imgsearch", "/-/versions.json"):
+        assert (await ds.client.get(path)).status_code == 403, path
+    alice = {"ds_actor": ds.sign({"a": {"id": "alice"}}, "actor")}
+    response = await ds.client.get("/-/imgsearch.json", cookies=alice)
+    assert response.status_code == 200 and "photos" in response.json()["catalogs"]
+    assert str(shared_catalog.parent) not in response.text and "/fixtures/" not in response.text
+    search = await ds.client.get("/photos/images/-/imgsearch.json", params={"q": "a red circle"}, cookies=alice)
+    assert "/fixtures/" not in search.text and search.json()["terms"][0]["model"] == "toy-clip"

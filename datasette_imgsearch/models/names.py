@@ -26,3 +26,9 @@ def same_model(recorded: str, asked: str) -> bool:
 def hub_repository(name: str) -> str:
     """The hub repository sentence-transformers reads a short name such as ``clip-ViT-B-32`` from."""
     return name if "/" in name else f"sentence-transformers/{name}"
+
+
+def model_label(name: str | None) -> str | None:
+    """A model's name as a server shows it: a hub name as it is, a local folder by its last part only (a
+    server's absolute paths are not for everyone who searches); None for none."""
+    return Path(name).name if name and looks_like_path(name) else name

@@ -1,4 +1,4 @@
-"""Whether an actor may view a table, on both Datasette lines.
+"""Whether an actor may view a table, or the instance, on both Datasette lines.
 
 Datasette does not protect plugin routes, so every imgsearch page, JSON endpoint and image route
 asks here first. 1.0a20+ has ``datasette.allowed()`` with resource objects; 0.65 has
@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from datasette.app import Datasette
 
+
 async def can_view_table(datasette: "Datasette", actor: dict[str, Any] | None, database: str, table: str) -> bool:
     if hasattr(datasette, "allowed"):
         from datasette.resources import TableResource
@@ -23,3 +24,10 @@ async def can_view_table(datasette: "Datasette", actor: dict[str, Any] | None, d
         actor, permissions=[("view-table", (database, table)), ("view-database", database), "view-instance"]
     )
     return bool(visible)
+
+
+async def can_view_instance(datasette: "Datasette", actor: dict[str, Any] | None) -> bool:
+    """What Datasette asks before ``/-/versions.json``: the status endpoint shows as much."""
+    if hasattr(datasette, "allowed"):
+        return bool(await datasette.allowed(action="view-instance", actor=actor))
+    return bool(await datasette.permission_allowed(actor, "view-instance", default=True))

@@ -13,7 +13,6 @@ import functools
 import threading
 import urllib.parse
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from datasette.utils.asgi import Response
@@ -21,7 +20,7 @@ from datasette.utils.asgi import Response
 from datasette_imgsearch.catalog.schema import TABLE
 from datasette_imgsearch.errors import ImgsearchError, QueryError, RequestError, web_message
 from datasette_imgsearch.images import pixels
-from datasette_imgsearch.models.names import looks_like_path
+from datasette_imgsearch.models.names import model_label
 from datasette_imgsearch.search.arguments import Candidates, MinScore, check_k, check_min_score
 from datasette_imgsearch.search.models import Reading
 from datasette_imgsearch.settings import Settings
@@ -204,7 +203,7 @@ async def search_json(datasette: "Datasette", request: "Request") -> Response:
     return Response.json({
         "ok": True,
         "query": wanted.query if wanted.image is None else None,
-        "terms": [reading.as_dict() for reading in outcome.readings],
+        "terms": [{**reading.as_dict(), "model": model_label(reading.model)} for reading in outcome.readings],
         "strong_score": None if outcome.strong_score is None else round(outcome.strong_score, 6),
         "k": wanted.k,
         "count": len(outcome.results),
@@ -276,15 +275,10 @@ def outcome_context(
         "suggested_facets": [(name, link(page, request, add=(("_facet", name),)))
                              for name in SUGGESTED_FACETS if name not in narrowing.facets],
         "reference_urls": reference_thumbnails(page, outcome.readings),
-        "terms": [{**reading.as_dict(), "model_label": model_label(reading.model)} for reading in outcome.readings],
+        "terms": [{**reading.as_dict(), "model": model_label(reading.model)} for reading in outcome.readings],
         "next_url": link(page, request, add=(("_next", str(narrowing.offset + wanted.k)),)) if more else None,
         "offset": narrowing.offset,
     }
-
-
-def model_label(name: str | None) -> str:
-    """A model's name as the page shows it: a local folder by its last part (the full path is its title)."""
-    return Path(name).name if name and looks_like_path(name) else name or ""
 
 
 def reference_thumbnails(page: str, readings: list[Reading]) -> list[str]:

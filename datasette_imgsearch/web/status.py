@@ -8,12 +8,13 @@ from datasette.utils.asgi import Response
 
 from datasette_imgsearch.catalog.catalog import Catalog, is_catalog
 from datasette_imgsearch.catalog.schema import TABLE
-from datasette_imgsearch.errors import ImgsearchError
+from datasette_imgsearch.errors import ImgsearchError, RequestError
+from datasette_imgsearch.models.names import model_label
 from datasette_imgsearch.search.registry import existing_searcher
 from datasette_imgsearch.settings import Settings
 from datasette_imgsearch.status import catalog_status, versions
-from datasette_imgsearch.web.access import can_view_table
-from datasette_imgsearch.web.target import catalog_file, in_thread
+from datasette_imgsearch.web.access import can_view_instance, can_view_table
+from datasette_imgsearch.web.target import answers_errors, catalog_file, in_thread
 
 if TYPE_CHECKING:
     from datasette.app import Datasette
@@ -25,12 +26,18 @@ def _public_status(path: str, immutable: bool) -> dict[str, Any]:
     with Catalog(path, immutable=immutable) as catalog:
         facts = catalog_status(catalog)
     facts.pop("folder")  # an absolute path on the server: not for everyone who may view the table
+    for key in ("model", "text_model", "multilingual_model"):
+        facts[key] = model_label(facts.get(key))
     return facts
 
 
+@answers_errors(as_json=True)
 async def status_view(datasette: "Datasette", request: "Request") -> Response:
     """``/-/imgsearch``: versions, and for each catalog the actor may view, what it holds and what the
-    searcher loaded (and how long that took): one block to paste into a bug report."""
+    searcher loaded (and how long that took): one block to paste into a bug report. Only for actors who
+    may view the instance, as Datasette's own ``/-/versions.json``."""
+    if not await can_view_instance(datasette, request.actor):
+        raise RequestError(403, "you do not have permission to view this instance")
     catalogs: dict[str, Any] = {}
     for name in list(datasette.databases):
         found = catalog_file(datasette, name)
@@ -46,6 +53,10 @@ async def status_view(datasette: "Datasette", request: "Request") -> Response:
             catalogs[name] = {"error": error.message}
             continue
         searcher = existing_searcher(path, settings.models, immutable)
-        facts["searcher"] = await in_thread(searcher.state) if searcher is not None else None
+        state = await in_thread(searcher.state) if searcher is not None else None
+        if state is not None:
+            state["text_model"] = model_label(state["text_model"])
+            state["multilingual_model"] = model_label(state["multilingual_model"])
+        facts["searcher"] = state
         catalogs[name] = facts
     return Response.json({"versions": versions(), "catalogs": catalogs})
