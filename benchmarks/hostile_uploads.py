@@ -1,16 +1,19 @@
-"""Hostile uploads against a real `datasette` process on loopback: memory and event-loop responsiveness.
+"""Hostile requests against a real `datasette` process on loopback: memory and event-loop responsiveness.
 
-Targets (issue: hardening): 8 concurrent large-picture uploads grow the server's peak memory by at most
-600 MB, and 10 s later it is back within 150 MB of its baseline; while 3 POSTs of 200,000 form fields
-each run, `/-/versions.json` answers within 250 ms.
+Targets (issues: hardening, both rounds): 8 concurrent large-picture uploads grow the server's peak
+memory by at most 600 MB, and 10 s later it is back within 150 MB of its baseline; while 3 POSTs of
+200,000 form fields, or 3 searches with the most facets and filters a URL may carry (or far more, which
+are refused), run at once, `/-/versions.json` answers within 250 ms; and under 16 clients sending new
+queries, the server's memory after `--sustained` minutes is within 150 MB of its value after the first.
 
-    python benchmarks/hostile_uploads.py
+    python benchmarks/hostile_uploads.py [--sustained 10]
 
 Every request goes to 127.0.0.1 only, and the run is bounded (a few dozen requests, under a minute).
 """
 
 from __future__ import annotations
 
+import argparse
 import io
 import json
 import os
@@ -22,6 +25,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Callable
 
 import httpx
 from common import TOY_MODEL, datasette_server, table
@@ -82,10 +86,8 @@ def memory_round(client: httpx.Client, pid: int, label: str, body: bytes, name: 
             f"{sampler.peak - baseline:+.0f}", f"{after - baseline:+.0f}"]
 
 
-def fields_round(client: httpx.Client, base: str) -> list[object]:
-    boundary = "b0undary"
-    body = "".join(f'--{boundary}\r\nContent-Disposition: form-data; name="f{i}"\r\n\r\nx\r\n' for i in range(200_000))
-    body_bytes = (body + f"--{boundary}--\r\n").encode()
+def stall_round(base: str, label: str, send: Callable[[httpx.Client], int], size: str = "") -> list[object]:
+    """``/-/versions.json``'s latency, polled every 20 ms, while three ``send`` run at once."""
     latencies: list[float] = []
     running = True
 
@@ -99,18 +101,78 @@ def fields_round(client: httpx.Client, base: str) -> list[object]:
 
     watcher = threading.Thread(target=poll, daemon=True)
     watcher.start()
-    headers = {"content-type": f"multipart/form-data; boundary={boundary}"}
-    with ThreadPoolExecutor(3) as pool:
-        statuses = list(pool.map(lambda _: client.post(SEARCH, content=body_bytes, headers=headers, timeout=120).status_code,
-                                 range(3)))
+    with httpx.Client(base_url=base) as client, ThreadPoolExecutor(3) as pool:
+        statuses = list(pool.map(lambda _: send(client), range(3)))
     time.sleep(0.2)
     running = False
     watcher.join()
-    return ["3 x 200,000-field POSTs", f"{len(body_bytes) / 1e6:.1f} MB each", ",".join(sorted({str(s) for s in statuses})),
+    return [label, size, ",".join(sorted({str(s) for s in statuses})),
             f"{max(latencies) * 1000:.0f}", f"{sorted(latencies)[len(latencies) // 2] * 1000:.0f}", len(latencies)]
 
 
+def fields_round(base: str) -> list[object]:
+    boundary = "b0undary"
+    body = "".join(f'--{boundary}\r\nContent-Disposition: form-data; name="f{i}"\r\n\r\nx\r\n' for i in range(200_000))
+    body_bytes = (body + f"--{boundary}--\r\n").encode()
+    headers = {"content-type": f"multipart/form-data; boundary={boundary}"}
+    return stall_round(base, "3 x 200,000-field POSTs", lambda client: client.post(
+        SEARCH, content=body_bytes, headers=headers, timeout=120).status_code, f"{len(body_bytes) / 1e6:.1f} MB each")
+
+
+# Every column a search can facet by, and filters on them that every row passes: the heaviest search a
+# URL may ask for (64 arguments, 16 filters).
+ALL_FACETS = ["path", "name", "folder", "format", "width", "height", "size", "modified", "mtime_ns", "hash", "taken",
+              "camera_make", "camera_model", "latitude", "longitude", "year"]
+PASSING_FILTERS = [("width__gte", "0"), ("height__gte", "0"), ("size__gte", "0"), ("mtime_ns__gte", "0"),
+                   ("path__contains", "-"), ("name__contains", "."), ("hash__not", "x"), ("format__not", "x")]
+
+
+def facet_rounds(base: str) -> list[list[object]]:
+    heaviest = [("q", "a red circle"), ("k", "1000")] + [("_facet", name) for name in ALL_FACETS] + PASSING_FILTERS
+    rounds = [
+        ("3 x k=1000 with every facet and 8 filters", heaviest),
+        ("3 x 500 repeated facets (refused)", [("q", "a red circle"), ("k", "24")] + [("_facet", "path")] * 500),
+        ("3 x 1,000 filters (refused)", [("q", "a red circle")] + [("path__contains", str(n)) for n in range(1000)]),
+    ]
+    return [stall_round(base, label, lambda client, params=params: client.get(SEARCH, params=params, timeout=120).status_code,
+                        f"{len(params)} arguments") for label, params in rounds]
+
+
+def sustained_round(base: str, pid: int, minutes: float) -> list[object]:
+    """16 clients sending new queries for ``minutes``: the server's RSS after the first minute and at the end."""
+    deadline = time.monotonic() + minutes * 60
+    first_minute = time.monotonic() + 60
+    marks: dict[str, float] = {"before": rss_mb(pid)}
+    counter = iter(range(10**9))
+    errors = 0
+
+    def client_loop() -> int:
+        nonlocal errors
+        sent = 0
+        with httpx.Client(base_url=base) as client:
+            while time.monotonic() < deadline:
+                status = client.get(SEARCH, params={"q": f"a red circle {next(counter)}", "k": "24"}, timeout=60).status_code
+                errors += status != 200
+                sent += 1
+        return sent
+
+    with ThreadPoolExecutor(16) as pool:
+        futures = [pool.submit(client_loop) for _ in range(16)]
+        while time.monotonic() < deadline:
+            time.sleep(1)
+            if "after 1 min" not in marks and time.monotonic() >= first_minute:
+                marks["after 1 min"] = rss_mb(pid)
+        sent = sum(future.result() for future in futures)
+    marks["end"] = rss_mb(pid)
+    return [f"16 clients, new queries, {minutes:g} min", sent, errors, f"{marks['before']:.0f}",
+            f"{marks.get('after 1 min', marks['end']):.0f}", f"{marks['end']:.0f}",
+            f"{marks['end'] - marks.get('after 1 min', marks['end']):+.0f}"]
+
+
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sustained", type=float, default=0, help="minutes of 16 clients sending new queries (0: none)")
+    arguments = parser.parse_args()
     work = Path(tempfile.mkdtemp())
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     cli = [sys.executable, "-m", "datasette_imgsearch"]
@@ -127,8 +189,13 @@ def main() -> None:
         ]
         table("Concurrent large uploads (server RSS, MB)",
               ["uploads", "each", "statuses", "seconds", "peak growth", "after 10 s"], rows)
-        table("Event loop under hostile forms",
-              ["load", "body", "statuses", "max /-/versions.json ms", "p50 ms", "polls"], [fields_round(client, base)])
+        table("Event loop under hostile requests",
+              ["load", "size", "statuses", "max /-/versions.json ms", "p50 ms", "polls"],
+              [fields_round(base)] + facet_rounds(base))
+        if arguments.sustained:
+            table("Server memory under sustained load (RSS, MB)",
+                  ["load", "requests", "errors", "before", "after 1 min", "end", "end - after 1 min"],
+                  [sustained_round(base, server.pid, arguments.sustained)])
         print(json.dumps({"memory": rows}), file=sys.stderr)
 
 

@@ -106,6 +106,17 @@ def render_cell(value: Any, column: str, table: str | None, database: str, datas
 
 
 @hookimpl
+def handle_exception(datasette: "Datasette", request: Any, exception: BaseException) -> Any:
+    """Client errors (404, 403, 400) answered as Datasette answers them, without the traceback print that
+    turns them into 500s where ``rich`` is installed; other errors are left to Datasette."""
+    from datasette_imgsearch.web.client_errors import client_error_response, status_of
+
+    if status_of(exception) is None:
+        return None
+    return client_error_response(datasette, request, exception)
+
+
+@hookimpl
 def skip_csrf(scope: dict[str, Any]) -> bool | None:
     return True if csrf.skip_asgi_csrf(scope) else None
 
