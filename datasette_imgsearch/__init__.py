@@ -59,6 +59,7 @@ def startup(datasette: "Datasette") -> None:
     from datasette_imgsearch.web.target import catalog_file
 
     binding.install()  # before Datasette opens its connections, so imgsearch()'s errors can say what is wrong
+    csrf.register_skip_hook()
     for name in list(datasette.databases):
         found = catalog_file(datasette, name)
         if found and has_embeddings(*found):
@@ -105,20 +106,20 @@ def render_cell(value: Any, column: str, table: str | None, database: str, datas
     return cell(value, column, table, database, datasette, row)
 
 
-@hookimpl
+@hookimpl(hookwrapper=True)
 def handle_exception(datasette: "Datasette", request: Any, exception: BaseException) -> Any:
-    """Client errors (404, 403, 400) answered as Datasette answers them, without the traceback print that
-    turns them into 500s where ``rich`` is installed; other errors are left to Datasette."""
+    """Client errors (404, 403, 400) answered as Datasette's default handler answers them, in its place:
+    where ``rich`` is installed that handler prints a traceback even for a URL that matches nothing, where
+    no exception is being handled, and the print fails, turning the 404 into a 500. Datasette awaits every
+    handler's answer, so the default one (the last: it runs ``trylast``) is taken out of the answers;
+    other plugins' come first as before. Other errors are left as they are."""
     from datasette_imgsearch.web.client_errors import client_error_response, status_of
 
+    outcome = yield
     if status_of(exception) is None:
-        return None
-    return client_error_response(datasette, request, exception)
-
-
-@hookimpl
-def skip_csrf(scope: dict[str, Any]) -> bool | None:
-    return True if csrf.skip_asgi_csrf(scope) else None
+        return
+    answers = list(outcome.get_result() or [])
+    outcome.force_result(answers[:-1] + [client_error_response(datasette, request, exception)])
 
 
 @hookimpl

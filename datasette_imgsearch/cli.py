@@ -11,7 +11,7 @@ from typing import Any, Callable, Iterator, TypeVar
 
 import click
 
-from datasette_imgsearch.build.builder import build
+from datasette_imgsearch.build.builder import Interrupted, build
 from datasette_imgsearch.build.engines import ENGINES
 from datasette_imgsearch.build.options import BuildOptions, RayOptions
 from datasette_imgsearch.catalog.catalog import Catalog
@@ -120,15 +120,22 @@ def build_command(
     with user_errors(), _progress(show_progress) as progress:
         try:
             summary = build(database, folder, options, progress)
+        except Interrupted as interrupted:
+            raise click.ClickException(interrupted_message(interrupted.batches)) from None
         except KeyboardInterrupt:
-            raise click.ClickException(
-                "interrupted: every batch committed so far is kept; run the same command again to carry on"
-            ) from None
+            raise click.ClickException(interrupted_message(0)) from None
     click.echo(summary.line())
     for note in summary.notes:
         click.echo(f"note: {note}", err=True)
     if not silent:
         click.echo(summary.index, err=True)
+
+
+def interrupted_message(batches: int) -> str:
+    if not batches:
+        return "interrupted before anything was committed: the catalog is as it was; run the same command again"
+    return (f"interrupted: the {batches} batch{'es' * (batches != 1)} committed so far {'are' if batches != 1 else 'is'} "
+            "kept; run the same command again to carry on")
 
 
 class Progress:

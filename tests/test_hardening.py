@@ -18,12 +18,13 @@ from datasette.app import Datasette
 from PIL import Image
 from sqlite_utils.utils import sqlite3 as sqlite_utils_sqlite3  # pysqlite3 where installed
 
-from datasette_imgsearch.build.builder import build
+from datasette_imgsearch.build.builder import Interrupted, build
 from datasette_imgsearch.build.options import BuildOptions
 from datasette_imgsearch.catalog.catalog import Catalog
 from datasette_imgsearch.catalog.changes import Upsert
 from datasette_imgsearch.catalog.schema import catalog_files, to_blob
 from datasette_imgsearch.catalog.writing import exclusive
+from datasette_imgsearch.cli import interrupted_message
 from datasette_imgsearch.errors import CatalogError
 from datasette_imgsearch.models.choice import ModelChoice
 from datasette_imgsearch.models.names import model_key
@@ -168,8 +169,11 @@ def test_an_interrupted_first_build_remembers_its_model_dimension_and_folder(
         if done == 40:
             raise KeyboardInterrupt
 
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(Interrupted) as interrupted:
         build(db, images, BuildOptions(ModelChoice(model=toy_model), batch_size=8, workers=1), progress=interrupt)
+    assert interrupted.value.batches >= 1  # what the command line reports as kept
+    assert "batch" in interrupted_message(interrupted.value.batches) and "kept" in interrupted_message(2)
+    assert "before anything was committed" in interrupted_message(0)
     with Catalog(db) as opened:
         assert 8 <= opened.count() < 60
         assert opened.meta("model") == model_key(toy_model) and opened.meta("dimension") == 32

@@ -6,6 +6,7 @@ import pickle
 import shutil
 import sqlite3
 import sys
+import time
 from pathlib import Path
 from typing import Iterator
 
@@ -202,3 +203,13 @@ def test_decode_workers_get_a_clip_models_preprocessing_without_its_weights(worl
     through_sentence_transformers = Embedder(toy_model, "cpu", "fp32", plain=False)
     assert through_sentence_transformers.pixels_only() is None  # its workers load the model, as before
 
+
+
+@pytest.mark.parametrize("address", ["127.0.0.1:1", "ray://127.0.0.1:1"])
+def test_an_unreachable_cluster_fails_at_once_with_one_line_naming_it(tmp_path: Path, world: Path, toy_model: str,
+                                                                       address: str) -> None:
+    started = time.monotonic()
+    output = run_cli("build", tmp_path / "photos.db", world, "--model", toy_model, "--engine", "ray",
+                     "--ray-address", address, "--silent", expect=1)
+    assert time.monotonic() - started < 30
+    assert f"cannot reach the Ray cluster at {address}" in output and output.count("\n") <= 2

@@ -62,6 +62,7 @@ class Builder:
             self.catalog.close()
             raise
         self.summary = Summary()
+        self.committed_batches = 0
         self._engine: Engine | None = None
 
     def catalog_is_empty(self) -> bool:
@@ -103,9 +104,9 @@ class Builder:
             if result.vector is not None:
                 changes.append(StageEmbedding(stored[result.found.path].id, to_blob(result.vector)))
             if len(changes) >= self.options.batch_size:
-                self.catalog.write(changes)
+                self._write(changes)
                 changes = []
-        self.catalog.write(changes)
+        self._write(changes)
         staged = self.catalog.reembedded_ids()
         self.catalog.write([SwitchModel(self._model_facts())])
         reembedded = {path for path, row in stored.items() if row.id in staged}
@@ -151,7 +152,13 @@ class Builder:
                 not self.catalog.meta("dimension"):
             # The first vectors and the dimension they must all share land in one transaction.
             changes = [SetMeta(self._model_facts())] + changes
-        self.catalog.write(changes)
+        self._write(changes)
+
+    def _write(self, changes: list[Change]) -> None:
+        """One batch, in one transaction, counted (an interrupted build says what it kept)."""
+        if changes:
+            self.catalog.write(changes)
+            self.committed_batches += 1
 
     def _refresh_index(self) -> str:
         if index_state(self.catalog).fresh:
@@ -178,11 +185,21 @@ def build(db_path: str | Path, folder: str | Path | None, options: BuildOptions 
     builder = Builder(db_path, folder, options or BuildOptions(), progress, models)
     try:
         return builder.run()
-    except BaseException:
+    except BaseException as error:
         if builder.created and builder.catalog_is_empty():
             builder.catalog.close()
             for path in catalog_files(db_path):
                 path.unlink(missing_ok=True)
+        if isinstance(error, KeyboardInterrupt) and not isinstance(error, Interrupted):
+            raise Interrupted(builder.committed_batches) from None
         raise
     finally:
         builder.close()
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C during a build, with how many batches it had committed: those are kept."""
+
+    def __init__(self, batches: int) -> None:
+        super().__init__(batches)
+        self.batches = batches

@@ -15,6 +15,8 @@ sees).
 from __future__ import annotations
 
 import pickle
+import socket
+import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
@@ -118,6 +120,7 @@ class RayEngine:
         self.ray = ray
         self.started_here = not ray.is_initialized()
         if self.started_here:
+            check_reachable(options.address)
             try:
                 ray.init(address=options.address, include_dashboard=False, log_to_driver=False,
                          configure_logging=False)
@@ -175,6 +178,30 @@ class RayEngine:
                     )
         except ray.exceptions.RayError as error:
             raise CatalogError(f"the Ray build failed on a worker: {_last_line(error)}") from None
+
+
+REACH_SECONDS = 10.0
+
+
+def check_reachable(address: str | None) -> None:
+    """Refuse, within ``REACH_SECONDS``, a cluster address whose host and port answer no connection: Ray
+    itself retries an unreachable address for minutes, with warnings of its own and none of ours."""
+    if not address or address in ("auto", "local"):
+        return
+    location = urllib.parse.urlsplit(address if "://" in address else f"ray://{address}")
+    try:
+        host, port = location.hostname, location.port
+    except ValueError:
+        raise CatalogError(f"--ray-address {address!r} is not host:port or ray://host:port") from None
+    if not host or not port:
+        return
+    try:
+        socket.create_connection((host, port), timeout=REACH_SECONDS).close()
+    except OSError as error:
+        raise CatalogError(
+            f"cannot reach the Ray cluster at {address}: {error.strerror or error}. Start it (ray start --head), "
+            "check --ray-address, or leave it out for a local Ray"
+        ) from None
 
 
 def _last_line(error: Exception) -> str:
