@@ -119,8 +119,8 @@ class RayEngine:
             raise CatalogError(INSTALL_HINT) from None
         self.ray = ray
         self.started_here = not ray.is_initialized()
+        check_reachable(options.address)
         if self.started_here:
-            check_reachable(options.address)
             try:
                 ray.init(address=options.address, include_dashboard=False, log_to_driver=False,
                          configure_logging=False)
