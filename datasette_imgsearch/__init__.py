@@ -96,7 +96,7 @@ def table_actions(datasette: "Datasette", database: str, table: str) -> list[dic
     }]
 
 
-@hookimpl
+@hookimpl(tryfirst=True)  # before datasette-render-images, which would put the thumbnails' bytes in the page
 def render_cell(value: Any, column: str, table: str | None, database: str, datasette: "Datasette", row: Any) -> Markup | None:
     """Thumbnails as pictures; paths with their picture, a link to the original and "more like this"."""
     if table not in (TABLE, REMOVED_TABLE, None) or not _is_catalog(datasette, database):

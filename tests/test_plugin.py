@@ -357,8 +357,11 @@ async def test_table_and_row_pages_show_thumbnails_and_link_originals(ds: Datase
     assert '<img src="/photos/images/-/imgsearch/thumbnail/1"' in table.text
     assert 'href="/photos/images/-/imgsearch/original/1"' in table.text
     assert SEARCH in table.text  # the table action menu links to the search page
-    query = await ds.client.get("/photos", params={"sql": "select thumbnail from images limit 1"}, follow_redirects=True)
-    assert 'src="data:image/jpeg;base64,' in query.text
+    assert "32-d vector" in table.text and "Binary:" not in table.text  # BLOBs are labels, never links to bytes
+    assert "data:image/jpeg" not in table.text
+    query = await ds.client.get("/photos", params={"sql": "select thumbnail, embedding from images limit 1"},
+                                follow_redirects=True)
+    assert "data:image/jpeg" not in query.text and "JPEG, " in query.text and "32-d vector" in query.text
 
 
 # Staying in step with the catalog -----------------------------------------------------------------

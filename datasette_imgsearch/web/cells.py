@@ -3,7 +3,6 @@ and links."""
 
 from __future__ import annotations
 
-import base64
 import urllib.parse
 from typing import TYPE_CHECKING, Any
 
@@ -14,29 +13,34 @@ from datasette_imgsearch.web.routes import search_url
 
 if TYPE_CHECKING:
     from datasette.app import Datasette
-    pass
 
 
 # Cells in Datasette's own pages ---------------------------------------------------------------------
 def render_cell(value: Any, column: str, table: str | None, database: str, datasette: "Datasette", row: Any) -> Markup | None:
-    """Thumbnails as pictures (by their route where the row is known, so pages stay small); a path with
-    its picture, a link to the original and "more like this", on table and row pages; and the short
-    ``thumbnail_url`` links of the search's SQL page as pictures. Called for every cell of every page,
-    so any other column returns at once."""
-    if column not in ("thumbnail", "path", "thumbnail_url"):
+    """Photos as a photographer reads a table: the ``path`` cell leads with the picture and stays on one
+    line, with links to the original and to "more like this"; the ``thumbnail`` and ``embedding`` BLOBs are
+    short labels (a page never carries their bytes, as ``data:`` URLs or otherwise); the ``thumbnail_url``
+    links of the search's SQL page are pictures. Called for every cell of every page, so any other column
+    returns at once."""
+    if column not in ("thumbnail", "path", "thumbnail_url", "embedding"):
         return None
     base = search_url(datasette, database, TABLE)
     row_id = _row_id_of(row)
-    if column == "thumbnail" and isinstance(value, bytes) and value[:2] == b"\xff\xd8":
+    if column == "embedding" and isinstance(value, bytes):
+        return Markup(f'<span class="imgsearch-vector" title="the CLIP embedding">{len(value) // 4}-d vector</span>')
+    if column == "thumbnail" and isinstance(value, bytes):
+        label = f"JPEG, {max(1, round(len(value) / 1000))} KB"
         if table == TABLE and row_id is not None:
-            return _picture(f"{base}/thumbnail/{row_id}")
-        return _picture(f"data:image/jpeg;base64,{base64.b64encode(value).decode()}")
+            return Markup(f'<a href="{escape(base)}/thumbnail/{row_id}">{label}</a>')
+        return Markup(escape(label))
     if column == "path" and table == TABLE and isinstance(value, str) and row_id is not None:
         more = f"{base}?{urllib.parse.urlencode({'q': f'row:{row_id}'})}"
         return Markup(
-            f'<img src="{escape(base)}/thumbnail/{row_id}" alt="" loading="lazy" '
-            f'style="max-width: 64px; max-height: 64px; vertical-align: middle; margin-right: 0.4em">'
+            f'<span class="imgsearch-path" style="white-space: nowrap">'
+            f'<img src="{escape(base)}/thumbnail/{row_id}" alt="" loading="lazy" width="48" height="48" '
+            f'style="object-fit: cover; vertical-align: middle; margin-right: 0.4em">'
             f'<a href="{escape(base)}/original/{row_id}">{escape(value)}</a> · <a href="{escape(more)}">more like this</a>'
+            f"</span>"
         )
     if column == "thumbnail_url" and table is None and isinstance(value, str) and value.startswith(base + "/thumbnail/"):
         return _picture(value)
