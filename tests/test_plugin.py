@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import re
 import shutil
 import time
 import uuid
@@ -388,9 +389,8 @@ async def test_the_plugin_is_listed_as_installed(ds: Datasette) -> None:
 
 
 @pytest.mark.asyncio
-@pytest.mark.parametrize("path", ["/-/imgsearch", "/-/imgsearch.json"])
-async def test_the_status_endpoint_says_what_is_installed_and_loaded(ds: Datasette, path: str) -> None:
-    status = (await ds.client.get(path)).json()
+async def test_the_status_endpoint_says_what_is_installed_and_loaded(ds: Datasette) -> None:
+    status = (await ds.client.get("/-/imgsearch.json")).json()
     assert status["versions"]["datasette-imgsearch"] and status["versions"]["torch"]
     photos = status["catalogs"]["photos"]
     assert photos["images"] == 60 and photos["dimension"] == 32 and photos["index_fresh"] is True
@@ -398,6 +398,16 @@ async def test_the_status_endpoint_says_what_is_installed_and_loaded(ds: Dataset
     searcher = photos["searcher"]
     assert searcher["loaded"] is True and searcher["load_seconds"] >= 0 and searcher["rows"] == 60
     assert "photos.db.faiss" in searcher["vectors"]
+
+
+@pytest.mark.asyncio
+async def test_the_status_page_is_for_people(ds: Datasette) -> None:
+    page = await ds.client.get("/-/imgsearch")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    text = re.sub(r"<[^>]+>", " ", page.text)
+    assert re.search(r"images\s+60", text) and "toy-clip (32-d)" in text and "fresh: flat index of 60 vectors" in text
+    assert 'href="/photos/images/-/imgsearch"' in page.text and 'href="/-/imgsearch.json"' in page.text
+    assert re.search(r"files that failed\s+none", text)
 
 
 @pytest.mark.asyncio

@@ -7,13 +7,14 @@ from typing import TYPE_CHECKING, Any
 from datasette.utils.asgi import Response
 
 from datasette_imgsearch.catalog.catalog import Catalog, is_catalog
-from datasette_imgsearch.catalog.schema import TABLE
+from datasette_imgsearch.catalog.schema import ERRORS_TABLE, TABLE
 from datasette_imgsearch.errors import ImgsearchError, RequestError
 from datasette_imgsearch.models.names import model_label
 from datasette_imgsearch.search.registry import existing_searcher
 from datasette_imgsearch.settings import Settings
 from datasette_imgsearch.status import catalog_status, versions
 from datasette_imgsearch.web.access import can_view_instance, can_view_table
+from datasette_imgsearch.web.routes import SEGMENT, search_url
 from datasette_imgsearch.web.target import answers_errors, catalog_file, in_thread
 
 if TYPE_CHECKING:
@@ -59,4 +60,10 @@ async def status_view(datasette: "Datasette", request: "Request") -> Response:
             state["multilingual_model"] = model_label(state["multilingual_model"])
         facts["searcher"] = state
         catalogs[name] = facts
-    return Response.json({"versions": versions(), "catalogs": catalogs})
+    if request.path.endswith(".json"):
+        return Response.json({"versions": versions(), "catalogs": catalogs})
+    for name, facts in catalogs.items():
+        facts.update(table_url=datasette.urls.table(name, TABLE), search_url=search_url(datasette, name, TABLE),
+                     errors_url=datasette.urls.table(name, ERRORS_TABLE))
+    context = {"catalogs": catalogs, "versions": versions(), "json_url": datasette.urls.path(SEGMENT + ".json")}
+    return Response.html(await datasette.render_template("imgsearch_status.html", context, request=request))
