@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import urllib.parse
 from pathlib import Path
 
 import pytest
@@ -41,3 +42,46 @@ async def test_a_forbidden_page_is_a_403_with_rich_installed(shared_catalog: Pat
 async def started(ds: Datasette) -> Datasette:
     await ds.invoke_startup()
     return ds
+
+
+# Paging that is right -----------------------------------------------------------------------------------
+SEARCH_JSON = "/photos/images/-/imgsearch.json"
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("k,pages", [(5, [5]), (4, [4, 1]), (2, [2, 2, 1])])
+async def test_a_next_link_only_when_more_rows_exist(shared_catalog: Path, k: int, pages: list[int]) -> None:
+    ds = await started(make_datasette(shared_catalog))
+    params: dict[str, str] = {"q": "a red circle", "k": str(k), "name__startswith": "red-circle"}  # 5 rows pass
+    counts = []
+    while True:
+        data = (await ds.client.get(SEARCH_JSON, params=params)).json()
+        counts.append(data["count"])
+        page = await ds.client.get("/photos/images/-/imgsearch", params=params)
+        assert ("imgsearch-next" in page.text) == (data["next_url"] is not None)
+        if data["next_url"] is None:
+            break
+        params = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(data["next_url"]).query))
+    assert counts == pages
+
+
+@pytest.mark.asyncio
+async def test_an_uploads_next_page_is_the_same_picture_posted_again(shared_catalog: Path) -> None:
+    ds = await started(make_datasette(shared_catalog))
+    picture = sorted((shared_catalog.parent / "images").glob("blue-square-*.jpg"))[0].read_bytes()
+    files = {"image": ("ref.jpg", picture, "image/jpeg")}
+    first = (await ds.client.post(SEARCH_JSON, files=files, data={"k": "5"})).json()
+    assert first["count"] == 5 and first["next_url"] and "q=" not in first["next_url"]
+    second = (await ds.client.post(first["next_url"], files=files, data={"k": "5"})).json()
+    assert second["ok"] and second["count"] == 5
+    assert not {row["id"] for row in first["results"]} & {row["id"] for row in second["results"]}
+    everything = (await ds.client.post(SEARCH_JSON, files=files, data={"k": "10"})).json()
+    assert [row["id"] for row in everything["results"]] == [row["id"] for row in first["results"] + second["results"]]
+
+
+@pytest.mark.asyncio
+async def test_a_query_and_an_upload_together_are_refused_not_one_silently(shared_catalog: Path) -> None:
+    ds = await started(make_datasette(shared_catalog))
+    picture = sorted((shared_catalog.parent / "images").glob("*.jpg"))[0].read_bytes()
+    response = await ds.client.post(SEARCH_JSON + "?q=red", files={"image": ("ref.jpg", picture, "image/jpeg")})
+    assert response.status_code == 400 and "not both" in response.json()["error"]

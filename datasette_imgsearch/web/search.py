@@ -84,6 +84,9 @@ async def read_search_request(datasette: "Datasette", request: "Request", settin
         image = upload.files.get("image") or None
         if image is None and not values.get("q"):
             raise RequestError(400, "choose an image to upload (a field named 'image'), or type a query")
+        if image is not None and values.get("q", "").strip():
+            raise RequestError(400, "search by a picture or by words, not both: leave out q when you upload an image "
+                                    "(to combine them, search by words with row:ID for a catalogued picture)")
     if "\x00" in values.get("q", ""):
         raise QueryError("the query holds a NUL character")
     k = check_k(values.get("k", settings.page_size), settings.max_k)
@@ -93,12 +96,13 @@ async def read_search_request(datasette: "Datasette", request: "Request", settin
 def run_search(
     target: Target, search: SearchRequest, candidates: Candidates | None, offset: int
 ) -> tuple[list[Hit], list[Reading], float | None]:
-    """The hits from ``offset`` on; for a text query also which model read each term, and the score from
-    which its hits are strong."""
+    """The hits from ``offset`` on, one more than asked for where there is one (so a page knows whether a
+    next one exists); for a text query also which model read each term, and the score from which its hits
+    are strong."""
     settings = target.settings
     searcher = target.searcher()
     searcher.wait_until_loaded(PAGE_LOAD_TIMEOUT)
-    wanted = min(search.k + offset, settings.max_k)
+    wanted = min(search.k + offset + 1, settings.max_k)
     if search.image is None:
         hits = searcher.search(search.query, wanted, search.min_score, candidates)[offset:]
         readings = searcher.readings(search.query)
@@ -135,8 +139,8 @@ async def search(datasette: "Datasette", request: "Request", target: Target) -> 
     hits, readings, strong_score = await in_thread(
         run_search, target, wanted, candidates, narrowing.offset, pool=search_threads()
     )
-    has_more = len(hits) == wanted.k and narrowing.offset + wanted.k < target.settings.max_k
-    results = await rows_for(datasette, target, hits, wanted.k)
+    has_more = len(hits) > wanted.k
+    results = await rows_for(datasette, target, hits[:wanted.k], wanted.k)
     return Outcome(wanted, narrowing, results, has_more, readings, strong_score)
 
 
@@ -267,7 +271,7 @@ def outcome_context(
 ) -> dict[str, Any]:
     """What the search page shows of a search's outcome, but its facets."""
     wanted, narrowing = outcome.wanted, outcome.narrowing
-    more = outcome.has_more and wanted.image is None
+    more = outcome.has_more
     return {
         "q": wanted.query, "k": str(wanted.k), "uploaded": wanted.image is not None, "results": outcome.results,
         "sql_url": sql_url(datasette, target, wanted, narrowing),
