@@ -85,3 +85,17 @@ async def test_a_query_and_an_upload_together_are_refused_not_one_silently(share
     picture = sorted((shared_catalog.parent / "images").glob("*.jpg"))[0].read_bytes()
     response = await ds.client.post(SEARCH_JSON + "?q=red", files={"image": ("ref.jpg", picture, "image/jpeg")})
     assert response.status_code == 400 and "not both" in response.json()["error"]
+
+
+# Strength on the page ------------------------------------------------------------------------------------
+@pytest.mark.asyncio
+async def test_a_query_with_no_strong_match_shows_no_grid_unless_asked(shared_catalog: Path) -> None:
+    ds = await started(make_datasette(shared_catalog))
+    page = await ds.client.get("/photos/images/-/imgsearch", params={"q": "xyzzy plugh quux"})
+    assert "imgsearch-show-weak" in page.text and 'class="imgsearch-grid"' not in page.text
+    data = (await ds.client.get(SEARCH_JSON, params={"q": "xyzzy plugh quux"})).json()
+    assert data["count"] == 24 and not any(row["strong"] for row in data["results"])  # the JSON keeps every hit
+    weak = await ds.client.get("/photos/images/-/imgsearch", params={"q": "xyzzy plugh quux", "_weak": "1"})
+    assert 'class="imgsearch-grid"' in weak.text and weak.text.count('class="thumb"') == 24
+    strong = await ds.client.get("/photos/images/-/imgsearch", params={"q": "a red circle"})
+    assert "imgsearch-show-weak" not in strong.text and 'class="imgsearch-grid"' in strong.text

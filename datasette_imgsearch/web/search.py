@@ -42,6 +42,7 @@ from datasette_imgsearch.web.target import Target, answers_errors, argument_pair
 from datasette_imgsearch.web.uploads import read_upload
 
 PAGE_LOAD_TIMEOUT = 120.0  # a page may wait this long for a model still loading at startup
+SHOW_WEAK = "_weak"  # the page shows a query's weak matches when none is strong only when asked
 UPLOAD_DECODES = 2  # uploads decoded at once: each may hold tens of MB of pixels, and cores are few
 # A search spends most of its time waiting for a model run or a pass over the vectors that it shares
 # with the searches arriving beside it (batcher.py), so it waits in a thread of its own: the event
@@ -261,7 +262,8 @@ def page_context(datasette: "Datasette", request: "Request", target: Target) -> 
         "database_url": datasette.urls.database(target.database),
         "form_action": link(page, request, drop=FORM_FIELDS) if filters else page,
         "clear_filters_url": link(page, request, drop=tuple(key for key, _ in filters if key != "_facet")),
-        "facets": {}, "suggested_facets": [], "filter_description": None, "next_url": None, "reference_urls": [],
+        "facets": {}, "suggested_facets": [], "filter_description": None, "next_url": None, "show_weak_url": None,
+        "reference_urls": [],
         "terms": [],
     }
 
@@ -272,6 +274,9 @@ def outcome_context(
     """What the search page shows of a search's outcome, but its facets."""
     wanted, narrowing = outcome.wanted, outcome.narrowing
     more = outcome.has_more
+    best = outcome.results[0] if outcome.results else None
+    weak_only = best is not None and best["strength"] is not None and not best["strong"]
+    hide_weak = weak_only and request.args.get(SHOW_WEAK) != "1"  # a nonsense query shows no grid unless asked
     return {
         "q": wanted.query, "k": str(wanted.k), "uploaded": wanted.image is not None, "results": outcome.results,
         "sql_url": sql_url(datasette, target, wanted, narrowing),
@@ -281,6 +286,7 @@ def outcome_context(
         "reference_urls": reference_thumbnails(page, outcome.readings),
         "terms": [{**reading.as_dict(), "model": model_label(reading.model)} for reading in outcome.readings],
         "next_url": link(page, request, add=(("_next", str(narrowing.offset + wanted.k)),)) if more else None,
+        "show_weak_url": link(page, request, add=((SHOW_WEAK, "1"),)) if hide_weak else None,
         "offset": narrowing.offset,
     }
 
