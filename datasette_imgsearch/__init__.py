@@ -96,6 +96,16 @@ def table_actions(datasette: "Datasette", database: str, table: str) -> list[dic
     }]
 
 
+@hookimpl
+def extra_body_script(datasette: "Datasette", database: str, table: str | None, view_name: str, request: Any) -> Any:
+    """On a catalog's table page a visible link to the search; on a row page the picture, large, and more like it."""
+    if table != TABLE or not _is_catalog(datasette, database):
+        return None
+    from datasette_imgsearch.web.pages import page_script
+
+    return page_script(datasette, database, table, view_name, request)
+
+
 @hookimpl(tryfirst=True)  # before datasette-render-images, which would put the thumbnails' bytes in the page
 def render_cell(value: Any, column: str, table: str | None, database: str, datasette: "Datasette", row: Any) -> Markup | None:
     """Thumbnails as pictures; paths with their picture, a link to the original and "more like this"."""

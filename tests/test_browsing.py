@@ -99,3 +99,24 @@ async def test_a_query_with_no_strong_match_shows_no_grid_unless_asked(shared_ca
     assert 'class="imgsearch-grid"' in weak.text and weak.text.count('class="thumb"') == 24
     strong = await ds.client.get("/photos/images/-/imgsearch", params={"q": "a red circle"})
     assert "imgsearch-show-weak" not in strong.text and 'class="imgsearch-grid"' in strong.text
+
+
+# Table and row pages made for photos -----------------------------------------------------------------------
+@pytest.mark.asyncio
+async def test_the_table_page_links_to_the_search_and_the_row_page_shows_the_picture(shared_catalog: Path) -> None:
+    ds = await started(make_datasette(shared_catalog))
+    table = (await ds.client.get("/photos/images")).text
+    assert '"search": "/photos/images/-/imgsearch"' in table and "Search these images by text or example" in table
+    row = (await ds.client.get("/photos/images/3")).text
+    assert '"original": "/photos/images/-/imgsearch/original/3"' in row
+    assert '"json": "/photos/images/-/imgsearch.json?q=row:3&k=8"' in row
+    other = (await ds.client.get("/photos/imgsearch_errors")).text
+    assert "IMGSEARCH" not in other  # nothing on the catalog's other tables
+
+
+@pytest.mark.asyncio
+async def test_suggested_facets_have_values_and_the_top_folder_has_a_name(shared_catalog: Path) -> None:
+    ds = await started(make_datasette(shared_catalog))
+    data = (await ds.client.get(SEARCH_JSON, params={"q": "a red circle", "_facet": "folder"})).json()
+    assert "camera_model" not in data["suggested_facets"] and "year" not in data["suggested_facets"]  # no EXIF here
+    assert data["facets"]["folder"][0]["label"] == "(top folder)"

@@ -104,6 +104,22 @@ def link(base: str, request: "Request", add: tuple[tuple[str, str], ...] = (), d
     return base + "?" + urllib.parse.urlencode(pairs + list(add))
 
 
+def label_of(facet: str, value: Any) -> str:
+    """How a facet's value reads: the folder at the top of the catalog has an empty name."""
+    if facet == "folder" and value == "":
+        return "(top folder)"
+    return str(value)
+
+
+def suggested_facets(narrowing: Narrowing, results: list[dict[str, Any]]) -> list[str]:
+    """The facets worth suggesting: not asked for yet, and with a value among the results."""
+    def has_values(name: str) -> bool:
+        column = "taken" if name == YEAR else name
+        return any(row.get(column) is not None and (row.get(column) != "" or name == "folder") for row in results)
+
+    return [name for name in SUGGESTED_FACETS if name not in narrowing.facets and has_values(name)]
+
+
 def facets_of(
     narrowing: Narrowing, results: list[dict[str, Any]], request: "Request", base: str
 ) -> dict[str, list[dict[str, Any]]]:
@@ -117,7 +133,7 @@ def facets_of(
             (row[column] or "")[:4] if name == YEAR else row[column] for row in results if row[column] is not None
         )
         facets[name] = [
-            {"value": value, "count": count, "selected": (key, str(value)) in active,
+            {"value": value, "label": label_of(name, value), "count": count, "selected": (key, str(value)) in active,
              "toggle_url": link(base, request, drop=(key,)) if (key, str(value)) in active
              else link(base, request, add=((key, str(value)),))}
             for value, count in sorted(counts.items(), key=lambda item: (-item[1], str(item[0])))[:FACET_SIZE]

@@ -30,12 +30,12 @@ from datasette_imgsearch.web.narrowing import (
     FORM_FIELDS,
     ROW_COLUMNS,
     SEARCH_FIELDS,
-    SUGGESTED_FACETS,
     Narrowing,
     candidates_for,
     facets_of,
     link,
     read_narrowing,
+    suggested_facets,
 )
 from datasette_imgsearch.web.routes import search_url
 from datasette_imgsearch.web.target import Target, answers_errors, argument_pairs, in_thread, resolve
@@ -214,7 +214,7 @@ async def search_json(datasette: "Datasette", request: "Request") -> Response:
         "count": len(outcome.results),
         "filters": narrowing.description or None,
         "facets": facets,
-        "suggested_facets": [name for name in SUGGESTED_FACETS if name not in narrowing.facets],
+        "suggested_facets": suggested_facets(narrowing, outcome.results),
         "next": next_offset,
         "next_url": None if next_offset is None else link(base, request, add=(("_next", str(next_offset)),)),
         "sql_url": sql_url(datasette, target, wanted, narrowing),
@@ -282,7 +282,7 @@ def outcome_context(
         "sql_url": sql_url(datasette, target, wanted, narrowing),
         "filter_description": narrowing.description or None,
         "suggested_facets": [(name, link(page, request, add=(("_facet", name),)))
-                             for name in SUGGESTED_FACETS if name not in narrowing.facets],
+                             for name in suggested_facets(narrowing, outcome.results)],
         "reference_urls": reference_thumbnails(page, outcome.readings),
         "terms": [{**reading.as_dict(), "model": model_label(reading.model)} for reading in outcome.readings],
         "next_url": link(page, request, add=(("_next", str(narrowing.offset + wanted.k)),)) if more else None,
