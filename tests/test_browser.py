@@ -181,3 +181,35 @@ def test_filters_facets_the_strong_box_and_a_row_preview(server: str, browser) -
         wait_for(lambda: thumbnails_loaded(browser))
         browser.execute_script("window.scrollTo(0, 0)")
         browser.save_screenshot(os.environ["IMGSEARCH_SCREENSHOT_FILTERS"])
+
+
+def pictures_in_view(driver) -> int:
+    return driver.execute_script(
+        "return [...document.querySelectorAll('.imgsearch-grid li')].filter(li => {"
+        "  const r = li.getBoundingClientRect(); return r.top >= 0 && r.bottom <= window.innerHeight; }).length;"
+    )
+
+
+def test_the_gallery_shows_fifteen_pictures_on_a_laptop_screen_and_never_scrolls_sideways_on_a_phone(
+    server: str, browser
+) -> None:
+    def viewport(width: int, height: int) -> None:  # the page's own size, as a 1280x800 screen shows it
+        browser.execute_cdp_cmd("Emulation.setDeviceMetricsOverride",
+                                {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": False})
+
+    viewport(1280, 800)
+    browser.get(server + "/photos/images/-/imgsearch?_sort=name")
+    wait_for(lambda: thumbnails_loaded(browser))
+    browser.execute_script("window.scrollTo(0, 0)")
+    assert result_names(browser)[:2] == sorted(result_names(browser))[:2]  # sorted by name, no query
+    size = browser.execute_script("return [window.innerWidth, window.innerHeight]")
+    assert pictures_in_view(browser) >= 15, (pictures_in_view(browser), size)
+    if os.environ.get("IMGSEARCH_SCREENSHOT_GALLERY"):
+        browser.save_screenshot(os.environ["IMGSEARCH_SCREENSHOT_GALLERY"])
+    for path in ("/photos/images/-/imgsearch?q=a+red+circle", "/photos/images/-/imgsearch", "/-/imgsearch"):
+        viewport(400, 800)
+        browser.get(server + path)
+        wait_for(lambda: browser.execute_script("return document.readyState") == "complete")
+        overflow = browser.execute_script("return document.documentElement.scrollWidth - document.documentElement.clientWidth")
+        assert overflow <= 0, (path, overflow)
+    browser.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import urllib.parse
 from pathlib import Path
 
@@ -120,3 +121,38 @@ async def test_suggested_facets_have_values_and_the_top_folder_has_a_name(shared
     data = (await ds.client.get(SEARCH_JSON, params={"q": "a red circle", "_facet": "folder"})).json()
     assert "camera_model" not in data["suggested_facets"] and "year" not in data["suggested_facets"]  # no EXIF here
     assert data["facets"]["folder"][0]["label"] == "(top folder)"
+
+
+# The gallery: the table's pictures with or without a query -------------------------------------------------
+PAGE = "/photos/images/-/imgsearch"
+
+
+def names_on(page: str) -> list[str]:
+    return re.findall(r'class="name" href="[^"]+" title="([^"]+)"', page)
+
+
+@pytest.mark.asyncio
+async def test_without_a_query_the_page_is_a_gallery_filtered_sorted_and_paged_by_url(shared_catalog: Path) -> None:
+    ds = await started(make_datasette(shared_catalog))
+    first = (await ds.client.get(PAGE, params={"_sort_desc": "name", "k": "12"})).text
+    names = names_on(first)
+    assert len(names) == 12 and names == sorted(names, reverse=True)
+    assert "imgsearch-next" in first
+    second = (await ds.client.get(PAGE, params={"_sort_desc": "name", "k": "12", "_next": "12"})).text
+    assert names_on(second)[0] < names[-1]  # the next page carries on in the same order
+    red = names_on((await ds.client.get(PAGE, params={"name__startswith": "red-", "_sort": "name"})).text)
+    assert red and all(name.startswith("red-") for name in red) and red == sorted(red)
+    faceted = (await ds.client.get(PAGE, params={"_facet": "format"})).text
+    assert "imgsearch-facets" in faceted and "JPEG" in faceted
+
+
+@pytest.mark.asyncio
+async def test_strong_matches_can_be_sorted_by_any_column_and_a_plain_ranking_cannot(shared_catalog: Path) -> None:
+    ds = await started(make_datasette(shared_catalog))
+    sorted_strong = await ds.client.get(PAGE, params={"q": "a red circle", "min_score": "strong", "_sort": "name"})
+    names = names_on(sorted_strong.text)
+    assert names and names == sorted(names) and all(name.startswith("red-circle") for name in names[:3])
+    refused = await ds.client.get(PAGE, params={"q": "a red circle", "_sort": "name"})
+    assert refused.status_code == 400 and "strong matches only" in refused.text
+    wrong = await ds.client.get(PAGE, params={"_sort": "embedding"})
+    assert wrong.status_code == 400 and "cannot sort by" in wrong.text

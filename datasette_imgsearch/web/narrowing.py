@@ -45,6 +45,7 @@ class Narrowing:
     description: str = ""
     facets: list[str] = field(default_factory=list)
     offset: int = 0
+    sort: tuple[str, bool] | None = None  # (column, descending) from _sort or _sort_desc
 
 
 def read_narrowing(request: "Request", settings: Settings) -> Narrowing:
@@ -61,6 +62,10 @@ def read_narrowing(request: "Request", settings: Settings) -> Narrowing:
                 raise RequestError(400, f"cannot facet by {value[:40]!r}: use {YEAR} or one of {', '.join(ROW_COLUMNS)}")
             if value not in narrowing.facets:
                 narrowing.facets.append(value)
+        elif key in ("_sort", "_sort_desc"):
+            if value not in ROW_COLUMNS:
+                raise RequestError(400, f"cannot sort by {value[:40]!r}: use one of {', '.join(ROW_COLUMNS)}")
+            narrowing.sort = (value, key == "_sort_desc")
         elif key == "_next":
             if not (value.isascii() and value.isdigit()) or int(value) >= settings.max_k:
                 raise RequestError(400, f"_next must be a result offset below {settings.max_k}, not {value[:20]!r}")
@@ -86,15 +91,31 @@ async def candidates_for(datasette: "Datasette", target: Target, narrowing: Narr
     """The ids of the rows that pass the filters (SQLite does the filtering), or None for every row."""
     if not narrowing.where:
         return None
-    sql = f"select json_group_array(id) from [{TABLE}] where {narrowing.where}"
+    result = await filtered(datasette, target, f"select json_group_array(id) from [{TABLE}] where {narrowing.where}",
+                            narrowing.params)
+    return Candidates(result.rows[0][0])
+
+
+async def browsed_rows(datasette: "Datasette", target: Target, narrowing: Narrowing, k: int) -> list[dict[str, Any]]:
+    """Up to ``k`` rows from ``narrowing.offset`` on that pass the filters, in the order of ``narrowing.sort``
+    (by id when none): the gallery without a query."""
+    column, descending = narrowing.sort or ("id", False)
+    where = f"where {narrowing.where}" if narrowing.where else ""
+    sql = (f"select {', '.join(f'[{c}]' for c in ROW_COLUMNS)} from [{TABLE}] {where} "
+           f"order by [{column}] {'desc' if descending else 'asc'}, id limit {int(k)} offset {int(narrowing.offset)}")
+    result = await filtered(datasette, target, sql, narrowing.params)
+    return [dict(zip(ROW_COLUMNS, row)) for row in result.rows]
+
+
+async def filtered(datasette: "Datasette", target: Target, sql: str, params: dict[str, Any]) -> Any:
+    """``sql`` with the filters' WHERE run on the catalog; its errors are 400s that never quote the SQL."""
     try:
-        result = await datasette.databases[target.database].execute(sql, narrowing.params)
+        return await datasette.databases[target.database].execute(sql, params)
     except QueryInterrupted:
         raise RequestError(400, "the column filters took longer than this server lets a query run: narrow them "
                                 "(an exact value or a range on an indexed column such as taken is quick)") from None
     except (sqlite3.DatabaseError, OverflowError) as error:  # the message names the problem, never the SQL
         raise RequestError(400, f"the column filters cannot be run: {str(error)[:120]}") from None
-    return Candidates(result.rows[0][0])
 
 
 def link(base: str, request: "Request", add: tuple[tuple[str, str], ...] = (), drop: tuple[str, ...] = ()) -> str:

@@ -12,7 +12,7 @@ import concurrent.futures
 import functools
 import threading
 import urllib.parse
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from datasette.utils.asgi import Response
@@ -21,7 +21,7 @@ from datasette_imgsearch.catalog.schema import TABLE
 from datasette_imgsearch.errors import ImgsearchError, QueryError, RequestError, web_message
 from datasette_imgsearch.images import pixels
 from datasette_imgsearch.models.names import model_label
-from datasette_imgsearch.search.arguments import Candidates, MinScore, check_k, check_min_score
+from datasette_imgsearch.search.arguments import STRONG_ONLY, Candidates, MinScore, check_k, check_min_score
 from datasette_imgsearch.search.models import Reading
 from datasette_imgsearch.settings import Settings
 from datasette_imgsearch.vectors.ranking import Hit
@@ -31,6 +31,7 @@ from datasette_imgsearch.web.narrowing import (
     ROW_COLUMNS,
     SEARCH_FIELDS,
     Narrowing,
+    browsed_rows,
     candidates_for,
     facets_of,
     link,
@@ -130,19 +131,34 @@ class Outcome:
     strong_score: float | None  # the cosine from which a text query's hit is strong in this catalog
 
 
-async def search(datasette: "Datasette", request: "Request", target: Target) -> Outcome:
-    """The one pipeline behind the page and the JSON: read the request, filter, rank, join the rows."""
+async def search(datasette: "Datasette", request: "Request", target: Target, browse: bool = False) -> Outcome:
+    """The one pipeline behind the page and the JSON: read the request, filter, rank, join the rows. With
+    ``browse`` (the page), no query lists the rows that pass the filters, sorted by a column: a gallery."""
     wanted = await read_search_request(datasette, request, target.settings)
-    if not wanted.query and wanted.image is None:
-        raise QueryError("add ?q=... to the URL, or POST an image in a field named 'image'")
     narrowing = read_narrowing(request, target.settings)
+    if not wanted.query and wanted.image is None:
+        if not browse:
+            raise QueryError("add ?q=... to the URL, or POST an image in a field named 'image'")
+        rows = await browsed_rows(datasette, target, narrowing, wanted.k + 1)
+        results = [linked(datasette, target, row, None, wanted.k) for row in rows[:wanted.k]]
+        return Outcome(wanted, narrowing, results, len(rows) > wanted.k, [], None)
+    if narrowing.sort and wanted.min_score != STRONG_ONLY:
+        raise QueryError("a ranking is sorted by a column only with strong matches only: add min_score=strong "
+                         "(all of them are sorted, not the first k), or leave out _sort")
     candidates = await candidates_for(datasette, target, narrowing)
-    hits, readings, strong_score = await in_thread(
-        run_search, target, wanted, candidates, narrowing.offset, pool=search_threads()
-    )
-    has_more = len(hits) > wanted.k
-    results = await rows_for(datasette, target, hits[:wanted.k], wanted.k)
-    return Outcome(wanted, narrowing, results, has_more, readings, strong_score)
+    offset = 0 if narrowing.sort else narrowing.offset
+    asked = replace(wanted, k=target.settings.max_k - 1) if narrowing.sort else wanted
+    hits, readings, strong_score = await in_thread(run_search, target, asked, candidates, offset, pool=search_threads())
+    results = await rows_for(datasette, target, hits, wanted.k)
+    if narrowing.sort:  # every strong hit, in the column's order, a page of them
+        results = sorted_by(results, *narrowing.sort)[narrowing.offset:]
+    return Outcome(wanted, narrowing, results[:wanted.k], len(results) > wanted.k, readings, strong_score)
+
+
+def sorted_by(results: list[dict[str, Any]], column: str, descending: bool) -> list[dict[str, Any]]:
+    """Results in a column's order, rows without a value last either way."""
+    valued = sorted((row for row in results if row[column] is not None), key=lambda row: row[column], reverse=descending)
+    return valued + [row for row in results if row[column] is None]
 
 
 async def rows_for(datasette: "Datasette", target: Target, hits: list[Hit], k: int) -> list[dict[str, Any]]:
@@ -155,22 +171,22 @@ async def rows_for(datasette: "Datasette", target: Target, hits: list[Hit], k: i
         f"select {', '.join(f'[{c}]' for c in ROW_COLUMNS)} from [{TABLE}] where id in ({', '.join('?' for _ in ids)})", ids
     )
     rows = {row["id"]: dict(zip(ROW_COLUMNS, row)) for row in result.rows}
+    return [linked(datasette, target, rows[hit.id], hit, k) for hit in hits if hit.id in rows]  # a row removed since: gone
+
+
+def linked(datasette: "Datasette", target: Target, row: dict[str, Any], hit: Hit | None, k: int) -> dict[str, Any]:
+    """A result: its row, its score and strength (None when browsing), and its links."""
     base = search_url(datasette, target.database, target.table)
-    results = []
-    for hit in hits:
-        row = rows.get(hit.id)
-        if row is None:  # removed between the search and this read
-            continue
-        results.append({
-            **row,
-            "score": round(hit.score, 6),
-            "strength": None if hit.strength is None else round(hit.strength, 3),
-            "strong": hit.strong,
-            "row_url": datasette.urls.row(target.database, target.table, str(hit.id)),
-            "thumbnail_url": f"{base}/thumbnail/{hit.id}",
-            "more_like_this_url": f"{base}?{urllib.parse.urlencode({'q': f'row:{hit.id}', 'k': k})}",
-        })
-    return results
+    row_id = row["id"]
+    return {
+        **row,
+        "score": None if hit is None else round(hit.score, 6),
+        "strength": None if hit is None or hit.strength is None else round(hit.strength, 3),
+        "strong": None if hit is None else hit.strong,
+        "row_url": datasette.urls.row(target.database, target.table, str(row_id)),
+        "thumbnail_url": f"{base}/thumbnail/{row_id}",
+        "more_like_this_url": f"{base}?{urllib.parse.urlencode({'q': f'row:{row_id}', 'k': k})}",
+    }
 
 
 SQL_RECIPE = (
@@ -228,16 +244,35 @@ async def search_page(datasette: "Datasette", request: "Request") -> Response:
     target = await resolve(datasette, request)
     context = page_context(datasette, request, target)
     status = 200
-    if request.method == "POST" or context["q"]:
-        try:
-            outcome = await search(datasette, request, target)
-            page = context["page_url"]
-            facets = await in_thread(facets_of, outcome.narrowing, outcome.results, request, page)
-            context.update(outcome_context(datasette, request, target, outcome, page), facets=facets)
-        except ImgsearchError as error:
-            status, context["error"] = error.status, web_message(error)
+    try:  # with no query, the gallery of the rows that pass the filters
+        outcome = await search(datasette, request, target, browse=True)
+        page = context["page_url"]
+        facets = await in_thread(facets_of, outcome.narrowing, outcome.results, request, page)
+        context.update(outcome_context(datasette, request, target, outcome, page), facets=facets)
+    except ImgsearchError as error:
+        status, context["error"] = error.status, web_message(error)
     html = await datasette.render_template("imgsearch.html", context, request=request)
     return Response.html(html, status=status)
+
+
+SORTS = (("newest first", "_sort_desc", "taken"), ("oldest first", "_sort", "taken"), ("by name", "_sort", "name"),
+         ("largest first", "_sort_desc", "size"))
+
+
+def sort_label(sort: tuple[str, bool] | None) -> str | None:
+    if sort is None:
+        return None
+    for label, key, column in SORTS:
+        if column == sort[0] and (key == "_sort_desc") == sort[1]:
+            return label
+    return f"by {sort[0]}{', descending' if sort[1] else ''}"
+
+
+def sort_links(page: str, request: "Request", ranked: bool) -> list[tuple[str, str]]:
+    """Links that sort the gallery, or a query's strong matches, by a column (the filters kept)."""
+    strong = (("min_score", "strong"),) if ranked else ()
+    return [(label, link(page, request, drop=("_sort", "_sort_desc", "min_score"), add=((key, column),) + strong))
+            for label, key, column in SORTS]
 
 
 def page_context(datasette: "Datasette", request: "Request", target: Target) -> dict[str, Any]:
@@ -287,6 +322,8 @@ def outcome_context(
         "terms": [{**reading.as_dict(), "model": model_label(reading.model)} for reading in outcome.readings],
         "next_url": link(page, request, add=(("_next", str(narrowing.offset + wanted.k)),)) if more else None,
         "show_weak_url": link(page, request, add=((SHOW_WEAK, "1"),)) if hide_weak else None,
+        "sort_label": sort_label(narrowing.sort),
+        "sort_links": [] if wanted.image is not None else sort_links(page, request, bool(wanted.query)),
         "offset": narrowing.offset,
     }
 
