@@ -156,3 +156,33 @@ async def test_strong_matches_can_be_sorted_by_any_column_and_a_plain_ranking_ca
     assert refused.status_code == 400 and "strong matches only" in refused.text
     wrong = await ds.client.get(PAGE, params={"_sort": "embedding"})
     assert wrong.status_code == 400 and "cannot sort by" in wrong.text
+
+
+# Good neighbours ---------------------------------------------------------------------------------------------
+MAP_QUERY = """
+select id, latitude, longitude,
+       json_object('image', 'images/-/imgsearch/thumbnail/' || id, 'alt', name, 'title', name,
+                   'description', coalesce(taken, ''), 'link', 'images/' || id) as popup
+from images where latitude is not null and longitude is not null
+"""
+
+
+@pytest.mark.asyncio
+async def test_the_readmes_map_query_gives_datasette_cluster_map_a_picture_and_a_link_per_marker(catalog: Path) -> None:
+    import json
+    import sqlite3
+
+    conn = sqlite3.connect(catalog)
+    with conn:
+        conn.execute("update images set latitude = 51.5 + id / 1000.0, longitude = -0.1 where id <= 5")
+    conn.close()
+    config = {"databases": {"photos": {"queries": {"map": {"sql": MAP_QUERY}}}}}
+    ds = await started(make_datasette(catalog, config))
+    rows = (await ds.client.get("/photos/map.json", params={"_shape": "array"}, follow_redirects=True)).json()
+    assert len(rows) == 5 and {"id", "latitude", "longitude", "popup"} <= set(rows[0])
+    popup = json.loads(rows[0]["popup"])
+    assert set(popup) == {"image", "alt", "title", "description", "link"}
+    for relative in (popup["image"], popup["link"]):  # relative to the query's page, /photos/map
+        response = await ds.client.get("/photos/" + relative)
+        assert response.status_code == 200, relative
+    assert len(json.dumps(rows)) < 2_000  # a marker carries a link to its picture, never the picture's bytes
