@@ -306,3 +306,14 @@ def test_strong_keeps_its_meaning_for_random_text_in_the_multilingual_scripts(ml
     fresh = random_texts(200, seed=11, foreign=True)  # not the strings the calibration used
     strong = sum(searcher.search(text, 1)[0].strength >= STRONG for text in fresh)
     assert strong / len(fresh) <= 0.03
+
+
+def test_a_query_is_measured_against_chance_as_the_model_that_read_it_sees_chance(ml_catalog: Path) -> None:
+    searcher = Searcher(ml_catalog)
+    snapshot = searcher.store.current()
+    for query, readers in (("红色的圆", ("multilingual",)), ("a red circle", ("clip",)),
+                           ("红色的圆 + blue", ("clip", "multilingual"))):
+        expected = searcher.calibration(snapshot, readers).strong_score
+        assert searcher.strong_score(searcher.readings(query)) == expected, query
+    for query in ("红色的圆", "a red circle", "синий квадрат", "a blue square"):  # strong reads the same in each
+        assert searcher.search(query, 1)[0].strong, query

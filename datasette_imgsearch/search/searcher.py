@@ -76,13 +76,14 @@ class Searcher:
         }
 
     # Strength ----------------------------------------------------------------------------------
-    def calibration(self, snapshot: Snapshot, multilingual: bool = False) -> Calibration:
-        """What random text finds in this catalog (see strength.py), through CLIP's text tower and, with
-        ``multilingual``, through the multilingual model too: made once per catalog state and models."""
-        readers = [CLIP, MULTILINGUAL] if multilingual else [CLIP]
+    def calibration(self, snapshot: Snapshot, readers: tuple[str, ...] = (CLIP,)) -> Calibration:
+        """What random text finds in this catalog (see strength.py), read by each of ``readers``: the text
+        models that read a query's terms, so that a query in any language is measured against chance as
+        the model that read it sees chance, and "strong" reads the same whichever model that was. Made
+        once per catalog state and models."""
         names = tuple(self.models.text_model(snapshot) if reader == CLIP else self.models.multilingual_model(snapshot)
                       for reader in readers)
-        key = (snapshot.fingerprint, names)
+        key = (snapshot.fingerprint, readers, names)
         found = self._calibrations.get(key)
         if found is None:
             best = [self.store.best_scores(self._random_vectors(snapshot, reader), snapshot) for reader in readers]
@@ -109,7 +110,7 @@ class Searcher:
         """The calibration a query's strength is measured with; None for a query with row: terms."""
         if any(reading.row is not None for reading in readings):
             return None
-        return self.calibration(snapshot, any(reading.reader == MULTILINGUAL for reading in readings))
+        return self.calibration(snapshot, tuple(sorted({reading.reader for reading in readings})))
 
     # Queries -----------------------------------------------------------------------------------
     def readings(self, query: str, snapshot: Snapshot | None = None) -> list[Reading]:
