@@ -12,19 +12,19 @@ present (the standard library's ``_sqlite3``, and ``pysqlite3``'s when installed
 extension, and only if it exports the SQLite API and reports the module's own ``sqlite_version`` is
 an SQLite *auto-extension* (a public C API) installed in it. That gives every connection the library
 opens afterwards a function returning a random token, and remembers the handle SQLite passed in under
-that token, with the library it belongs to, until the connection is looked up or closed (SQLite then
-destroys the token function, which forgets the handle). A connection answers with a token only if one
-of those libraries opened it after :func:`install` ran (the plugin's ``startup`` runs it); any other
-(sqlean, a module loaded later, a statically linked build without exported symbols) gets Python's
-``create_function`` instead: the function works, only its messages are generic. Each registered
-function's callback lives until SQLite destroys the function with its connection.
+that token, with the library it belongs to, until the connection is looked up (once, when its functions
+are registered) or a bounded number of newer connections push it out. A connection answers with a token
+only if one of those libraries opened it after :func:`install` ran (the plugin's ``startup`` runs it);
+any other (sqlean, a module loaded later, a statically linked build without exported symbols) gets
+Python's ``create_function`` instead: the function works, only its messages are generic. No SQLite
+destructor calls back into Python: connections closed while the interpreter shuts down would call into
+code already torn down.
 """
 
 from __future__ import annotations
 
 import ctypes
 import importlib
-import itertools
 import secrets
 import threading
 from collections import OrderedDict
@@ -34,33 +34,16 @@ SQLITE_UTF8 = 1
 SQLITE_INTEGER, SQLITE_FLOAT, SQLITE_TEXT, SQLITE_BLOB, SQLITE_NULL = 1, 2, 3, 4, 5
 SQLITE_TRANSIENT = ctypes.c_void_p(-1)
 TOKEN_FUNCTION = "imgsearch_connection_token"
-MAX_REMEMBERED_CONNECTIONS = 100_000  # open connections never looked up; older ones fall back to create_function
+MAX_REMEMBERED_CONNECTIONS = 1_000  # connections opened but not (yet) looked up; older ones fall back to create_function
 # (extension module holding the C library, Python module whose sqlite_version it must report)
 MODULES = (("_sqlite3", "sqlite3"), ("pysqlite3._sqlite3", "pysqlite3"))
 
 _CALLBACK = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_int, ctypes.POINTER(ctypes.c_void_p))
 _ENTRY_POINT = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p)
-_DESTROY = ctypes.CFUNCTYPE(None, ctypes.c_void_p)
-# SQLite holds raw pointers to these callbacks until it destroys the function (its connection closed).
-_callbacks: dict[int, Any] = {}
+# SQLite holds raw pointers to these callbacks for its connections' lifetimes: they are never freed.
+_keep_alive: list[Any] = []
 _handles: OrderedDict[int, tuple["Library", int]] = OrderedDict()  # token → (library, sqlite3*)
 _lock = threading.Lock()
-_serials = itertools.count(1)
-
-
-@_DESTROY
-def _forget_handle(token: int | None) -> None:
-    """SQLite's destructor of the token function's user data: the connection is closing."""
-    with _lock:
-        _handles.pop(token or 0, None)
-
-
-@_DESTROY
-def _forget_callback(key: int | None) -> None:
-    """SQLite's destructor of a registered function's user data: the connection is closing (or the
-    function was replaced)."""
-    with _lock:
-        _callbacks.pop(key or 0, None)
 
 
 class Library:
@@ -74,7 +57,7 @@ class Library:
             raise ImportError(f"{extension} does not export the SQLite that {module} reports")
         api.sqlite3_auto_extension.argtypes = [c.c_void_p]
         api.sqlite3_create_function_v2.argtypes = [
-            c.c_void_p, c.c_char_p, c.c_int, c.c_int, c.c_void_p, _CALLBACK, c.c_void_p, c.c_void_p, _DESTROY,
+            c.c_void_p, c.c_char_p, c.c_int, c.c_int, c.c_void_p, _CALLBACK, c.c_void_p, c.c_void_p, c.c_void_p,
         ]
         api.sqlite3_create_function_v2.restype = c.c_int
         api.sqlite3_user_data.argtypes = [c.c_void_p]
@@ -107,17 +90,12 @@ class Library:
         """SQLite calls this for each new connection it opens: remember the handle under a token."""
         try:
             token = secrets.randbits(62) + 1
-            with _lock:
-                _handles[token] = (self, db)
             status = self.api.sqlite3_create_function_v2(
-                db, TOKEN_FUNCTION.encode(), 0, SQLITE_UTF8, ctypes.c_void_p(token), self._token_callback, None, None,
-                _forget_handle,
+                db, TOKEN_FUNCTION.encode(), 0, SQLITE_UTF8, ctypes.c_void_p(token), self._token_callback, None, None, None
             )
-            if status != 0:
+            if status == 0:
                 with _lock:
-                    _handles.pop(token, None)
-            else:
-                with _lock:
+                    _handles[token] = (self, db)
                     while len(_handles) > MAX_REMEMBERED_CONNECTIONS:
                         _handles.popitem(last=False)
         except Exception:  # never let a failure here break the opening of a connection
@@ -218,13 +196,12 @@ def create_function(
             library.set_error(context, f"{name}() failed: {type(error).__name__}: {error}")
 
     callback = _CALLBACK(call)
-    key = next(_serials)
-    with _lock:
-        _callbacks[key] = callback
     status = library.api.sqlite3_create_function_v2(
-        handle, name.encode(), arguments, SQLITE_UTF8, ctypes.c_void_p(key), callback, None, None, _forget_callback
+        handle, name.encode(), arguments, SQLITE_UTF8, None, callback, None, None, None
     )
-    if status != 0:  # SQLite has already called the destructor
+    if status != 0:
         conn.create_function(name, arguments, function)
         return False
+    with _lock:
+        _keep_alive.append(callback)
     return True
