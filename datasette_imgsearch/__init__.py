@@ -6,6 +6,7 @@ the web module when first called, so the command line never pays for Datasette's
 
 from __future__ import annotations
 
+import sys
 import threading
 import weakref
 from typing import TYPE_CHECKING, Any
@@ -59,7 +60,7 @@ def startup(datasette: "Datasette") -> None:
     from datasette_imgsearch.web.target import catalog_file
 
     binding.install()  # before Datasette opens its connections, so imgsearch()'s errors can say what is wrong
-    csrf.register_skip_hook()
+    csrf.register_skip_hook(sys.modules[__name__])
     for name in list(datasette.databases):
         found = catalog_file(datasette, name)
         if found and has_embeddings(*found):

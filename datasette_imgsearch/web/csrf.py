@@ -29,28 +29,25 @@ COOKIE = "ds_csrftoken"
 SKIPPED = "datasette_imgsearch.csrf_skipped"
 
 
-class SkipHook:
-    """Datasette's ``skip_csrf`` hook, registered only with a Datasette that defines it (0.65 and the
-    alphas before its CSRF middleware went): a plugin that implements a hook Datasette does not define
-    shows in its list of hooks and fails its own tests."""
-
-    @staticmethod
-    def skip_csrf(scope: dict[str, Any]) -> bool | None:
-        return True if skip_asgi_csrf(scope) else None
-
-
-def register_skip_hook() -> None:
-    """Register :class:`SkipHook` with Datasette's plugin manager, once, where ``skip_csrf`` is a hook."""
+def register_skip_hook(plugin: Any) -> None:
+    """Give ``plugin`` (this package, as Datasette registered it) a ``skip_csrf`` hook, once, where Datasette
+    defines that hook (0.65 and the alphas before its CSRF middleware went): a plugin that implements a hook
+    Datasette does not define shows in its list of hooks and fails its own tests. The plugin is registered
+    again under its own name, so it stays one plugin."""
     from datasette import hookimpl
     from datasette.plugins import pm
 
-    if not hasattr(pm.hook, "skip_csrf") or pm.has_plugin(SKIP_HOOK_NAME):
+    if not hasattr(pm.hook, "skip_csrf") or hasattr(plugin, "skip_csrf") or not pm.is_registered(plugin):
         return
-    hookimpl(SkipHook.skip_csrf)
-    pm.register(SkipHook, name=SKIP_HOOK_NAME)
+    name = pm.get_name(plugin)
+    plugin.skip_csrf = hookimpl(skip_csrf)
+    pm.unregister(plugin)
+    pm.register(plugin, name=name)
 
 
-SKIP_HOOK_NAME = "datasette-imgsearch-skip-csrf"
+def skip_csrf(scope: dict[str, Any]) -> bool | None:
+    """Datasette's ``skip_csrf``: leave the plugin's upload routes to :func:`check`."""
+    return True if skip_asgi_csrf(scope) else None
 
 
 def skip_asgi_csrf(scope: dict[str, Any]) -> bool:
