@@ -55,7 +55,7 @@ async def client_error_response(datasette: "Datasette", request: "Request", exce
         add_cors_headers(headers)
     path = request.path.split("?")[0]
     if path.endswith(".json"):
-        return Response.json({**info, **_error_body(plain, status)}, status=status, headers=headers)
+        return Response.json({**info, **_error_body(plain, status, title)}, status=status, headers=headers)
     if path.endswith(".csv"):
         return Response.text(plain, status=status, headers=headers)
     context = {**info, "ok": False, "error": message, "status": status, "title": title}
@@ -63,10 +63,10 @@ async def client_error_response(datasette: "Datasette", request: "Request", exce
     return Response.html(html, status=status, headers=headers)
 
 
-def _error_body(message: str, status: int) -> dict[str, Any]:
+def _error_body(message: str, status: int, title: str | None) -> dict[str, Any]:
     """The JSON of an error in this Datasette's shape (``datasette.utils.error_body`` where it exists)."""
     try:
         from datasette.utils import error_body
     except ImportError:
-        return {"ok": False, "error": message, "status": status, "title": None}
+        return {"ok": False, "error": message, "status": status, "title": title}
     return dict(error_body(message, status))
