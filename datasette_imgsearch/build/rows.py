@@ -1,0 +1,71 @@
+"""What each inspected file changes in the catalog: a new or updated row, a moved row, a revived row, a
+row whose bytes are reused, or an error row; each counted in the build's summary."""
+
+from __future__ import annotations
+
+import collections
+
+from datasette_imgsearch.build.inspect import Inspected, file_facts
+from datasette_imgsearch.build.options import Summary
+from datasette_imgsearch.build.plan import Plan
+from datasette_imgsearch.catalog.catalog import Catalog, StoredFile
+from datasette_imgsearch.catalog.changes import Change, Failure, Remove, Revive, Upsert
+from datasette_imgsearch.catalog.schema import CONTENT_COLUMNS, REMOVED_TABLE, TABLE, to_blob
+
+
+class RowChanges:
+    """The changes of one update pass, in scan order. A file whose bytes a vanished row holds takes that
+    row over (a move keeps the id and the embedding); bytes held elsewhere are copied, never re-embedded."""
+
+    def __init__(self, catalog: Catalog, plan: Plan, stored: dict[str, StoredFile], summary: Summary) -> None:
+        self.catalog = catalog
+        self.stored = stored
+        self.summary = summary
+        self.sources = catalog.embedding_sources()
+        self.moves: dict[str, list[StoredFile]] = collections.defaultdict(list)
+        for row in plan.vanished:
+            self.moves[row.hash].append(row)
+        self.moved_ids: set[int] = set()
+
+    def of(self, item: Inspected) -> list[Change]:
+        return self._embedded(item) if item.vector is not None else self._reuse_or_fail(item)
+
+    def _embedded(self, item: Inspected) -> list[Change]:
+        """The row of a file whose new pixels were embedded."""
+        values = {**file_facts(item.found, item.hash), **item.facts, "embedding": to_blob(item.vector)}
+        values.setdefault("thumbnail", None)
+        known = self.stored.get(item.found.path)
+        if known:
+            self.summary.updated += 1
+        else:
+            self.summary.added += 1
+        return [Upsert(values, known.id if known else None)]
+
+    def _reuse_or_fail(self, item: Inspected) -> list[Change]:
+        """Changes for a file whose bytes are already catalogued, or that could not be read."""
+        path = item.found.path
+        known = self.stored.get(path)
+        if item.error is not None:
+            self.summary.failed += 1
+            failure = Failure(path, item.error.kind, item.error.message, item.found.size, item.found.mtime_ns)
+            return [Remove(known.id), failure] if known else [failure]
+        facts = file_facts(item.found, item.hash)
+        if known and known.hash == item.hash:  # touched, not changed
+            self.summary.unchanged += 1
+            return [Upsert(facts, known.id)]
+        if not known and self.moves.get(item.hash):
+            row = self.moves[item.hash].pop()
+            self.moved_ids.add(row.id)
+            self.summary.moved += 1
+            return [Upsert(facts, row.id)]
+        table, source_id = self.sources[item.hash]
+        source = self.catalog.row(table, source_id)
+        values = {**facts, **{c: source[c] for c in CONTENT_COLUMNS}}
+        if known:
+            self.summary.updated += 1
+            return [Upsert(values, known.id)]
+        self.summary.added += 1
+        if table == REMOVED_TABLE:
+            self.sources[item.hash] = (TABLE, source_id)  # a second copy reuses the revived row
+            return [Revive(source_id, facts)]
+        return [Upsert(values)]
