@@ -45,8 +45,9 @@ class Settings:
     @classmethod
     def for_database(cls, datasette: "Datasette", database: str) -> "Settings":
         config = datasette.plugin_config(PLUGIN, database=database) or {}
+        known = cls.known()
         for key in config:
-            if key not in cls.known():
-                raise ValueError(f"{PLUGIN}: unknown setting {key!r}; known settings: {', '.join(cls.known())}")
+            if key not in known:
+                raise ValueError(f"{PLUGIN}: unknown setting {key!r}; known settings: {', '.join(known)}")
         models, others = ModelChoice.taken_from(config)
         return cls(models, **others)
