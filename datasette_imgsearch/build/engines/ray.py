@@ -17,16 +17,14 @@ from __future__ import annotations
 import pickle
 import socket
 import urllib.parse
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
 import numpy as np
 
-from datasette_imgsearch.errors import CatalogError
-
 from datasette_imgsearch.build.engines.base import EngineJob
 from datasette_imgsearch.build.inspect import Inspected, inspect_file
+from datasette_imgsearch.errors import CatalogError
 from datasette_imgsearch.images.scan import FoundFile
 from datasette_imgsearch.models.names import looks_like_path
 
