@@ -186,3 +186,19 @@ async def test_the_readmes_map_query_gives_datasette_cluster_map_a_picture_and_a
         response = await ds.client.get("/photos/" + relative)
         assert response.status_code == 200, relative
     assert len(json.dumps(rows)) < 2_000  # a marker carries a link to its picture, never the picture's bytes
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("path", [
+    "/photos/images", "/photos/images/3",
+    "/photos?sql=select+id,+thumbnail,+embedding+from+images+limit+20", "/photos/images/-/imgsearch?q=a+red+circle",
+])
+async def test_pages_stay_small_with_datasette_render_images_installed(shared_catalog: Path, path: str) -> None:
+    """datasette-render-images turns every image BLOB into a ``data:`` URL; on this catalog's pages the
+    plugin's own cells come first, so the bytes never reach the page."""
+    pytest.importorskip("datasette_render_images")
+    ds = await started(make_datasette(shared_catalog))
+    assert "datasette-render-images" in [p["name"] for p in (await ds.client.get("/-/plugins.json")).json()]
+    page = await ds.client.get(path, follow_redirects=True)
+    assert page.status_code == 200 and not re.search(r"data:image/(jpeg|png|webp|gif)", page.text)
+    assert len(page.content) < 200_000  # 60 rows of some 25 columns; the thumbnails as data: URLs would add 140 KB
