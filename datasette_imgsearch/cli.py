@@ -128,6 +128,7 @@ def build_command(
     for note in summary.notes:
         click.echo(f"note: {note}", err=True)
     if not silent:
+        click.echo(summary.duplicates, err=True)
         click.echo(summary.index, err=True)
 
 

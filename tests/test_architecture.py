@@ -16,7 +16,7 @@ LAYERS = [
     {"catalog"},
     {"models"},
     {"vectors"},
-    {"search"},
+    {"search", "duplicates"},
     {"build", "settings", "status"},
     {"sql", "web"},
     {"cli"},

@@ -199,7 +199,7 @@ def test_a_delta_past_a_quarter_of_its_base_is_read_in_full(catalog: Path, monke
     assert searcher.store.current().size == 40
 
 
-def test_the_change_log_holds_what_the_index_lacks(catalog: Path) -> None:
+def test_the_change_log_holds_what_the_index_or_the_duplicate_groups_lack(catalog: Path) -> None:
     def logged() -> int:
         conn = sqlite3.connect(catalog)
         try:
@@ -217,6 +217,8 @@ def test_the_change_log_holds_what_the_index_lacks(catalog: Path) -> None:
     with Catalog(catalog) as opened:
         assert len(opened.changed_since(int(opened.meta("index_version")))) == 2
     run_cli("index", catalog)
+    assert logged() == 2  # the near-duplicate groups have not read them yet
+    run_cli("build", catalog)
     assert logged() == 0
 
 

@@ -23,6 +23,7 @@ from datasette_imgsearch.catalog.catalog import Catalog
 from datasette_imgsearch.catalog.changes import Change, Remove, SetMeta, StageEmbedding, SwitchModel, Upsert
 from datasette_imgsearch.catalog.schema import catalog_files, now, to_blob
 from datasette_imgsearch.catalog.writing import exclusive, settle
+from datasette_imgsearch.duplicates.stage import update_groups
 from datasette_imgsearch.errors import CatalogError
 from datasette_imgsearch.images.scan import FoundFile, ScanResult, scan
 from datasette_imgsearch.models.cache import MODELS, ModelCache
@@ -78,6 +79,7 @@ class Builder:
             found = scan(self.folder, skip=catalog_files(self.catalog.path))
             reembedded = self._reembed(found) if self.model.reembed else set()
             self._update(found, reembedded)
+            self.summary.duplicates = update_groups(self.catalog).line()
             self.catalog.set_meta(last_build=now())
             self.summary.index = self._refresh_index()
             if not settle(self.catalog):

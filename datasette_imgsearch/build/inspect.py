@@ -12,6 +12,7 @@ import numpy as np
 
 from datasette_imgsearch.build.options import BuildOptions
 from datasette_imgsearch.images import pixels
+from datasette_imgsearch.images.likeness import likeness_hash
 from datasette_imgsearch.images.scan import FoundFile
 from datasette_imgsearch.models.preprocessing import Preprocessor
 
@@ -43,7 +44,8 @@ def inspect_file(
             return result
         model = preprocessor()
         decoded = pixels.decode(data, options.max_megapixels, model.shrink_to(options.thumbnail_size))
-        result.facts = {"format": decoded.format, "width": decoded.width, "height": decoded.height, **decoded.facts}
+        result.facts = {"format": decoded.format, "width": decoded.width, "height": decoded.height, **decoded.facts,
+                        "likeness": likeness_hash(decoded.image)}
         if options.thumbnail_size:
             result.facts["thumbnail"] = pixels.thumbnail(decoded.image, options.thumbnail_size)
         result.features = model.preprocess(decoded.image)

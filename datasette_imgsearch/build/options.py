@@ -36,6 +36,7 @@ class Summary:
     failed: int = 0
     unchanged: int = 0
     index: str = ""
+    duplicates: str = ""
     notes: list[str] = field(default_factory=list)
 
     @property

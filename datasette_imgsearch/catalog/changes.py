@@ -124,12 +124,44 @@ class StageEmbedding(Change):
 
 @dataclass
 class ForgetChanges(Change):
-    """Empty the change log up to ``version``: an index written at that version holds those changes."""
+    """Empty the change log up to ``version``: an index written at that version holds those changes. The
+    duplicates stage reads the log too: entries it has not yet read are kept."""
 
     version: int
 
     def apply(self, conn: sqlite3.Connection) -> None:
-        conn.execute(f"delete from [{CHANGES_TABLE}] where version <= ?", [self.version])
+        conn.execute(
+            f"delete from [{CHANGES_TABLE}] where version <= min(?, coalesce("
+            f"(select value from [{META_TABLE}] where key = 'duplicates_version'), 0))",
+            [self.version],
+        )
+
+
+@dataclass
+class SetLikeness(Change):
+    """Record the likeness hashes of rows (``(hash, id)`` pairs) that were catalogued without one."""
+
+    values: list[tuple[int, int]]
+
+    def apply(self, conn: sqlite3.Connection) -> None:
+        conn.executemany(f"update [{TABLE}] set likeness = ? where id = ?", self.values)
+
+
+@dataclass
+class SetGroups(Change):
+    """Put rows in near-duplicate groups (``id → keeper's id``; the keeper is its own group) and take
+    ``alone`` out of any group."""
+
+    groups: dict[int, int]
+    alone: list[int]
+
+    def apply(self, conn: sqlite3.Connection) -> None:
+        conn.executemany(
+            f"update [{TABLE}] set duplicate_group = ?, duplicate_keeper = ? where id = ?",
+            [(keeper, int(keeper == id_), id_) for id_, keeper in self.groups.items()],
+        )
+        conn.executemany(f"update [{TABLE}] set duplicate_group = null, duplicate_keeper = null where id = ?",
+                         [(id_,) for id_ in self.alone])
 
 
 @dataclass

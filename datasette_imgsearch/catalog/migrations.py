@@ -141,6 +141,21 @@ ALTER TABLE [imgsearch_errors] ADD COLUMN [mtime_ns] INTEGER;
 """)
 
 
+@migration
+def m005_near_duplicates(conn: sqlite3.Connection) -> None:
+    """Each picture's turn-proof perceptual hash and its near-duplicate group (the id of the group's
+    suggested keeper, and whether it is that keeper), in both the live and the removed rows."""
+    run_script(conn, """
+ALTER TABLE [images] ADD COLUMN [likeness] INTEGER;
+ALTER TABLE [images] ADD COLUMN [duplicate_group] INTEGER;
+ALTER TABLE [images] ADD COLUMN [duplicate_keeper] INTEGER;
+ALTER TABLE [imgsearch_removed] ADD COLUMN [likeness] INTEGER;
+ALTER TABLE [imgsearch_removed] ADD COLUMN [duplicate_group] INTEGER;
+ALTER TABLE [imgsearch_removed] ADD COLUMN [duplicate_keeper] INTEGER;
+CREATE INDEX IF NOT EXISTS [idx_images_duplicate_group] ON [images] ([duplicate_group]);
+""")
+
+
 def schema_version() -> int:
     """The schema this release writes: the number of the last migration."""
     return len(MIGRATIONS)

@@ -46,12 +46,17 @@ COLUMNS: dict[str, str] = {
     "longitude": "REAL",
     "thumbnail": "BLOB",
     "embedding": "BLOB NOT NULL",
+    "likeness": "INTEGER",
+    "duplicate_group": "INTEGER",
+    "duplicate_keeper": "INTEGER",
 }
 BLOB_COLUMNS = ("thumbnail", "embedding")
 # The columns that come from the file system; every other column comes from the file's bytes, so a file
 # whose bytes are already catalogued (a copy, a moved or returning file) takes those over.
 FILE_COLUMNS = ("path", "name", "folder", "size", "modified", "mtime_ns", "hash")
-CONTENT_COLUMNS = tuple(name for name in COLUMNS if name not in FILE_COLUMNS)
+# A row's near-duplicate group depends on the other rows; the duplicates stage alone writes it.
+GROUP_COLUMNS = ("duplicate_group", "duplicate_keeper")
+CONTENT_COLUMNS = tuple(name for name in COLUMNS if name not in FILE_COLUMNS + GROUP_COLUMNS)
 # What a build records about the model; a re-embed replaces all of them at once.
 MODEL_KEYS = ("model", "text_model", "multilingual_model", "dimension", "precision")
 

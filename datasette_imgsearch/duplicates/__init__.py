@@ -1,0 +1,1 @@
+"""Near-duplicates: found at build, collapsed in results, listed for review."""

@@ -1,0 +1,143 @@
+"""Keep a catalog's near-duplicate groups current, touching only what changed since the last time.
+
+The rows whose pixels are new since the stage last ran (the catalog's change log names them, from the
+version recorded as ``duplicates_version``) are compared with every row; the groups they join are
+merged, and each changed group elects its keeper again: the largest picture, then the oldest, then the
+lowest id. A group's id is its keeper's id, so ``duplicate_group`` links to the keeper's row. Groups
+that lost their keeper or fell to one picture are repaired too. Everything is written in one
+transaction with the version it covers, so an interrupted run leaves the previous groups and the next
+run does the work again.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from datasette_imgsearch.catalog.catalog import Catalog
+from datasette_imgsearch.catalog.changes import SetGroups, SetLikeness, SetMeta
+from datasette_imgsearch.catalog.schema import TABLE
+from datasette_imgsearch.duplicates.grouping import BLOCK_ROWS, confirmed, hash_pairs, neighbour_pairs
+from datasette_imgsearch.duplicates.links import LinkGraph
+from datasette_imgsearch.images import pixels
+from datasette_imgsearch.images.likeness import Signatures, likeness_hash
+from datasette_imgsearch.lru import LRU
+
+SIGNATURES_KEPT = 512  # thumbnails' signatures kept while comparing: about 0.3 MB each
+
+
+@dataclass
+class GroupSummary:
+    """What one run of the stage did."""
+
+    checked: int = 0
+    hashed: int = 0
+    groups: int = 0
+    copies: int = 0
+
+    def line(self) -> str:
+        if not self.checked:
+            return "near-duplicates up to date"
+        return f"near-duplicates: {self.checked} pictures compared; {self.groups} groups changed, {self.copies} copies in them"
+
+
+def update_groups(catalog: Catalog) -> GroupSummary:
+    """Bring the catalog's near-duplicate groups up to date (see the module docstring)."""
+    summary = GroupSummary()
+    version = catalog.catalog_version
+    done = catalog.meta("duplicates_version")
+    changed = catalog.changed_since(int(done)) if done is not None else None
+    live = np.fromiter((r[0] for r in catalog.db.execute(f"select id from [{TABLE}]")), dtype=np.int64)
+    todo = live if changed is None else np.intersect1d(changed, live)
+    summary.hashed = _fill_hashes(catalog)
+    ids, codes = _hashes(catalog)
+    current = _current_groups(catalog)
+    if len(todo):
+        todo_codes = codes[np.searchsorted(ids, todo)]
+        proposed: dict[tuple[int, int], int | None] = {}
+        for a, b, bits in hash_pairs(todo, todo_codes, ids, codes):
+            pair = (min(a, b), max(a, b))
+            proposed[pair] = min(bits, proposed.get(pair) or bits)
+        query_ids, queries = catalog.embeddings_of(todo)
+        for a, b in neighbour_pairs(query_ids, queries, catalog.iter_embeddings(BLOCK_ROWS)):
+            proposed.setdefault((min(a, b), max(a, b)), None)
+        signatures: LRU[Signatures | bool] = LRU(SIGNATURES_KEPT)
+        pairs = confirmed(proposed, lambda id_: _signatures(catalog, signatures, id_), dict(zip(ids.tolist(), codes.tolist())))
+    else:
+        pairs = []
+    summary.checked = len(todo)
+    groups, alone = _regroup(catalog, current, set(todo.tolist()), pairs)
+    catalog.write([SetGroups(groups, alone), SetMeta({"duplicates_version": version})])
+    summary.groups = len(set(groups.values()))
+    summary.copies = sum(1 for id_, keeper in groups.items() if id_ != keeper)
+    return summary
+
+
+def _regroup(catalog: Catalog, current: dict[int, int], todo: set[int],
+             pairs: list[tuple[int, int, float]]) -> tuple[dict[int, int], list[int]]:
+    """(id → keeper for each row whose group changed, ids that left every group). Rows keep their stored
+    group unless their pixels changed; confirmed pairs join groups; each group elects its keeper."""
+    graph = LinkGraph(is_picture=lambda node: node >= 0)
+    for id_, group in current.items():
+        if id_ not in todo:
+            graph.link(id_, -group - 1)  # a stored group's rows hang on one stand-in that is no row id
+    for a, b, alike in pairs:
+        graph.link(a, b, alike)
+    grouped: dict[int, int] = {}
+    for rows in graph.groups():
+        keeper = _keeper(catalog, rows)
+        grouped.update({m: keeper for m in rows})
+    changed = {id_: keeper for id_, keeper in grouped.items() if current.get(id_) != keeper}
+    return changed, [id_ for id_ in current if id_ not in grouped]
+
+
+def _keeper(catalog: Catalog, members: list[int]) -> int:
+    """The largest picture (pixels, then bytes), then the oldest (taken, else modified), then the lowest id."""
+    placeholders = ", ".join("?" for _ in members)
+    row = catalog.db.execute(
+        f"select id from [{TABLE}] where id in ({placeholders}) "
+        "order by coalesce(width * height, 0) desc, size desc, coalesce(taken, modified) asc, id asc limit 1",
+        members,
+    ).fetchone()
+    return int(row[0])
+
+
+def _current_groups(catalog: Catalog) -> dict[int, int]:
+    return dict(catalog.db.execute(f"select id, duplicate_group from [{TABLE}] where duplicate_group is not null").fetchall())
+
+
+def _hashes(catalog: Catalog) -> tuple[np.ndarray, np.ndarray]:
+    """(ids, likeness hashes) of every row that has one, in id order."""
+    rows = catalog.db.execute(f"select id, likeness from [{TABLE}] where likeness is not null order by id").fetchall()
+    ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+    return ids, np.fromiter((r[1] for r in rows), dtype=np.int64, count=len(rows))
+
+
+def _fill_hashes(catalog: Catalog) -> int:
+    """Hash, from their thumbnails, the rows a catalog of an earlier schema holds without a hash."""
+    rows = catalog.db.execute(
+        f"select id, thumbnail from [{TABLE}] where likeness is null and thumbnail is not null"
+    ).fetchall()
+    values = []
+    for id_, thumbnail in rows:
+        try:
+            values.append((likeness_hash(pixels.decode(thumbnail).image), id_))
+        except pixels.ImageError:
+            continue
+    catalog.write([SetLikeness(values)])
+    return len(values)
+
+
+def _signatures(catalog: Catalog, cache: "LRU[Signatures | bool]", id_: int) -> Signatures | None:
+    """A row's thumbnail signatures (None when it has no readable thumbnail), made once for all the pairs
+    it is in while it stays among the most recently used."""
+    found = cache.get(id_)
+    if found is None:
+        row = catalog.db.execute(f"select thumbnail from [{TABLE}] where id = ?", [id_]).fetchone()
+        try:
+            found = Signatures(row[0]) if row and row[0] else False
+        except pixels.ImageError:
+            found = False
+        cache.put(id_, found)
+    return found or None

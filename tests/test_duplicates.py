@@ -1,0 +1,177 @@
+"""Near-duplicates: the turn-proof hash, the pixel check, groups found at build and kept current."""
+
+from __future__ import annotations
+
+import shutil
+import sqlite3
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from datasette_imgsearch.catalog.catalog import Catalog
+from datasette_imgsearch.duplicates.grouping import PIXEL_LIKENESS, PIXEL_LIKENESS_BUT_A_CORNER
+from datasette_imgsearch.duplicates.links import LinkGraph
+from datasette_imgsearch.duplicates.stage import update_groups
+from datasette_imgsearch.images.likeness import TURNS, Signatures, distance, likeness_hash, pixel_likeness, turned
+from datasette_imgsearch.images.pixels import thumbnail
+from datasette_imgsearch.images.toycopies import TRANSFORMS, score_groups, write_copies
+from datasette_imgsearch.images.toyworld import draw_image
+
+from .conftest import run_cli
+
+T = Image.Transpose
+
+
+@pytest.fixture(scope="module")
+def picture() -> Image.Image:
+    import random
+
+    return draw_image("blue", "triangle", random.Random(3), 128)
+
+
+# The hash ----------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("transpose,name", [
+    (T.FLIP_LEFT_RIGHT, "mirrored"), (T.FLIP_TOP_BOTTOM, "upside down"), (T.ROTATE_180, "turned 180°"),
+    (T.TRANSPOSE, "transposed"), (T.ROTATE_270, "turned 90° clockwise"), (T.ROTATE_90, "turned 90° anticlockwise"),
+    (T.TRANSVERSE, "transverse"),
+])
+def test_a_turned_or_mirrored_picture_hashes_to_a_turn_of_the_pictures_hash(
+    picture: Image.Image, transpose: Image.Transpose, name: str
+) -> None:
+    turns = turned(np.array([likeness_hash(picture)]))[0]
+    apart = distance(turns, np.int64(likeness_hash(picture.transpose(transpose))))
+    assert apart[TURNS.index(name)] <= 2 and apart[0] > 8  # found in that turn (a coefficient near 0 may flip)
+
+
+@pytest.mark.parametrize("edit", [
+    lambda im: im.resize((64, 64), Image.Resampling.BICUBIC), lambda im: im.point(lambda v: min(255, int(v * 1.15))),
+])
+def test_resizing_and_brightening_move_few_bits(picture: Image.Image, edit) -> None:  # type: ignore[no-untyped-def]
+    assert distance(likeness_hash(picture), likeness_hash(edit(picture))) <= 4
+
+
+# The pixels --------------------------------------------------------------------------------------------
+def confirmed(first: Image.Image, second: Image.Image) -> bool:
+    whole, most = pixel_likeness(Signatures(thumbnail(first)), Signatures(thumbnail(second)))
+    return whole >= PIXEL_LIKENESS or most >= PIXEL_LIKENESS_BUT_A_CORNER
+
+
+@pytest.mark.parametrize("transform", sorted(TRANSFORMS))
+def test_a_copy_made_any_of_the_ways_libraries_fill_up_looks_alike(picture: Image.Image, transform: str) -> None:
+    import random
+
+    assert confirmed(picture, TRANSFORMS[transform](picture, random.Random(1)))
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_another_picture_of_the_same_colour_and_shape_does_not(picture: Image.Image, seed: int) -> None:
+    import random
+
+    assert not confirmed(picture, draw_image("blue", "triangle", random.Random(100 + seed), 128))
+
+
+# Groups from pairs -------------------------------------------------------------------------------------
+def test_a_lone_mistaken_pair_between_two_groups_is_cut_and_a_lone_copy_is_kept() -> None:
+    graph = LinkGraph(is_picture=lambda node: node >= 0)
+    for a, b in [(1, 2), (2, 3), (1, 3), (4, 5), (5, 6)]:
+        graph.link(a, b, 0.995)  # copies all but identical: a chain of them is never cut
+    graph.link(3, 4, 0.98)  # the one pair that joins two otherwise separate groups
+    graph.link(6, 7, 0.975)  # a copy joined by one pair
+    graph.link(8, -1)  # a stored group's rows hang on its stand-in, which is no picture
+    graph.link(9, -1)
+    assert graph.groups() == [[1, 2, 3], [4, 5, 6, 7], [8, 9]]
+
+
+# Groups at build ---------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def copies_world(tmp_path_factory: pytest.TempPathFactory, toy_model: str) -> tuple[Path, Path, list, list]:
+    """24 toy originals with two copies each, built: (catalog, folder, originals, copies)."""
+    root = tmp_path_factory.mktemp("copies")
+    originals, copies = write_copies(root / "images", count=24, copies_each=2, seed=3)
+    run_cli("build", root / "photos.db", root / "images", "--model", toy_model)
+    return root / "photos.db", root / "images", originals, copies
+
+
+def groups_of(db: Path, folder: Path) -> dict[Path, int | None]:
+    conn = sqlite3.connect(db)
+    try:
+        return {folder / path: group for path, group in conn.execute("select path, duplicate_group from images")}
+    finally:
+        conn.close()
+
+
+def test_copies_share_their_originals_group_and_other_pictures_stay_apart(copies_world: tuple) -> None:
+    db, folder, originals, copies = copies_world
+    score = score_groups(groups_of(db, folder), originals, copies)
+    assert score.precision >= 0.98 and score.recall >= 0.95, score
+
+
+def test_a_group_is_named_after_its_keeper_the_largest_picture(copies_world: tuple) -> None:
+    db, folder, _, copies = copies_world
+    conn = sqlite3.connect(db)
+    enlarged = next(copy for copy in copies if copy.transform == "resized to 1.5x")
+    row_id, group, keeper = conn.execute(
+        "select id, duplicate_group, duplicate_keeper from images where path = ?", [enlarged.path.name]
+    ).fetchone()
+    assert group == row_id and keeper == 1
+    members = conn.execute("select duplicate_keeper from images where duplicate_group = ?", [group]).fetchall()
+    assert sorted(members) == [(0,), (0,), (1,)]
+    alone = "select count(*) from images where duplicate_group is null and duplicate_keeper is not null"
+    assert conn.execute(alone).fetchone() == (0,)
+
+
+def test_new_changed_and_removed_files_update_the_groups_without_comparing_everything(
+    tmp_path: Path, copies_world: tuple, toy_model: str
+) -> None:
+    _, source, originals, copies = copies_world
+    folder = tmp_path / "images"
+    shutil.copytree(source, folder)
+    db = tmp_path / "photos.db"
+    run_cli("build", db, folder, "--model", toy_model)
+    original = originals[5]
+    Image.open(original).transpose(T.ROTATE_90).save(folder / "new-turned-copy.jpg", quality=90)
+    output = run_cli("build", db, folder, "--model", toy_model)
+    assert "near-duplicates: 1 pictures compared" in output
+    groups = groups_of(db, folder)
+    assert groups[folder / "new-turned-copy.jpg"] == groups[folder / original.name] is not None
+    keeper = sqlite3.connect(db).execute("select path from images where id = ?", [groups[folder / original.name]]).fetchone()[0]
+    (folder / keeper).unlink()  # the keeper leaves: another member takes its place and gives the group its id
+    run_cli("build", db, folder, "--model", toy_model)
+    after = groups_of(db, folder)
+    conn = sqlite3.connect(db)
+    survivors = [path for path, group in groups.items() if group == groups[folder / original.name] and path.name != keeper]
+    new_group = after[survivors[0]]
+    assert new_group is not None and all(after[path] == new_group for path in survivors)
+    assert conn.execute("select duplicate_keeper from images where id = ?", [new_group]).fetchone() == (1,)
+    for path in survivors[1:]:
+        path.unlink()  # one picture left: it is in no group
+    run_cli("build", db, folder, "--model", toy_model)
+    assert groups_of(db, folder)[survivors[0]] is None
+
+
+def test_without_thumbnails_only_copies_whose_hashes_agree_are_grouped(
+    tmp_path: Path, picture: Image.Image, toy_model: str
+) -> None:
+    folder = tmp_path / "images"
+    folder.mkdir()
+    picture.save(folder / "a.png")
+    picture.transpose(T.FLIP_LEFT_RIGHT).save(folder / "a-mirrored.png")
+    import random
+
+    draw_image("blue", "triangle", random.Random(9), 128).save(folder / "b.png")
+    run_cli("build", tmp_path / "photos.db", folder, "--model", toy_model, "--no-thumbnails")
+    groups = groups_of(tmp_path / "photos.db", folder)
+    assert groups[folder / "a.png"] == groups[folder / "a-mirrored.png"] is not None and groups[folder / "b.png"] is None
+
+
+def test_a_catalog_of_the_previous_schema_is_hashed_from_its_thumbnails(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    shutil.copy(Path(__file__).parent / "fixtures" / "catalog-v4.db", path)
+    with Catalog(path, write=True) as catalog:
+        summary = update_groups(catalog)
+        assert summary.hashed == 10 and summary.checked == 10
+        assert catalog.meta("duplicates_version") == catalog.catalog_version
+    conn = sqlite3.connect(path)
+    assert conn.execute("select count(*) from images where likeness is null").fetchone() == (0,)
