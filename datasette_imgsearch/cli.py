@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import csv
+import functools
 import json
 import sys
 import time
@@ -15,6 +17,8 @@ from datasette_imgsearch.build.builder import Interrupted, build
 from datasette_imgsearch.build.engines import ENGINES
 from datasette_imgsearch.build.options import BuildOptions, RayOptions
 from datasette_imgsearch.catalog.catalog import Catalog
+from datasette_imgsearch.duplicates.collapse import Collapsed, collapsed, group_facts
+from datasette_imgsearch.duplicates.listing import MEMBER_COLUMNS, duplicate_groups
 from datasette_imgsearch.errors import ImgsearchError
 from datasette_imgsearch.images import pixels
 from datasette_imgsearch.models.choice import ModelChoice
@@ -198,7 +202,8 @@ def index_command(database: str, kind: str | None) -> None:
 @click.option("-k", "k", default="10", show_default=True, help="how many results")
 @click.option("--min-score", help="leave out results scoring below this cosine similarity (-1 to 1), or 'strong' for "
                                    "strong matches only")
-@click.option("--json", "as_json", is_flag=True, help="print a JSON array of {id, path, score}")
+@click.option("--json", "as_json", is_flag=True, help="print a JSON array of {id, path, score, ...}")
+@click.option("--all", "every_copy", is_flag=True, help="list every near-copy (by default a group shows once)")
 @model_options("override the catalog's image model (a moved local folder, say)")
 @click.option("--route", type=click.Choice(ROUTES), default="auto", show_default=True,
               help="which text model reads each term: auto sends plain-ASCII terms to CLIP's text tower and the "
@@ -207,7 +212,8 @@ def index_command(database: str, kind: str | None) -> None:
               help="how the query is encoded: auto uses bf16 only where the CPU computes it natively")
 def search_command(
     database: str, query: str | None, image_path: str | None, k: str, min_score: str | None, as_json: bool,
-    model: str | None, text_model: str | None, multilingual_model: str | None, device: str, route: str, precision: str,
+    every_copy: bool, model: str | None, text_model: str | None, multilingual_model: str | None, device: str, route: str,
+    precision: str,
 ) -> None:
     """Search DATABASE by text QUERY, or by a reference image with --image.
 
@@ -227,22 +233,31 @@ def search_command(
                              device=device, precision=precision)
         searcher = searcher_for(database, choice)
         if image_path is not None:
-            hits = searcher.search_image_bytes(pixels.read_bytes(image_path), count, cutoff)
+            picture = pixels.read_bytes(image_path)
+            ranking = functools.partial(searcher.search_image_bytes, picture, min_score=cutoff)
         else:
-            hits = searcher.search(query or "", count, cutoff)
+            ranking = functools.partial(searcher.search, query or "", min_score=cutoff)
             multilingual = [r for r in searcher.readings(query or "") if r.reader == MULTILINGUAL]
             if multilingual and not as_json:
                 click.echo(f"read by {multilingual[0].model}: {', '.join(r.text or '' for r in multilingual)}", err=True)
         with Catalog(database) as catalog:
-            paths = catalog.paths([hit.id for hit in hits])
+            if every_copy:
+                results = [Collapsed(hit, None, 0) for hit in ranking(count)]
+            else:
+                results, _ = collapsed(ranking, functools.partial(group_facts, catalog.db.conn), count, MAX_K)
+            paths = catalog.paths([result.hit.id for result in results])
     if as_json:
-        click.echo(json.dumps([{**hit.as_dict(), "path": paths.get(hit.id)} for hit in hits], indent=2))
+        click.echo(json.dumps([{**r.hit.as_dict(), "path": paths.get(r.hit.id), "near_copies": r.near_copies}
+                               for r in results], indent=2))
         return
-    if not hits:
+    if not results:
         click.echo("no results", err=True)
-    for rank, hit in enumerate(hits, 1):
+    for rank, result in enumerate(results, 1):
+        hit = result.hit
         strength = [] if hit.strength is None else [f"{hit.strength:4.0%}{'*' if hit.strong else ' '}"]
-        click.echo("  ".join([f"{rank:4d}", f"{hit.score:.4f}", *strength, str(paths.get(hit.id))]))
+        copies = [f"(+{result.near_copies} near-cop{'y' if result.near_copies == 1 else 'ies'})"] if result.near_copies else []
+        click.echo("  ".join([f"{rank:4d}", f"{hit.score:.4f}", *strength, str(paths.get(hit.id)), *copies]))
+    hits = [result.hit for result in results]
     if hits and hits[0].strength is not None:
         click.echo(f"strength: the share of random texts whose best match in this catalog scores lower; "
                    f"* marks strong matches (at least {STRONG:.0%})", err=True)
@@ -267,6 +282,44 @@ def info_command(database: str, as_json: bool) -> None:
     for key, value in shown.items():
         if key not in HIDDEN_INFO_KEYS and value is not None:
             click.echo(f"{key + ':':<12} {value}")
+
+
+@cli.command(name="duplicates")
+@click.argument("database", type=click.Path(exists=True, dir_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="print a JSON array of groups")
+@click.option("--csv", "as_csv", is_flag=True, help="print CSV, one row per picture")
+def duplicates_command(database: str, as_json: bool, as_csv: bool) -> None:
+    """List the groups of near-duplicate pictures in DATABASE, largest first, the suggested keeper of
+    each (the largest picture, then the oldest) marked with *. Nothing is ever deleted.
+
+    \b
+        datasette-imgsearch duplicates photos.db
+        datasette-imgsearch duplicates photos.db --csv > duplicates.csv
+    """
+    if as_json and as_csv:
+        raise click.UsageError("choose one of --json and --csv")
+    with user_errors(), Catalog(database) as catalog:
+        groups = duplicate_groups(catalog.db.conn)
+    if as_json:
+        click.echo(json.dumps([group.as_dict() for group in groups], indent=2))
+    elif as_csv:
+        writer = csv.writer(sys.stdout, lineterminator="\n")
+        writer.writerow(["group", *MEMBER_COLUMNS[:-1], "keeper"])
+        for group in groups:
+            for m in group.members:
+                writer.writerow([group.id, m.id, m.path, m.width, m.height, m.size, m.taken, m.modified, int(m.keeper)])
+    else:
+        for group in groups:
+            click.echo(f"group {group.id}: {len(group.members)} pictures")
+            for m in group.members:
+                when = m.taken or m.modified
+                click.echo(f"  {'*' if m.keeper else ' '} {m.path}  {m.width}×{m.height}  {_bytes(m.size)}  {when}")
+        copies = sum(len(group.members) - 1 for group in groups)
+        click.echo(f"{len(groups)} groups, {copies} copies beside their keepers" if groups else "no near-duplicates")
+
+
+def _bytes(size: int) -> str:
+    return f"{size / 1e6:.1f} MB" if size >= 1e6 else f"{max(1, round(size / 1e3))} KB"
 
 
 @cli.command(name="fetch-model")

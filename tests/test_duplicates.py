@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import csv
+import io
+import json
 import shutil
 import sqlite3
 from pathlib import Path
@@ -175,3 +178,79 @@ def test_a_catalog_of_the_previous_schema_is_hashed_from_its_thumbnails(tmp_path
         assert catalog.meta("duplicates_version") == catalog.catalog_version
     conn = sqlite3.connect(path)
     assert conn.execute("select count(*) from images where likeness is null").fetchone() == (0,)
+
+
+# Review ------------------------------------------------------------------------------------------------
+def test_the_duplicates_command_lists_each_group_with_its_keeper_first(copies_world: tuple) -> None:
+    db, *_ = copies_world
+    text = run_cli("duplicates", db)
+    assert text.splitlines()[1].startswith("  * ") and "copies beside their keepers" in text
+    groups = json.loads(run_cli("duplicates", db, "--json"))
+    assert groups and all(g["members"][0]["keeper"] and not any(m["keeper"] for m in g["members"][1:]) for g in groups)
+    rows = list(csv.DictReader(io.StringIO(run_cli("duplicates", db, "--csv"))))
+    assert len(rows) == sum(g["count"] for g in groups) and {"group", "path", "keeper", "width", "size"} <= set(rows[0])
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--json", "--csv"], "choose one of --json and --csv"),
+])
+def test_the_duplicates_command_refuses_what_it_cannot_do(copies_world: tuple, args: list[str], message: str) -> None:
+    assert message in run_cli("duplicates", copies_world[0], *args, expect=2)
+
+
+def test_a_catalog_built_before_groups_says_to_build_it(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    shutil.copy(Path(__file__).parent / "fixtures" / "catalog-v4.db", path)
+    assert "built before near-duplicates were found: run 'datasette-imgsearch build'" in run_cli("duplicates", path, expect=1)
+
+
+# Collapsed results -------------------------------------------------------------------------------------
+def test_a_search_shows_each_group_once_and_k_counts_what_is_shown(copies_world: tuple) -> None:
+    db, *_ = copies_world
+    shown = json.loads(run_cli("search", db, "a blue circle", "-k", "6", "--json"))
+    every = json.loads(run_cli("search", db, "a blue circle", "-k", "6", "--json", "--all"))
+    groups = sqlite3.connect(db).execute("select id, duplicate_group from images").fetchall()
+    group_of = dict(groups)
+    assert len(shown) == len(every) == 6
+    kept = [group_of[hit["id"]] for hit in shown if group_of[hit["id"]] is not None]
+    assert len(kept) == len(set(kept)) and any(hit["near_copies"] == 2 for hit in shown)
+    assert len({group_of[hit["id"]] for hit in every}) < 6  # every copy: groups repeat
+    assert "(+2 near-copies)" in run_cli("search", db, "a blue circle", "-k", "3")
+
+
+@pytest.mark.asyncio
+async def test_the_page_and_json_collapse_near_copies_and_link_to_them(copies_world: tuple) -> None:
+    from datasette.app import Datasette
+
+    db, *_ = copies_world
+    ds = Datasette([str(db)])
+    await ds.invoke_startup()
+    url = "/photos/images/-/imgsearch"
+    data = (await ds.client.get(url + ".json", params={"q": "a blue circle", "k": "6"})).json()
+    groups = [r["duplicate_group"] for r in data["results"] if r["duplicate_group"] is not None]
+    assert data["count"] == 6 and len(groups) == len(set(groups))
+    copied = next(r for r in data["results"] if r["near_copies"])
+    gallery = await ds.client.get(copied["near_copies_url"])
+    assert gallery.status_code == 200 and gallery.text.count('class="thumb"') == copied["near_copies"] + 1
+    every = (await ds.client.get(url + ".json", params={"q": "a blue circle", "k": "6", "collapse": "0"})).json()
+    assert every["count"] == 6 and all(r["near_copies"] == 0 for r in every["results"])
+    page = (await ds.client.get(url, params={"q": "a blue circle", "k": "6"})).text
+    assert "near-copies</a>" in page and "Show every copy" in page
+    wrong = await ds.client.get(url + ".json", params={"q": "a blue circle", "collapse": "yes"})
+    assert wrong.status_code == 400 and "collapse is 1" in wrong.json()["error"]
+
+
+@pytest.mark.asyncio
+async def test_a_catalog_served_read_only_before_groups_existed_still_answers(tmp_path: Path, toy_model: str) -> None:
+    from datasette.app import Datasette
+
+    from .test_plugin import DATASETTE_1
+
+    path = tmp_path / "old.db"
+    shutil.copy(Path(__file__).parent / "fixtures" / "catalog-v4.db", path)
+    config = {"plugins": {"datasette-imgsearch": {"model": toy_model}}}  # the fixture names this checkout's folder
+    ds = Datasette([], immutables=[str(path)], **({"config": config} if DATASETTE_1 else {"metadata": config}))
+    await ds.invoke_startup()
+    data = (await ds.client.get("/old/images/-/imgsearch.json", params={"q": "a red circle", "k": "3"})).json()
+    assert data["count"] == 3 and "duplicate_group" not in data["results"][0]
+    assert (await ds.client.get("/old/images/-/imgsearch", params={"_sort": "name"})).status_code == 200

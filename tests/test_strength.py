@@ -94,7 +94,7 @@ def test_the_command_line_marks_strong_hits(shared_catalog: Path) -> None:
     assert all(re.match(r"^ +\d  0\.\d{4}  100%\*  blue-square-", line) for line in lines[:3]), lines
     assert run_cli("search", shared_catalog, "xyzzy plugh", "--min-score", "strong", "--json").strip() == "[]"
     hits = json.loads(run_cli("search", shared_catalog, "a blue square", "-k", "2", "--json"))
-    assert [set(hit) for hit in hits] == [{"id", "score", "strength", "path"}] * 2
+    assert [set(hit) for hit in hits] == [{"id", "score", "strength", "path", "near_copies"}] * 2
 
 
 @pytest_asyncio.fixture

@@ -51,6 +51,8 @@ COLUMNS: dict[str, str] = {
     "duplicate_keeper": "INTEGER",
 }
 BLOB_COLUMNS = ("thumbnail", "embedding")
+# What a search result or a gallery shows of a row: every column but the BLOBs and the likeness hash.
+ROW_COLUMNS = ("id",) + tuple(name for name in COLUMNS if name not in BLOB_COLUMNS + ("likeness",))
 # The columns that come from the file system; every other column comes from the file's bytes, so a file
 # whose bytes are already catalogued (a copy, a moved or returning file) takes those over.
 FILE_COLUMNS = ("path", "name", "folder", "size", "modified", "mtime_ns", "hash")

@@ -12,13 +12,10 @@ from datasette.database import QueryInterrupted
 from datasette.filters import Filters
 from datasette.utils.sqlite import sqlite3
 
-from datasette_imgsearch.catalog.schema import BLOB_COLUMNS, COLUMNS, TABLE
+from datasette_imgsearch.catalog.schema import TABLE
 from datasette_imgsearch.errors import RequestError
 from datasette_imgsearch.search.arguments import Candidates
-from datasette_imgsearch.settings import Settings
 from datasette_imgsearch.web.target import Target, argument_pairs
-
-ROW_COLUMNS = ["id"] + [c for c in COLUMNS if c not in BLOB_COLUMNS]
 
 if TYPE_CHECKING:
     from datasette.app import Datasette
@@ -29,7 +26,7 @@ if TYPE_CHECKING:
 MAX_ARGUMENTS = 64  # a URL with more is not one a person or a page made
 MAX_FILTERS = 16
 FACET_SIZE = 30  # values shown per facet, as Datasette's own facets show
-SEARCH_FIELDS = ("q", "k", "min_score")
+SEARCH_FIELDS = ("q", "k", "min_score", "collapse")
 FORM_FIELDS = SEARCH_FIELDS + ("image", "csrftoken")  # the search's own fields, never column filters
 YEAR = "year"
 SUGGESTED_FACETS = ("format", "camera_model", YEAR, "folder")
@@ -48,23 +45,23 @@ class Narrowing:
     sort: tuple[str, bool] | None = None  # (column, descending) from _sort or _sort_desc
 
 
-def read_narrowing(request: "Request", settings: Settings) -> Narrowing:
+def read_narrowing(request: "Request", target: Target) -> Narrowing:
     """Column filters in Datasette's syntax (``taken__startswith=2020&camera_model=Canon+EOS+5D``),
     ``_facet=COLUMN`` and ``_next=OFFSET``; 400 for a column or an operator that does not exist, and for
     more filters or facets than a person asks for (each costs SQL or work per result)."""
-    narrowing = Narrowing()
+    narrowing, columns, settings = Narrowing(), target.row_columns, target.settings
     pairs = argument_pairs(request)
     if len(pairs) > MAX_ARGUMENTS:
         raise RequestError(400, f"the URL has {len(pairs)} arguments; at most {MAX_ARGUMENTS} are taken")
     for key, value in pairs:
         if key == "_facet":
-            if value not in ROW_COLUMNS and value != YEAR:
-                raise RequestError(400, f"cannot facet by {value[:40]!r}: use {YEAR} or one of {', '.join(ROW_COLUMNS)}")
+            if value not in columns and value != YEAR:
+                raise RequestError(400, f"cannot facet by {value[:40]!r}: use {YEAR} or one of {', '.join(columns)}")
             if value not in narrowing.facets:
                 narrowing.facets.append(value)
         elif key in ("_sort", "_sort_desc"):
-            if value not in ROW_COLUMNS:
-                raise RequestError(400, f"cannot sort by {value[:40]!r}: use one of {', '.join(ROW_COLUMNS)}")
+            if value not in columns:
+                raise RequestError(400, f"cannot sort by {value[:40]!r}: use one of {', '.join(columns)}")
             narrowing.sort = (value, key == "_sort_desc")
         elif key == "_next":
             if not (value.isascii() and value.isdigit()) or int(value) >= settings.max_k:
@@ -72,8 +69,8 @@ def read_narrowing(request: "Request", settings: Settings) -> Narrowing:
             narrowing.offset = int(value)
         elif not key.startswith("_") and key not in FORM_FIELDS:
             column = key.rsplit("__", 1)[0] if "__" in key else key
-            if column not in ROW_COLUMNS:
-                raise RequestError(400, f"cannot filter on {column!r}: the columns are {', '.join(ROW_COLUMNS)}")
+            if column not in columns:
+                raise RequestError(400, f"cannot filter on {column!r}: the columns are {', '.join(columns)}")
             narrowing.filters.append((key, value))
     if len(narrowing.filters) > MAX_FILTERS:
         raise RequestError(400, f"{len(narrowing.filters)} column filters; at most {MAX_FILTERS} are taken")
@@ -101,10 +98,10 @@ async def browsed_rows(datasette: "Datasette", target: Target, narrowing: Narrow
     (by id when none): the gallery without a query."""
     column, descending = narrowing.sort or ("id", False)
     where = f"where {narrowing.where}" if narrowing.where else ""
-    sql = (f"select {', '.join(f'[{c}]' for c in ROW_COLUMNS)} from [{TABLE}] {where} "
+    sql = (f"select {', '.join(f'[{c}]' for c in target.row_columns)} from [{TABLE}] {where} "
            f"order by [{column}] {'desc' if descending else 'asc'}, id limit {int(k)} offset {int(narrowing.offset)}")
     result = await filtered(datasette, target, sql, narrowing.params)
-    return [dict(zip(ROW_COLUMNS, row)) for row in result.rows]
+    return [dict(zip(target.row_columns, row)) for row in result.rows]
 
 
 async def filtered(datasette: "Datasette", target: Target, sql: str, params: dict[str, Any]) -> Any:

@@ -16,8 +16,11 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from datasette.utils.asgi import Response
+from sqlite_utils.utils import sqlite3
 
+from datasette_imgsearch.catalog.catalog import read_only_uri
 from datasette_imgsearch.catalog.schema import TABLE
+from datasette_imgsearch.duplicates.collapse import Collapsed, collapsed, group_facts
 from datasette_imgsearch.errors import ImgsearchError, QueryError, RequestError, web_message
 from datasette_imgsearch.images import pixels
 from datasette_imgsearch.models.names import model_label
@@ -28,7 +31,6 @@ from datasette_imgsearch.vectors.ranking import Hit
 from datasette_imgsearch.web import csrf
 from datasette_imgsearch.web.narrowing import (
     FORM_FIELDS,
-    ROW_COLUMNS,
     SEARCH_FIELDS,
     Narrowing,
     browsed_rows,
@@ -73,6 +75,7 @@ class SearchRequest:
     image: bytes | None
     k: int
     min_score: MinScore
+    collapse: bool = True  # one result per near-duplicate group; collapse=0 shows every copy
 
 
 async def read_search_request(datasette: "Datasette", request: "Request", settings: Settings) -> SearchRequest:
@@ -92,7 +95,32 @@ async def read_search_request(datasette: "Datasette", request: "Request", settin
     if "\x00" in values.get("q", ""):
         raise QueryError("the query holds a NUL character")
     k = check_k(values.get("k", settings.page_size), settings.max_k)
-    return SearchRequest(values.get("q", "").strip(), image, k, check_min_score(values.get("min_score")))
+    collapse = values.get("collapse", "1")
+    if collapse not in ("0", "1"):
+        raise QueryError(f"collapse is 1 (one result per group of near-copies, the default) or 0, not {collapse[:20]!r}")
+    return SearchRequest(values.get("q", "").strip(), image, k, check_min_score(values.get("min_score")), collapse == "1")
+
+
+def run_ranking(
+    target: Target, search: SearchRequest, candidates: Candidates | None, offset: int
+) -> tuple[list[Collapsed], bool, list[Reading], float | None]:
+    """``search.k`` results from ``offset`` on, one per near-duplicate group unless ``search.collapse`` is
+    off or the catalog has no groups; whether more exist; and what :func:`run_search` says of the query."""
+    if not (search.collapse and "duplicate_group" in target.row_columns):
+        hits, readings, strong_score = run_search(target, search, candidates, offset)
+        return [Collapsed(hit, None, 0) for hit in hits[:search.k]], len(hits) > search.k, readings, strong_score
+    said: list[Any] = [[], None]
+
+    def ranking(count: int) -> list[Hit]:
+        hits, said[0], said[1] = run_search(target, replace(search, k=count - 1), candidates, 0)
+        return hits
+
+    conn = sqlite3.connect(read_only_uri(target.path, target.immutable), uri=True, check_same_thread=False)
+    try:
+        kept, more = collapsed(ranking, lambda ids: group_facts(conn, ids), offset + search.k, target.settings.max_k)
+    finally:
+        conn.close()
+    return kept[offset:], more, said[0], said[1]
 
 
 def run_search(
@@ -135,7 +163,7 @@ async def search(datasette: "Datasette", request: "Request", target: Target, bro
     """The one pipeline behind the page and the JSON: read the request, filter, rank, join the rows. With
     ``browse`` (the page), no query lists the rows that pass the filters, sorted by a column: a gallery."""
     wanted = await read_search_request(datasette, request, target.settings)
-    narrowing = read_narrowing(request, target.settings)
+    narrowing = read_narrowing(request, target)
     if not wanted.query and wanted.image is None:
         if not browse:
             raise QueryError("add ?q=... to the URL, or POST an image in a field named 'image'")
@@ -148,11 +176,12 @@ async def search(datasette: "Datasette", request: "Request", target: Target, bro
     candidates = await candidates_for(datasette, target, narrowing)
     offset = 0 if narrowing.sort else narrowing.offset
     asked = replace(wanted, k=target.settings.max_k - 1) if narrowing.sort else wanted
-    hits, readings, strong_score = await in_thread(run_search, target, asked, candidates, offset, pool=search_threads())
-    results = await rows_for(datasette, target, hits, wanted.k)
+    kept, more, readings, strong_score = await in_thread(run_ranking, target, asked, candidates, offset, pool=search_threads())
+    results = await rows_for(datasette, target, kept, wanted.k)
     if narrowing.sort:  # every strong hit, in the column's order, a page of them
         results = sorted_by(results, *narrowing.sort)[narrowing.offset:]
-    return Outcome(wanted, narrowing, results[:wanted.k], len(results) > wanted.k, readings, strong_score)
+        more = len(results) > wanted.k
+    return Outcome(wanted, narrowing, results[:wanted.k], more, readings, strong_score)
 
 
 def sorted_by(results: list[dict[str, Any]], column: str, descending: bool) -> list[dict[str, Any]]:
@@ -161,23 +190,29 @@ def sorted_by(results: list[dict[str, Any]], column: str, descending: bool) -> l
     return valued + [row for row in results if row[column] is None]
 
 
-async def rows_for(datasette: "Datasette", target: Target, hits: list[Hit], k: int) -> list[dict[str, Any]]:
-    """The hits joined to their rows (no BLOBs), in rank order, with links."""
-    if not hits:
+async def rows_for(datasette: "Datasette", target: Target, kept: list[Collapsed], k: int) -> list[dict[str, Any]]:
+    """The results joined to their rows (no BLOBs), in rank order, with links."""
+    if not kept:
         return []
     db = datasette.databases[target.database]
-    ids = [hit.id for hit in hits]
+    ids = [result.hit.id for result in kept]
     result = await db.execute(
-        f"select {', '.join(f'[{c}]' for c in ROW_COLUMNS)} from [{TABLE}] where id in ({', '.join('?' for _ in ids)})", ids
+        f"select {', '.join(f'[{c}]' for c in target.row_columns)} from [{TABLE}] where id in ({', '.join('?' for _ in ids)})",
+        ids,
     )
-    rows = {row["id"]: dict(zip(ROW_COLUMNS, row)) for row in result.rows}
-    return [linked(datasette, target, rows[hit.id], hit, k) for hit in hits if hit.id in rows]  # a row removed since: gone
+    rows = {row["id"]: dict(zip(target.row_columns, row)) for row in result.rows}
+    return [linked(datasette, target, rows[result.hit.id], result.hit, k, result.near_copies)
+            for result in kept if result.hit.id in rows]  # a row removed since: gone
 
 
-def linked(datasette: "Datasette", target: Target, row: dict[str, Any], hit: Hit | None, k: int) -> dict[str, Any]:
-    """A result: its row, its score and strength (None when browsing), and its links."""
+def linked(
+    datasette: "Datasette", target: Target, row: dict[str, Any], hit: Hit | None, k: int, near_copies: int = 0
+) -> dict[str, Any]:
+    """A result: its row, its score and strength (None when browsing), its near-copies that the result
+    stands for, and its links."""
     base = search_url(datasette, target.database, target.table)
     row_id = row["id"]
+    group = row.get("duplicate_group")
     return {
         **row,
         "score": None if hit is None else round(hit.score, 6),
@@ -186,6 +221,8 @@ def linked(datasette: "Datasette", target: Target, row: dict[str, Any], hit: Hit
         "row_url": datasette.urls.row(target.database, target.table, str(row_id)),
         "thumbnail_url": f"{base}/thumbnail/{row_id}",
         "more_like_this_url": f"{base}?{urllib.parse.urlencode({'q': f'row:{row_id}', 'k': k})}",
+        "near_copies": near_copies,
+        "near_copies_url": f"{base}?{urllib.parse.urlencode({'duplicate_group': group})}" if near_copies else None,
     }
 
 
@@ -202,7 +239,7 @@ def sql_url(datasette: "Datasette", target: Target, search: SearchRequest, narro
     if search.image is not None or not search.query:
         return None
     thumbnails = search_url(datasette, target.database, target.table) + "/thumbnail/"
-    columns = ", ".join([f"{TABLE}.[{c}]" for c in ROW_COLUMNS] + [f"'{thumbnails}' || {TABLE}.id as thumbnail_url"])
+    columns = ", ".join([f"{TABLE}.[{c}]" for c in target.row_columns] + [f"'{thumbnails}' || {TABLE}.id as thumbnail_url"])
     sql = SQL_RECIPE.format(table=TABLE).replace(f"{TABLE}.*", columns)  # exports carry a short link, not the JPEG
     if narrowing.where:
         among = f"(select json_group_array(id) from {TABLE} where {narrowing.where})"
@@ -298,6 +335,7 @@ def page_context(datasette: "Datasette", request: "Request", target: Target) -> 
         "form_action": link(page, request, drop=FORM_FIELDS) if filters else page,
         "clear_filters_url": link(page, request, drop=tuple(key for key, _ in filters if key != "_facet")),
         "facets": {}, "suggested_facets": [], "filter_description": None, "next_url": None, "show_weak_url": None,
+        "collapsed_note": False, "every_copy_url": None,
         "reference_urls": [],
         "terms": [],
     }
@@ -322,6 +360,8 @@ def outcome_context(
         "terms": [{**reading.as_dict(), "model": model_label(reading.model)} for reading in outcome.readings],
         "next_url": link(page, request, add=(("_next", str(narrowing.offset + wanted.k)),)) if more else None,
         "show_weak_url": link(page, request, add=((SHOW_WEAK, "1"),)) if hide_weak else None,
+        "collapsed_note": any(result["near_copies"] for result in outcome.results),
+        "every_copy_url": link(page, request, drop=("collapse",), add=(("collapse", "0"),)),
         "sort_label": sort_label(narrowing.sort),
         "sort_links": [] if wanted.image is not None else sort_links(page, request, bool(wanted.query)),
         "offset": narrowing.offset,

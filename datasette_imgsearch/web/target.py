@@ -13,7 +13,7 @@ from datasette.utils import tilde_decode
 from datasette.utils.asgi import Response
 
 from datasette_imgsearch.catalog.catalog import is_catalog
-from datasette_imgsearch.catalog.schema import TABLE
+from datasette_imgsearch.catalog.schema import ROW_COLUMNS, TABLE
 from datasette_imgsearch.errors import ImgsearchError, RequestError, web_message
 from datasette_imgsearch.search.registry import searcher_for
 from datasette_imgsearch.settings import Settings
@@ -35,6 +35,7 @@ class Target:
     path: str
     immutable: bool
     settings: Settings
+    row_columns: tuple[str, ...] = ROW_COLUMNS  # those of ROW_COLUMNS the catalog has (an older one has fewer)
 
     def searcher(self) -> "Searcher":
         return searcher_for(self.path, self.settings.models, self.immutable)
@@ -62,10 +63,12 @@ async def resolve(datasette: "Datasette", request: "Request") -> Target:
         raise RequestError(404, f"{database}/{table} is not an image catalog")
     if not await can_view_table(datasette, request.actor, database, table):
         raise RequestError(403, "you do not have permission to view this table")
-    holds_catalog = await datasette.databases[database].execute_fn(is_catalog)
-    if not holds_catalog:
+    db = datasette.databases[database]
+    if not await db.execute_fn(is_catalog):
         raise RequestError(404, f"{database} holds no imgsearch catalog")
-    return Target(database, table, *found, Settings.for_database(datasette, database))
+    present = set(await db.table_columns(TABLE))
+    columns = tuple(column for column in ROW_COLUMNS if column in present)
+    return Target(database, table, *found, Settings.for_database(datasette, database), columns)
 
 
 async def in_thread(function: Callable[..., Any], *args: Any, pool: concurrent.futures.Executor | None = None) -> Any:

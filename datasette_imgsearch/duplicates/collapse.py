@@ -1,0 +1,76 @@
+"""One result per near-duplicate group: the best-ranked picture of each group stands for the others.
+
+A ranking is collapsed by walking it in order and keeping a picture only if no better-ranked picture of
+its group was kept; ``k`` counts what is kept, so a search asks for more hits than it shows
+(:func:`collapsed`) until ``k`` are kept or the ranking runs out. Each kept picture says how many other
+pictures its group holds in the catalog, whether or not they ranked.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from datasette_imgsearch.catalog.schema import TABLE
+from datasette_imgsearch.vectors.ranking import Hit
+
+FIRST_HITS_PER_RESULT = 3  # hits asked for per result wanted, at first; four times more each time short
+
+
+@dataclass(frozen=True)
+class GroupFact:
+    group: int | None
+    size: int  # pictures in the group, 1 when it is alone
+
+
+@dataclass(frozen=True)
+class Collapsed:
+    """A kept hit, its group and how many other pictures that group holds."""
+
+    hit: Hit
+    group: int | None
+    near_copies: int
+
+
+def group_facts(conn: Any, ids: list[int]) -> dict[int, GroupFact]:
+    """id → its group and the group's size, for the rows of ``ids`` (empty for a catalog without groups)."""
+    if not ids or "duplicate_group" not in {row[1] for row in conn.execute(f"pragma table_info([{TABLE}])")}:
+        return {}
+    facts: dict[int, GroupFact] = {}
+    for start in range(0, len(ids), 10_000):  # SQLite caps the number of parameters
+        chunk = ids[start:start + 10_000]
+        rows = conn.execute(
+            f"select id, duplicate_group, (select count(*) from [{TABLE}] as member where "
+            f"member.duplicate_group = row.duplicate_group) from [{TABLE}] as row "
+            f"where id in ({', '.join('?' for _ in chunk)})",
+            chunk,
+        ).fetchall()
+        facts.update({id_: GroupFact(group, size if group is not None else 1) for id_, group, size in rows})
+    return facts
+
+
+def collapse(hits: list[Hit], facts: dict[int, GroupFact]) -> list[Collapsed]:
+    """The hits, in order, without those whose group a better-ranked hit already stands for."""
+    kept, seen = [], set()
+    for hit in hits:
+        fact = facts.get(hit.id, GroupFact(None, 1))
+        if fact.group is not None:
+            if fact.group in seen:
+                continue
+            seen.add(fact.group)
+        kept.append(Collapsed(hit, fact.group, fact.size - 1))
+    return kept
+
+
+def collapsed(
+    ranking: Callable[[int], list[Hit]], facts_of: Callable[[list[int]], dict[int, GroupFact]], wanted: int, most: int
+) -> tuple[list[Collapsed], bool]:
+    """Up to ``wanted`` collapsed results from ``ranking(n)`` (the first ``n`` hits, ``n`` ≤ ``most``), and
+    whether more exist beyond them."""
+    asked = min(most, wanted * FIRST_HITS_PER_RESULT + 8)
+    while True:
+        hits = ranking(asked)
+        kept = collapse(hits, facts_of([hit.id for hit in hits]))
+        if len(kept) > wanted or len(hits) < asked or asked >= most:
+            return kept[:wanted], len(kept) > wanted
+        asked = min(most, asked * 4)
