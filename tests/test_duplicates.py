@@ -123,6 +123,13 @@ def test_a_group_is_named_after_its_keeper_the_largest_picture(copies_world: tup
     assert sorted(members) == [(0,), (0,), (1,)]
     alone = "select count(*) from images where duplicate_group is null and duplicate_keeper is not null"
     assert conn.execute(alone).fetchone() == (0,)
+    same_size = {"turned 90°", "turned 180°", "turned 270°", "mirrored", "darker by 20%", "less contrast", "with an overlay"}
+    by_original: dict[Path, set[str]] = {}
+    for copy in copies:
+        by_original.setdefault(copy.original, set()).add(copy.transform)
+    original = next(path for path, made in by_original.items() if made <= same_size)
+    keeper = conn.execute("select duplicate_keeper from images where path = ?", [original.name]).fetchone()
+    assert keeper == (1,)  # as large as its copies, and older: the original is kept
 
 
 def test_new_changed_and_removed_files_update_the_groups_without_comparing_everything(
@@ -254,3 +261,24 @@ async def test_a_catalog_served_read_only_before_groups_existed_still_answers(tm
     data = (await ds.client.get("/old/images/-/imgsearch.json", params={"q": "a red circle", "k": "3"})).json()
     assert data["count"] == 3 and "duplicate_group" not in data["results"][0]
     assert (await ds.client.get("/old/images/-/imgsearch", params={"_sort": "name"})).status_code == 200
+
+
+@pytest.mark.asyncio
+async def test_the_duplicates_page_shows_groups_side_by_side_and_the_table_page_links_to_it(copies_world: tuple) -> None:
+    from datasette.app import Datasette
+
+    db, *_ = copies_world
+    ds = Datasette([str(db)])
+    await ds.invoke_startup()
+    url = "/photos/images/-/imgsearch/duplicates"
+    assert url in (await ds.client.get("/photos/images")).text
+    first = (await ds.client.get(url + ".json")).json()
+    assert first["groups"] >= 21 and len(first["results"]) == 20 and first["next_url"]
+    rest = (await ds.client.get(first["next_url"])).json()
+    assert len(rest["results"]) == first["groups"] - 20 and rest["next_url"] is None
+    group = first["results"][0]
+    assert group["members"][0]["keeper"] and (await ds.client.get(group["members"][1]["thumbnail_url"])).status_code == 200
+    page = (await ds.client.get(url)).text
+    assert page.count('class="imgsearch-group"') == 20 and page.count(">keep</span>") == 20 and "Next groups" in page
+    bad = await ds.client.get(url, params={"_next": "-1"})
+    assert bad.status_code == 400

@@ -2,8 +2,8 @@
 
 The rows whose pixels are new since the stage last ran (the catalog's change log names them, from the
 version recorded as ``duplicates_version``) are compared with every row; the groups they join are
-merged, and each changed group elects its keeper again: the largest picture, then the oldest, then the
-lowest id. A group's id is its keeper's id, so ``duplicate_group`` links to the keeper's row. Groups
+merged, and each changed group elects its keeper again: the largest picture, then the oldest (see
+:func:`_keeper`). A group's id is its keeper's id, so ``duplicate_group`` links to the keeper's row. Groups
 that lost their keeper or fell to one picture are repaired too. Everything is written in one
 transaction with the version it covers, so an interrupted run leaves the previous groups and the next
 run does the work again.
@@ -93,11 +93,12 @@ def _regroup(catalog: Catalog, current: dict[int, int], todo: set[int],
 
 
 def _keeper(catalog: Catalog, members: list[int]) -> int:
-    """The largest picture (pixels, then bytes), then the oldest (taken, else modified), then the lowest id."""
+    """The largest picture (in pixels), then the oldest (taken, then the file's modification time: a copy is
+    usually written after its original), then the most bytes, then the lowest id."""
     placeholders = ", ".join("?" for _ in members)
     row = catalog.db.execute(
-        f"select id from [{TABLE}] where id in ({placeholders}) "
-        "order by coalesce(width * height, 0) desc, size desc, coalesce(taken, modified) asc, id asc limit 1",
+        f"select id from [{TABLE}] where id in ({placeholders}) order by coalesce(width * height, 0) desc, "
+        "taken is null, taken asc, mtime_ns asc, size desc, id asc limit 1",
         members,
     ).fetchone()
     return int(row[0])

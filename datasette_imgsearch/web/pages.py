@@ -20,7 +20,8 @@ _TABLE_SCRIPT = """
   if (!heading) { return; }
   var link = document.createElement("p");
   link.className = "imgsearch-table-link";
-  link.innerHTML = '<a href="' + IMGSEARCH.search + '"><strong>Search these images by text or example</strong></a>';
+  link.innerHTML = '<a href="' + IMGSEARCH.search + '"><strong>Search these images by text or example</strong></a>' +
+    ' · <a href="' + IMGSEARCH.duplicates + '">Near-duplicates</a>';
   (heading.closest(".page-header") || heading).insertAdjacentElement("afterend", link);
 })();
 """
@@ -62,7 +63,7 @@ def page_script(datasette: "Datasette", database: str, table: str, view_name: st
     """The script for a catalog's table or row page; None for any other page."""
     base = search_url(datasette, database, table)
     if view_name == "table":
-        return f"var IMGSEARCH = {json.dumps({'search': base})};" + _TABLE_SCRIPT
+        return f"var IMGSEARCH = {json.dumps({'search': base, 'duplicates': base + '/duplicates'})};" + _TABLE_SCRIPT
     row_id = str((getattr(request, "url_vars", None) or {}).get("pks", ""))
     if view_name != "row" or not row_id.isascii() or not row_id.isdigit():
         return None

@@ -15,11 +15,13 @@ UPLOAD_ROUTES = re.compile(_TABLE + r"(\.json)?$")  # the search page and its JS
 
 def routes() -> list[tuple[str, Any]]:
     """Datasette's ``register_routes``: each pattern and its view."""
-    from datasette_imgsearch.web import images, search, status
+    from datasette_imgsearch.web import duplicates, images, search, status
 
     return [
         (_TABLE + r"$", search.search_page),
         (_TABLE + r"\.json$", search.search_json),
+        (_TABLE + r"/duplicates$", duplicates.duplicates_page),
+        (_TABLE + r"/duplicates\.json$", duplicates.duplicates_json),
         (_TABLE + r"/thumbnail/(?P<id>[0-9]+)$", images.thumbnail_view),
         (_TABLE + r"/original/(?P<id>[0-9]+)$", images.original_view),
         ("^" + SEGMENT + r"(\.json)?$", status.status_view),
