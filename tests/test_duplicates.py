@@ -282,3 +282,63 @@ async def test_the_duplicates_page_shows_groups_side_by_side_and_the_table_page_
     assert page.count('class="imgsearch-group"') == 20 and page.count(">keep</span>") == 20 and "Next groups" in page
     bad = await ds.client.get(url, params={"_next": "-1"})
     assert bad.status_code == 400
+
+
+# At scale ----------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("hashes,neighbours", [
+    ("compared one by one", "every vector"), ("looked up by quarters", "an index made for it"),
+])
+def test_the_ways_a_large_catalog_is_grouped_find_the_copies_too(
+    tmp_path: Path, copies_world: tuple, toy_model: str, monkeypatch: pytest.MonkeyPatch, hashes: str, neighbours: str
+) -> None:
+    from datasette_imgsearch.duplicates import grouping, stage
+
+    if hashes == "looked up by quarters":
+        monkeypatch.setattr(grouping, "EXACT_HASH_COMPARISONS", 0)
+    if neighbours == "an index made for it":
+        monkeypatch.setattr(stage, "EXACT_NEIGHBOUR_ROWS", 0)
+    _, source, originals, copies = copies_world
+    folder = tmp_path / "images"
+    shutil.copytree(source, folder)
+    run_cli("build", tmp_path / "photos.db", folder, "--model", toy_model)
+    moved = {tmp_path / "images" / p.name: g for p, g in groups_of(tmp_path / "photos.db", folder).items()}
+    score = score_groups(moved, [folder / p.name for p in originals],
+                         [type(c)(folder / c.path.name, folder / c.original.name, c.transform) for c in copies])
+    assert score.precision >= 0.98 and score.recall >= 0.9, score
+
+
+def test_a_flat_index_proposes_exactly_the_neighbours_that_comparing_every_vector_does(copies_world: tuple) -> None:
+    from datasette_imgsearch.catalog.schema import index_path
+    from datasette_imgsearch.duplicates.grouping import BLOCK_ROWS, indexed_neighbour_pairs, neighbour_pairs
+    from datasette_imgsearch.vectors.index import read_index
+
+    db, *_ = copies_world
+    with Catalog(db) as catalog:
+        ids, vectors = catalog.embeddings()
+        exact = neighbour_pairs(ids, vectors, catalog.iter_embeddings(BLOCK_ROWS))
+        indexed = indexed_neighbour_pairs(ids, vectors, read_index(index_path(db), catalog.meta("index_type")))
+    assert exact and indexed == exact
+
+
+def test_a_large_catalog_with_an_approximate_index_asks_it_for_neighbours(
+    tmp_path: Path, copies_world: tuple, toy_model: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import faiss
+
+    from datasette_imgsearch.duplicates import grouping, stage
+    from datasette_imgsearch.vectors.index import inner_index
+
+    asked = []
+    monkeypatch.setattr(stage, "EXACT_NEIGHBOUR_ROWS", 0)
+    monkeypatch.setattr(stage, "indexed_neighbour_pairs", lambda ids, queries, index: asked.append(
+        type(faiss.downcast_index(inner_index(index))).__name__) or grouping.indexed_neighbour_pairs(ids, queries, index))
+    _, source, originals, _ = copies_world
+    folder = tmp_path / "images"
+    shutil.copytree(source, folder)
+    run_cli("build", tmp_path / "photos.db", folder, "--model", toy_model)
+    run_cli("index", tmp_path / "photos.db", "--type", "hnsw")
+    Image.open(originals[2]).resize((100, 100)).save(folder / "smaller-copy.jpg")
+    run_cli("build", tmp_path / "photos.db", folder, "--model", toy_model)
+    assert asked == ["IndexIVFScalarQuantizer", "IndexHNSWFlat"]  # made for the first build; the catalog's after
+    groups = groups_of(tmp_path / "photos.db", folder)
+    assert groups[folder / "smaller-copy.jpg"] == groups[folder / originals[2].name] is not None

@@ -79,9 +79,9 @@ class Builder:
             found = scan(self.folder, skip=catalog_files(self.catalog.path))
             reembedded = self._reembed(found) if self.model.reembed else set()
             self._update(found, reembedded)
+            self.summary.index = self._refresh_index()  # first: a large catalog's groups ask it for neighbours
             self.summary.duplicates = update_groups(self.catalog).line()
             self.catalog.set_meta(last_build=now())
-            self.summary.index = self._refresh_index()
             if not settle(self.catalog):
                 self.summary.notes.append(
                     "the catalog stays in WAL mode while another program has it open; "

@@ -11,14 +11,14 @@ docs/duplicates.md gives the measurements behind each threshold.
 
 from __future__ import annotations
 
-from typing import Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import faiss
 import numpy as np
 
 from datasette_imgsearch.images.likeness import Signatures, distance, pixel_likeness, turned
 
-HASH_RADIUS = 12  # bits (of 63) within which a turn of one hash proposes a pair
+HASH_RADIUS = 8  # bits (of 63) within which a turn of one hash proposes a pair
 NEIGHBOURS = 32  # nearest embeddings looked at per picture
 NEIGHBOUR_SIMILARITY = 0.85  # and the least cosine similarity for them to propose a pair
 PIXEL_LIKENESS = 0.975  # the least correlation of the thumbnails' colours that confirms a pair
@@ -26,6 +26,11 @@ PIXEL_LIKENESS_BUT_A_CORNER = 0.993  # or of all but the twentieth of them that 
 TURN_RADIUS = 8  # bits within which a turned hash lets the pixels be compared in that turn
 HASH_ONLY_RADIUS = 4  # without thumbnails, the bits within which hashes alone confirm a pair
 BLOCK_ROWS = 65_536  # catalog rows compared at once: bounds memory whatever the catalog's size
+# Beyond this many hash comparisons (turns of the pictures compared × pictures), hashes are looked up by
+# four 16-bit quarters instead of compared one by one: a pair within 3 bits always shares a quarter,
+# one further apart often does (docs/duplicates.md), at a small part of the cost.
+EXACT_HASH_COMPARISONS = 2_000_000_000
+HASH_QUARTERS = 4
 
 
 def hash_pairs(
@@ -34,7 +39,10 @@ def hash_pairs(
     """(query id, id, bits apart) for each stored hash within ``HASH_RADIUS`` of some turn of a query's."""
     if not len(query_ids) or not len(ids):
         return
-    index = faiss.IndexBinaryFlat(64)
+    if 8 * len(query_ids) * len(ids) <= EXACT_HASH_COMPARISONS:
+        index = faiss.IndexBinaryFlat(64)
+    else:
+        index = faiss.IndexBinaryMultiHash(64, HASH_QUARTERS, 64 // HASH_QUARTERS)
     index.add(np.ascontiguousarray(codes.astype(np.int64)).view(np.uint8).reshape(-1, 8))
     queries = turned(query_codes).reshape(-1)  # 8 turns per query, in query order
     limits, distances, found = index.range_search(queries.view(np.uint8).reshape(-1, 8), HASH_RADIUS + 1)
@@ -46,11 +54,31 @@ def hash_pairs(
                 yield query_id, other, int(distances[position])
 
 
+def indexed_neighbour_pairs(query_ids: np.ndarray, queries: np.ndarray, index: Any) -> set[tuple[int, int]]:
+    """(query id, id) for each query's ``NEIGHBOURS`` nearest embeddings above ``NEIGHBOUR_SIMILARITY``, as
+    the catalog's own FAISS ``index`` (keyed by row id) finds them: for catalogs too large to compare
+    every vector with every other."""
+    pairs = set()
+    for start in range(0, len(query_ids), BLOCK_ROWS):
+        scores, found = index.search(np.ascontiguousarray(queries[start:start + BLOCK_ROWS], dtype=np.float32), NEIGHBOURS)
+        pairs |= _pairs_above(query_ids[start:start + BLOCK_ROWS], scores, found)
+    return pairs
+
+
+def _pairs_above(query_ids: np.ndarray, scores: np.ndarray, found: np.ndarray) -> set[tuple[int, int]]:
+    pairs = set()
+    for query_id, row_scores, others in zip(query_ids.tolist(), scores, found):
+        for score, other in zip(row_scores.tolist(), others.tolist()):
+            if score >= NEIGHBOUR_SIMILARITY and other != query_id and other >= 0:
+                pairs.add((query_id, other))
+    return pairs
+
+
 def neighbour_pairs(
     query_ids: np.ndarray, queries: np.ndarray, blocks: Iterable[tuple[np.ndarray, np.ndarray]]
 ) -> set[tuple[int, int]]:
     """(query id, id) for each query's ``NEIGHBOURS`` nearest embeddings above ``NEIGHBOUR_SIMILARITY``,
-    read block by block from ``blocks`` of (ids, vectors)."""
+    read block by block from ``blocks`` of (ids, vectors), every one compared."""
     if not len(query_ids):
         return set()
     best_scores = np.full((len(query_ids), NEIGHBOURS), -np.inf, dtype=np.float32)
@@ -65,12 +93,7 @@ def neighbour_pairs(
         keep = np.argsort(-merged_scores, axis=1)[:, :NEIGHBOURS]
         best_scores = np.take_along_axis(merged_scores, keep, axis=1)
         best_ids = np.take_along_axis(merged_ids, keep, axis=1)
-    pairs = set()
-    for query_id, scores, others in zip(query_ids.tolist(), best_scores, best_ids):
-        for score, other in zip(scores.tolist(), others.tolist()):
-            if score >= NEIGHBOUR_SIMILARITY and other != query_id and other >= 0:
-                pairs.add((query_id, other))
-    return pairs
+    return _pairs_above(query_ids, best_scores, best_ids)
 
 
 def confirmed(

@@ -16,14 +16,24 @@ from dataclasses import dataclass
 import numpy as np
 
 from datasette_imgsearch.catalog.catalog import Catalog
-from datasette_imgsearch.catalog.changes import SetGroups, SetLikeness, SetMeta
-from datasette_imgsearch.catalog.schema import TABLE
-from datasette_imgsearch.duplicates.grouping import BLOCK_ROWS, confirmed, hash_pairs, neighbour_pairs
+from datasette_imgsearch.catalog.changes import ForgetChanges, SetGroups, SetLikeness, SetMeta
+from datasette_imgsearch.catalog.schema import TABLE, index_path
+from datasette_imgsearch.duplicates.grouping import (
+    BLOCK_ROWS,
+    confirmed,
+    hash_pairs,
+    indexed_neighbour_pairs,
+    neighbour_pairs,
+)
 from datasette_imgsearch.duplicates.links import LinkGraph
 from datasette_imgsearch.images import pixels
 from datasette_imgsearch.images.likeness import Signatures, likeness_hash
 from datasette_imgsearch.lru import LRU
+from datasette_imgsearch.vectors.index import filled_index, index_state, inner_index, read_index
+from datasette_imgsearch.vectors.kinds import KINDS, kind_of
 
+EXACT_NEIGHBOUR_ROWS = 50_000  # beyond this, neighbours come from an approximate index (see _neighbours)
+NEIGHBOUR_INDEX = "ivfsq8"  # the kind made for that when the catalog's own index is exact or stale
 SIGNATURES_KEPT = 512  # thumbnails' signatures kept while comparing: about 0.3 MB each
 
 
@@ -59,8 +69,7 @@ def update_groups(catalog: Catalog) -> GroupSummary:
         for a, b, bits in hash_pairs(todo, todo_codes, ids, codes):
             pair = (min(a, b), max(a, b))
             proposed[pair] = min(bits, proposed.get(pair) or bits)
-        query_ids, queries = catalog.embeddings_of(todo)
-        for a, b in neighbour_pairs(query_ids, queries, catalog.iter_embeddings(BLOCK_ROWS)):
+        for a, b in _neighbours(catalog, todo, len(live)):
             proposed.setdefault((min(a, b), max(a, b)), None)
         signatures: LRU[Signatures | bool] = LRU(SIGNATURES_KEPT)
         pairs = confirmed(proposed, lambda id_: _signatures(catalog, signatures, id_), dict(zip(ids.tolist(), codes.tolist())))
@@ -68,7 +77,9 @@ def update_groups(catalog: Catalog) -> GroupSummary:
         pairs = []
     summary.checked = len(todo)
     groups, alone = _regroup(catalog, current, set(todo.tolist()), pairs)
-    catalog.write([SetGroups(groups, alone), SetMeta({"duplicates_version": version})])
+    # The change log is kept for whichever of the index and the groups read it last (changes.py).
+    catalog.write([SetGroups(groups, alone), SetMeta({"duplicates_version": version}),
+                   ForgetChanges(int(catalog.meta("index_version") or 0))])
     summary.groups = len(set(groups.values()))
     summary.copies = sum(1 for id_, keeper in groups.items() if id_ != keeper)
     return summary
@@ -90,6 +101,22 @@ def _regroup(catalog: Catalog, current: dict[int, int], todo: set[int],
         grouped.update({m: keeper for m in rows})
     changed = {id_: keeper for id_, keeper in grouped.items() if current.get(id_) != keeper}
     return changed, [id_ for id_ in current if id_ not in grouped]
+
+
+def _neighbours(catalog: Catalog, todo: np.ndarray, rows: int) -> set[tuple[int, int]]:
+    """Pairs of near neighbours by CLIP embedding for the rows ``todo``: every vector compared in a small
+    catalog; in a large one, the catalog's own index asked where it is current and approximate, else an
+    approximate index made for the purpose (comparing every vector would take hours at a million rows)."""
+    query_ids, queries = catalog.embeddings_of(todo)
+    if rows <= EXACT_NEIGHBOUR_ROWS:
+        return neighbour_pairs(query_ids, queries, catalog.iter_embeddings(BLOCK_ROWS))
+    if index_state(catalog).fresh and kind_of(catalog.meta("index_type")).approximate:
+        index = read_index(index_path(catalog.path), catalog.meta("index_type"))
+    else:
+        kind = KINDS[NEIGHBOUR_INDEX]
+        index = filled_index(kind, queries.shape[1], rows, catalog.sample_embeddings, catalog.iter_embeddings(BLOCK_ROWS))
+        kind.tune(inner_index(index))
+    return indexed_neighbour_pairs(query_ids, queries, index)
 
 
 def _keeper(catalog: Catalog, members: list[int]) -> int:
