@@ -342,3 +342,22 @@ def test_a_large_catalog_with_an_approximate_index_asks_it_for_neighbours(
     assert asked == ["IndexIVFScalarQuantizer", "IndexHNSWFlat"]  # made for the first build; the catalog's after
     groups = groups_of(tmp_path / "photos.db", folder)
     assert groups[folder / "smaller-copy.jpg"] == groups[folder / originals[2].name] is not None
+
+
+@pytest.mark.asyncio
+async def test_the_readmes_sql_shows_one_row_per_group_the_best_ranked(copies_world: tuple) -> None:
+    from datasette.app import Datasette
+
+    db, *_ = copies_world
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    sql = readme.split("one per group is a `group by`")[1].split("```sql\n")[1].split("```")[0]
+    ds = Datasette([str(db)])
+    await ds.invoke_startup()
+    rows = (await ds.client.get("/photos.json", params={"sql": sql.replace("a red bicycle", "a blue circle"),
+                                                           "_shape": "array"})).json()
+    every = json.loads(run_cli("search", db, "a blue circle", "-k", "60", "--json", "--all"))
+    group_of = dict(sqlite3.connect(db).execute("select path, coalesce(duplicate_group, -id) from images").fetchall())
+    best: dict[int, str] = {}
+    for hit in every:
+        best.setdefault(group_of[hit["path"]], hit["path"])
+    assert [row["path"] for row in rows] == list(best.values())[:20]

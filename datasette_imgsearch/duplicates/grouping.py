@@ -16,6 +16,7 @@ from typing import Any, Callable, Iterable, Iterator
 import faiss
 import numpy as np
 
+from datasette_imgsearch.duplicates.links import STRONG
 from datasette_imgsearch.images.likeness import Signatures, distance, pixel_likeness, turned
 
 HASH_RADIUS = 8  # bits (of 63) within which a turn of one hash proposes a pair
@@ -106,10 +107,10 @@ def confirmed(
     compared as they are, and turned or mirrored only in the ways in which the hashes agree too:
     otherwise two photos of a round thing in mirrored places would align."""
     pairs = []
-    for (a, b), bits in proposed.items():
+    for (a, b), bits in sorted(proposed.items()):  # in id order: a picture's pairs meet its signatures while kept
         first, second = signatures_of(a), signatures_of(b)
         if first is not None and second is not None:
-            whole, most = pixel_likeness(first, second, _agreeing_turns(hashes.get(a), hashes.get(b)))
+            whole, most = pixel_likeness(first, second, _agreeing_turns(hashes.get(a), hashes.get(b)), enough=STRONG)
             if whole >= PIXEL_LIKENESS or most >= PIXEL_LIKENESS_BUT_A_CORNER:
                 pairs.append((a, b, whole))
         elif bits is not None and bits <= HASH_ONLY_RADIUS:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import faiss
 import numpy as np
 
 from datasette_imgsearch.catalog.catalog import Catalog
@@ -34,6 +35,7 @@ from datasette_imgsearch.vectors.kinds import KINDS, kind_of
 
 EXACT_NEIGHBOUR_ROWS = 50_000  # beyond this, neighbours come from an approximate index (see _neighbours)
 NEIGHBOUR_INDEX = "ivfsq8"  # the kind made for that when the catalog's own index is exact or stale
+NEIGHBOUR_PROBES = 8  # cells it looks in: near-copies lie in their picture's cell or the next (cosine ≥ 0.85)
 SIGNATURES_KEPT = 512  # thumbnails' signatures kept while comparing: about 0.3 MB each
 
 
@@ -104,19 +106,21 @@ def _regroup(catalog: Catalog, current: dict[int, int], todo: set[int],
 
 
 def _neighbours(catalog: Catalog, todo: np.ndarray, rows: int) -> set[tuple[int, int]]:
-    """Pairs of near neighbours by CLIP embedding for the rows ``todo``: every vector compared in a small
-    catalog; in a large one, the catalog's own index asked where it is current and approximate, else an
-    approximate index made for the purpose (comparing every vector would take hours at a million rows)."""
-    query_ids, queries = catalog.embeddings_of(todo)
+    """Pairs of near neighbours by CLIP embedding for the rows ``todo``, read ``BLOCK_ROWS`` at a time:
+    every vector compared in a small catalog; in a large one, the catalog's own index asked where it is
+    current and approximate, else an approximate index made for the purpose (comparing every vector would
+    take hours at a million rows)."""
+    blocks = (catalog.embeddings_of(todo[start:start + BLOCK_ROWS]) for start in range(0, len(todo), BLOCK_ROWS))
     if rows <= EXACT_NEIGHBOUR_ROWS:
-        return neighbour_pairs(query_ids, queries, catalog.iter_embeddings(BLOCK_ROWS))
+        return set().union(*(neighbour_pairs(ids, vectors, catalog.iter_embeddings(BLOCK_ROWS)) for ids, vectors in blocks))
     if index_state(catalog).fresh and kind_of(catalog.meta("index_type")).approximate:
         index = read_index(index_path(catalog.path), catalog.meta("index_type"))
     else:
         kind = KINDS[NEIGHBOUR_INDEX]
-        index = filled_index(kind, queries.shape[1], rows, catalog.sample_embeddings, catalog.iter_embeddings(BLOCK_ROWS))
-        kind.tune(inner_index(index))
-    return indexed_neighbour_pairs(query_ids, queries, index)
+        dimension = int(catalog.meta("dimension"))
+        index = filled_index(kind, dimension, rows, catalog.sample_embeddings, catalog.iter_embeddings(BLOCK_ROWS))
+        faiss.extract_index_ivf(inner_index(index)).nprobe = NEIGHBOUR_PROBES
+    return set().union(*(indexed_neighbour_pairs(ids, vectors, index) for ids, vectors in blocks))
 
 
 def _keeper(catalog: Catalog, members: list[int]) -> int:

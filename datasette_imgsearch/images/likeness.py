@@ -19,6 +19,7 @@ every turn and across the trims of up to a tenth that a person makes when croppi
 
 from __future__ import annotations
 
+import functools
 from typing import Iterable
 
 import numpy as np
@@ -99,21 +100,26 @@ _ACROSS = np.ascontiguousarray(_AVERAGING[[x for x, _ in _WINDOWS]].transpose(0,
 
 
 class Signatures:
-    """One thumbnail's small colour signatures: each window a trim of up to a tenth leaves, and each
-    turn of the whole, as centred unit vectors. Computed once per picture, compared with many."""
+    """One thumbnail's small colour signatures: each turn of the whole, and (made when first needed) each
+    window a trim of up to a tenth leaves, as centred unit vectors. Computed once per picture, compared
+    with many."""
 
     def __init__(self, thumbnail: bytes) -> None:
         image = pixels.decode(thumbnail).image.resize((BASE_SIDE, BASE_SIDE), Image.Resampling.BOX)
-        base = np.asarray(image, dtype=np.float32).reshape(BASE_SIDE, BASE_SIDE * 3)  # (down, across × colour)
-        # Each span down averaged into cells, then each window's span across: (windows, down, colour, across).
-        down = (_AVERAGING @ base).reshape(len(_SPANS), SIGNATURE_SIDE, BASE_SIDE, 3).transpose(0, 1, 3, 2)
-        rows = np.ascontiguousarray(down[_DOWN]).reshape(len(_WINDOWS), SIGNATURE_SIDE * 3, BASE_SIDE)
-        cells = (rows @ _ACROSS).reshape(len(_WINDOWS), SIGNATURE_SIDE, 3, SIGNATURE_SIDE).transpose(0, 1, 3, 2)
-        self.windows = _unit(cells)
-        whole = cells[0]
+        self._base = np.asarray(image, dtype=np.float32).reshape(BASE_SIDE, BASE_SIDE * 3)  # (down, across × colour)
+        whole = (_AVERAGING[0] @ self._base).reshape(SIGNATURE_SIDE, BASE_SIDE, 3).transpose(0, 2, 1) @ _AVERAGING[0].T
+        whole = whole.transpose(0, 2, 1)  # (down, across, colour)
         turns = [variant for upright in (whole, whole.transpose(1, 0, 2))
                  for variant in (upright, upright[:, ::-1], upright[::-1, :], upright[::-1, ::-1])]
         self.turns = _unit(np.stack(turns))
+
+    @functools.cached_property
+    def windows(self) -> np.ndarray:
+        # Each span down averaged into cells, then each window's span across: (windows, down, colour, across).
+        down = (_AVERAGING @ self._base).reshape(len(_SPANS), SIGNATURE_SIDE, BASE_SIDE, 3).transpose(0, 1, 3, 2)
+        rows = np.ascontiguousarray(down[_DOWN]).reshape(len(_WINDOWS), SIGNATURE_SIDE * 3, BASE_SIDE)
+        cells = (rows @ _ACROSS).reshape(len(_WINDOWS), SIGNATURE_SIDE, 3, SIGNATURE_SIDE).transpose(0, 1, 3, 2)
+        return _unit(cells)
 
 
 def _unit(cells: np.ndarray) -> np.ndarray:
@@ -127,12 +133,17 @@ def _unit(cells: np.ndarray) -> np.ndarray:
 _INVERSE = (0, 1, 2, 3, 4, 6, 5, 7)  # undoing a turn: only the two quarter turns swap
 
 
-def pixel_likeness(first: Signatures, second: Signatures, turns: Iterable[int] = range(8)) -> tuple[float, float]:
+def pixel_likeness(first: Signatures, second: Signatures, turns: Iterable[int] = range(8),
+                   enough: float = 2.0) -> tuple[float, float]:
     """How alike two pictures look where they align best (over the ``turns`` of the second, as numbered
     in ``TURNS``, and every trim of up to a tenth of either): the correlation of their centred colours,
     from -1 to 1, over the whole picture and over all but the twentieth that differs most (what a small
-    overlay or a crop's edge covers)."""
+    overlay or a crop's edge covers). Whole pictures that already correlate at ``enough`` are not trimmed."""
     allowed = sorted(set(turns))
+    whole = first.turns[0] @ second.turns[allowed].T
+    if whole.max() >= enough:
+        a, b = first.turns[0], second.turns[allowed[int(np.argmax(whole))]]
+        return float(a @ b), _correlation_leaving_out(a, b, 0.05)
     forward = first.windows @ second.turns[allowed].T  # windows of the first against turns of the second
     backward = second.windows @ first.turns[[_INVERSE[t] for t in allowed]].T
     if forward.max() >= backward.max():
