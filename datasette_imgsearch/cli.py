@@ -250,6 +250,11 @@ def search_command(
         click.echo(json.dumps([{**r.hit.as_dict(), "path": paths.get(r.hit.id), "near_copies": r.near_copies}
                                for r in results], indent=2))
         return
+    _echo_ranking(results, paths)
+
+
+def _echo_ranking(results: list[Collapsed], paths: dict[int, str]) -> None:
+    """One line per result: rank, score, strength (starred when strong), path, and its near-copies."""
     if not results:
         click.echo("no results", err=True)
     for rank, result in enumerate(results, 1):
@@ -257,8 +262,7 @@ def search_command(
         strength = [] if hit.strength is None else [f"{hit.strength:4.0%}{'*' if hit.strong else ' '}"]
         copies = [f"(+{result.near_copies} near-cop{'y' if result.near_copies == 1 else 'ies'})"] if result.near_copies else []
         click.echo("  ".join([f"{rank:4d}", f"{hit.score:.4f}", *strength, str(paths.get(hit.id)), *copies]))
-    hits = [result.hit for result in results]
-    if hits and hits[0].strength is not None:
+    if results and results[0].hit.strength is not None:
         click.echo(f"strength: the share of random texts whose best match in this catalog scores lower; "
                    f"* marks strong matches (at least {STRONG:.0%})", err=True)
 
