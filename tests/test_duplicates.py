@@ -354,7 +354,7 @@ async def test_the_readmes_sql_shows_one_row_per_group_the_best_ranked(copies_wo
     ds = Datasette([str(db)])
     await ds.invoke_startup()
     rows = (await ds.client.get("/photos.json", params={"sql": sql.replace("a red bicycle", "a blue circle"),
-                                                           "_shape": "array"})).json()
+                                                           "_shape": "array"}, follow_redirects=True)).json()
     every = json.loads(run_cli("search", db, "a blue circle", "-k", "60", "--json", "--all"))
     group_of = dict(sqlite3.connect(db).execute("select path, coalesce(duplicate_group, -id) from images").fetchall())
     best: dict[int, str] = {}
