@@ -10,23 +10,21 @@ it shares its original's group), and how long the build and the grouping took.
 from __future__ import annotations
 
 import argparse
-import sqlite3
 import tempfile
 import time
 from pathlib import Path
 
 from datasette_imgsearch.build.builder import build
 from datasette_imgsearch.build.options import BuildOptions
+from datasette_imgsearch.catalog.catalog import Catalog
+from datasette_imgsearch.duplicates.listing import groups_by_path
 from datasette_imgsearch.images.toycopies import score_groups, write_copies
 from datasette_imgsearch.models.choice import ModelChoice
 
 
 def groups_in(db_path: Path, folder: Path) -> dict[Path, int | None]:
-    conn = sqlite3.connect(db_path)
-    try:
-        return {folder / path: group for path, group in conn.execute("select path, duplicate_group from images")}
-    finally:
-        conn.close()
+    with Catalog(db_path) as catalog:
+        return {folder / path: group for path, group in groups_by_path(catalog.db.conn).items()}
 
 
 def main() -> None:

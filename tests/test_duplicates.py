@@ -8,6 +8,7 @@ import json
 import shutil
 import sqlite3
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
@@ -16,6 +17,7 @@ from PIL import Image
 from datasette_imgsearch.catalog.catalog import Catalog
 from datasette_imgsearch.duplicates.grouping import PIXEL_LIKENESS, PIXEL_LIKENESS_BUT_A_CORNER
 from datasette_imgsearch.duplicates.links import LinkGraph
+from datasette_imgsearch.duplicates.listing import groups_by_path
 from datasette_imgsearch.duplicates.stage import update_groups
 from datasette_imgsearch.images.likeness import TURNS, Signatures, distance, likeness_hash, pixel_likeness, turned
 from datasette_imgsearch.images.pixels import thumbnail
@@ -23,6 +25,9 @@ from datasette_imgsearch.images.toycopies import TRANSFORMS, score_groups, write
 from datasette_imgsearch.images.toyworld import draw_image
 
 from .conftest import run_cli
+
+if TYPE_CHECKING:
+    from datasette.app import Datasette
 
 T = Image.Transpose
 
@@ -98,11 +103,16 @@ def copies_world(tmp_path_factory: pytest.TempPathFactory, toy_model: str) -> tu
 
 
 def groups_of(db: Path, folder: Path) -> dict[Path, int | None]:
-    conn = sqlite3.connect(db)
-    try:
-        return {folder / path: group for path, group in conn.execute("select path, duplicate_group from images")}
-    finally:
-        conn.close()
+    with Catalog(db) as catalog:
+        return {folder / path: group for path, group in groups_by_path(catalog.db.conn).items()}
+
+
+async def served(db: Path) -> "Datasette":
+    from datasette.app import Datasette
+
+    ds = Datasette([str(db)])
+    await ds.invoke_startup()
+    return ds
 
 
 def test_copies_share_their_originals_group_and_other_pictures_stay_apart(copies_world: tuple) -> None:
@@ -227,11 +237,8 @@ def test_a_search_shows_each_group_once_and_k_counts_what_is_shown(copies_world:
 
 @pytest.mark.asyncio
 async def test_the_page_and_json_collapse_near_copies_and_link_to_them(copies_world: tuple) -> None:
-    from datasette.app import Datasette
-
     db, *_ = copies_world
-    ds = Datasette([str(db)])
-    await ds.invoke_startup()
+    ds = await served(db)
     url = "/photos/images/-/imgsearch"
     data = (await ds.client.get(url + ".json", params={"q": "a blue circle", "k": "6"})).json()
     groups = [r["duplicate_group"] for r in data["results"] if r["duplicate_group"] is not None]
@@ -265,11 +272,8 @@ async def test_a_catalog_served_read_only_before_groups_existed_still_answers(tm
 
 @pytest.mark.asyncio
 async def test_the_duplicates_page_shows_groups_side_by_side_and_the_table_page_links_to_it(copies_world: tuple) -> None:
-    from datasette.app import Datasette
-
     db, *_ = copies_world
-    ds = Datasette([str(db)])
-    await ds.invoke_startup()
+    ds = await served(db)
     url = "/photos/images/-/imgsearch/duplicates"
     assert url in (await ds.client.get("/photos/images")).text
     first = (await ds.client.get(url + ".json")).json()
@@ -346,13 +350,11 @@ def test_a_large_catalog_with_an_approximate_index_asks_it_for_neighbours(
 
 @pytest.mark.asyncio
 async def test_the_readmes_sql_shows_one_row_per_group_the_best_ranked(copies_world: tuple) -> None:
-    from datasette.app import Datasette
 
     db, *_ = copies_world
     readme = (Path(__file__).parent.parent / "README.md").read_text()
     sql = readme.split("one per group is a `group by`")[1].split("```sql\n")[1].split("```")[0]
-    ds = Datasette([str(db)])
-    await ds.invoke_startup()
+    ds = await served(db)
     rows = (await ds.client.get("/photos.json", params={"sql": sql.replace("a red bicycle", "a blue circle"),
                                                            "_shape": "array"}, follow_redirects=True)).json()
     every = json.loads(run_cli("search", db, "a blue circle", "-k", "60", "--json", "--all"))

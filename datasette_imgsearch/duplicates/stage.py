@@ -12,6 +12,7 @@ run does the work again.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import faiss
 import numpy as np
@@ -35,7 +36,7 @@ from datasette_imgsearch.vectors.kinds import KINDS, kind_of
 
 EXACT_NEIGHBOUR_ROWS = 50_000  # beyond this, neighbours come from an approximate index (see _neighbours)
 NEIGHBOUR_INDEX = "ivfsq8"  # the kind made for that when the catalog's own index is exact or stale
-NEIGHBOUR_PROBES = 8  # cells it looks in: near-copies lie in their picture's cell or the next (cosine ≥ 0.85)
+NEIGHBOUR_PROBES = 2  # IVF cells looked in: a near-copy (cosine ≥ 0.85) lies in its picture's cell or the next
 SIGNATURES_KEPT = 512  # thumbnails' signatures kept while comparing: about 0.3 MB each
 
 
@@ -119,8 +120,18 @@ def _neighbours(catalog: Catalog, todo: np.ndarray, rows: int) -> set[tuple[int,
         kind = KINDS[NEIGHBOUR_INDEX]
         dimension = int(catalog.meta("dimension"))
         index = filled_index(kind, dimension, rows, catalog.sample_embeddings, catalog.iter_embeddings(BLOCK_ROWS))
-        faiss.extract_index_ivf(inner_index(index)).nprobe = NEIGHBOUR_PROBES
+    inverted = _inverted_lists_of(index)
+    if inverted is not None:
+        inverted.nprobe = NEIGHBOUR_PROBES
     return set().union(*(indexed_neighbour_pairs(ids, vectors, index) for ids, vectors in blocks))
+
+
+def _inverted_lists_of(index: Any) -> Any:
+    """The IVF index inside ``index``, or None for another kind (an HNSW graph keeps its tuning)."""
+    try:
+        return faiss.extract_index_ivf(inner_index(index))
+    except RuntimeError:
+        return None
 
 
 def _keeper(catalog: Catalog, members: list[int]) -> int:
