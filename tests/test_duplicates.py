@@ -363,3 +363,23 @@ async def test_the_readmes_sql_shows_one_row_per_group_the_best_ranked(copies_wo
     for hit in every:
         best.setdefault(group_of[hit["path"]], hit["path"])
     assert [row["path"] for row in rows] == list(best.values())[:20]
+
+
+def test_a_damaged_thumbnail_falls_back_to_the_hashes_and_breaks_nothing(
+    tmp_path: Path, picture: Image.Image, toy_model: str
+) -> None:
+    folder = tmp_path / "images"
+    folder.mkdir()
+    picture.save(folder / "a.png")
+    picture.transpose(T.FLIP_LEFT_RIGHT).save(folder / "a-mirrored.png")
+    picture.resize((100, 100)).save(folder / "a-smaller.png")
+    db = tmp_path / "photos.db"
+    run_cli("build", db, folder, "--model", toy_model)
+    conn = sqlite3.connect(db)
+    with conn:
+        conn.execute("update images set thumbnail = x'ffd8ffe000' where name = 'a.png'")  # a truncated JPEG
+        conn.execute("update images set duplicate_group = null, duplicate_keeper = null")
+        conn.execute("delete from imgsearch_meta where key = 'duplicates_version'")  # group everything again
+    run_cli("build", db, folder, "--model", toy_model)
+    groups = groups_of(db, folder)
+    assert groups[folder / "a.png"] == groups[folder / "a-mirrored.png"] == groups[folder / "a-smaller.png"] is not None
