@@ -171,13 +171,19 @@ def test_new_changed_and_removed_files_update_the_groups_without_comparing_every
     assert groups_of(db, folder)[survivors[0]] is None
 
 
-def test_without_thumbnails_only_copies_whose_hashes_agree_are_grouped(
-    tmp_path: Path, picture: Image.Image, toy_model: str
-) -> None:
+def picture_and_mirror(tmp_path: Path, picture: Image.Image) -> Path:
+    """A folder holding ``a.png`` and its mirror image ``a-mirrored.png``."""
     folder = tmp_path / "images"
     folder.mkdir()
     picture.save(folder / "a.png")
     picture.transpose(T.FLIP_LEFT_RIGHT).save(folder / "a-mirrored.png")
+    return folder
+
+
+def test_without_thumbnails_only_copies_whose_hashes_agree_are_grouped(
+    tmp_path: Path, picture: Image.Image, toy_model: str
+) -> None:
+    folder = picture_and_mirror(tmp_path, picture)
     import random
 
     draw_image("blue", "triangle", random.Random(9), 128).save(folder / "b.png")
@@ -368,10 +374,7 @@ async def test_the_readmes_sql_shows_one_row_per_group_the_best_ranked(copies_wo
 def test_a_damaged_thumbnail_falls_back_to_the_hashes_and_breaks_nothing(
     tmp_path: Path, picture: Image.Image, toy_model: str
 ) -> None:
-    folder = tmp_path / "images"
-    folder.mkdir()
-    picture.save(folder / "a.png")
-    picture.transpose(T.FLIP_LEFT_RIGHT).save(folder / "a-mirrored.png")
+    folder = picture_and_mirror(tmp_path, picture)
     picture.resize((100, 100)).save(folder / "a-smaller.png")
     db = tmp_path / "photos.db"
     run_cli("build", db, folder, "--model", toy_model)
@@ -383,3 +386,18 @@ def test_a_damaged_thumbnail_falls_back_to_the_hashes_and_breaks_nothing(
     run_cli("build", db, folder, "--model", toy_model)
     groups = groups_of(db, folder)
     assert groups[folder / "a.png"] == groups[folder / "a-mirrored.png"] == groups[folder / "a-smaller.png"] is not None
+
+
+def test_a_row_without_a_hash_is_compared_by_its_embedding_only(tmp_path: Path, picture: Image.Image, toy_model: str) -> None:
+    folder = picture_and_mirror(tmp_path, picture)
+    db = tmp_path / "photos.db"
+    run_cli("build", db, folder, "--model", toy_model)
+    conn = sqlite3.connect(db)
+    with conn:  # as a catalog of an earlier schema whose thumbnail cannot be read
+        conn.execute("update images set likeness = null, thumbnail = x'ffd8ffe000' where name = 'a.png'")
+        conn.execute("update images set duplicate_group = null, duplicate_keeper = null")
+        conn.execute("delete from imgsearch_meta where key = 'duplicates_version'")
+    with Catalog(db, write=True) as catalog:
+        summary = update_groups(catalog)
+    assert summary.checked == 2 and summary.hashed == 0
+    assert set(groups_of(db, folder).values()) == {None}  # nothing to confirm a pair with: no pair, and no crash

@@ -67,9 +67,9 @@ def update_groups(catalog: Catalog) -> GroupSummary:
     ids, codes = _hashes(catalog)
     current = _current_groups(catalog)
     if len(todo):
-        todo_codes = codes[np.searchsorted(ids, todo)]
+        hashed = np.intersect1d(todo, ids)  # a row whose thumbnail could not be read has no hash
         proposed: dict[tuple[int, int], int | None] = {}
-        for a, b, bits in hash_pairs(todo, todo_codes, ids, codes):
+        for a, b, bits in hash_pairs(hashed, codes[np.searchsorted(ids, hashed)], ids, codes):
             pair = (min(a, b), max(a, b))
             proposed[pair] = min(bits, proposed.get(pair) or bits)
         for a, b in _neighbours(catalog, todo, len(live)):
