@@ -40,6 +40,7 @@ def hash_pairs(
     """(query id, id, bits apart) for each stored hash within ``HASH_RADIUS`` of some turn of a query's."""
     if not len(query_ids) or not len(ids):
         return
+    index: Any
     if 8 * len(query_ids) * len(ids) <= EXACT_HASH_COMPARISONS:
         index = faiss.IndexBinaryFlat(64)
     else:

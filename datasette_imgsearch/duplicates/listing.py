@@ -53,8 +53,8 @@ def duplicate_groups(conn: Any, limit: int | None = None, offset: int = 0) -> li
         page,
     ).fetchall()
     members: dict[int, list[Member]] = {group: [] for group in page}
-    for group, *values in rows:
-        members[group].append(Member(*values[:-1], keeper=bool(values[-1])))
+    for group, id_, path, width, height, size, taken, modified, keeper in rows:
+        members[group].append(Member(id_, path, width, height, size, taken, modified, bool(keeper)))
     return [Group(group, members[group]) for group in page]
 
 

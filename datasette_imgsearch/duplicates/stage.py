@@ -68,10 +68,11 @@ def update_groups(catalog: Catalog) -> GroupSummary:
     current = _current_groups(catalog)
     if len(todo):
         hashed = np.intersect1d(todo, ids)  # a row whose thumbnail could not be read has no hash
-        proposed: dict[tuple[int, int], int | None] = {}
+        closest: dict[tuple[int, int], int] = {}  # each pair's hash distance in its closest turn
         for a, b, bits in hash_pairs(hashed, codes[np.searchsorted(ids, hashed)], ids, codes):
             pair = (min(a, b), max(a, b))
-            proposed[pair] = min(bits, proposed.get(pair) or bits)
+            closest[pair] = min(bits, closest.get(pair, bits))
+        proposed: dict[tuple[int, int], int | None] = dict(closest)
         for a, b in _neighbours(catalog, todo, len(live)):
             proposed.setdefault((min(a, b), max(a, b)), None)
         signatures: LRU[Signatures | bool] = LRU(SIGNATURES_KEPT)
@@ -183,4 +184,4 @@ def _signatures(catalog: Catalog, cache: "LRU[Signatures | bool]", id_: int) -> 
         except pixels.ImageError:
             found = False
         cache.put(id_, found)
-    return found or None
+    return found if isinstance(found, Signatures) else None

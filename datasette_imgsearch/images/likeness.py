@@ -23,6 +23,7 @@ import functools
 from typing import Iterable
 
 import numpy as np
+import numpy.typing as npt
 from PIL import Image
 
 from datasette_imgsearch.images import pixels
@@ -61,7 +62,7 @@ def turned(codes: np.ndarray) -> np.ndarray:
     return np.stack(columns, axis=1).view(np.int64)
 
 
-def distance(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+def distance(a: npt.ArrayLike, b: npt.ArrayLike) -> np.ndarray:
     """How many of the bits differ between the hashes ``a`` and ``b`` (broadcast)."""
     differing = np.bitwise_xor(np.asarray(a, dtype=np.int64), np.asarray(b, dtype=np.int64)).view(np.uint64)
     return np.unpackbits(differing[..., None].view(np.uint8), axis=-1).sum(axis=-1)
