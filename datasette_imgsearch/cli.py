@@ -17,7 +17,7 @@ from datasette_imgsearch.build.builder import Interrupted, build
 from datasette_imgsearch.build.engines import ENGINES
 from datasette_imgsearch.build.options import BuildOptions, RayOptions
 from datasette_imgsearch.catalog.catalog import Catalog
-from datasette_imgsearch.duplicates.collapse import Collapsed, collapsed, group_facts
+from datasette_imgsearch.duplicates.collapse import Collapsed, collapsed, group_facts, has_groups
 from datasette_imgsearch.duplicates.listing import MEMBER_COLUMNS, duplicate_groups
 from datasette_imgsearch.errors import ImgsearchError
 from datasette_imgsearch.images import pixels
@@ -233,15 +233,14 @@ def search_command(
                              device=device, precision=precision)
         searcher = searcher_for(database, choice)
         if image_path is not None:
-            picture = pixels.read_bytes(image_path)
-            ranking = functools.partial(searcher.search_image_bytes, picture, min_score=cutoff)
+            ranking = searcher.image_ranking(pixels.read_bytes(image_path), cutoff)
         else:
             ranking = functools.partial(searcher.search, query or "", min_score=cutoff)
             multilingual = [r for r in searcher.readings(query or "") if r.reader == MULTILINGUAL]
             if multilingual and not as_json:
                 click.echo(f"read by {multilingual[0].model}: {', '.join(r.text or '' for r in multilingual)}", err=True)
         with Catalog(database) as catalog:
-            if every_copy:
+            if every_copy or not has_groups(catalog.db.conn):
                 results = [Collapsed(hit, None, 0) for hit in ranking(count)]
             else:
                 results, _ = collapsed(ranking, functools.partial(group_facts, catalog.db.conn), count, MAX_K)

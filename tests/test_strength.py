@@ -84,9 +84,9 @@ def test_row_terms_and_pictures_get_no_strength_and_refuse_the_strong_cut_off(se
     with pytest.raises(QueryError, match="text queries only, not for row: terms"):
         searcher.search("row:1 + red", 3, "strong")
     picture = next(world.iterdir()).read_bytes()
-    assert searcher.search_image_bytes(picture, 3)[0].strength is None
+    assert searcher.image_ranking(picture)(3)[0].strength is None
     with pytest.raises(QueryError, match="text queries only, not for pictures"):
-        searcher.search_image_bytes(picture, 3, "strong")
+        searcher.image_ranking(picture, "strong")
 
 
 def test_the_command_line_marks_strong_hits(shared_catalog: Path) -> None:

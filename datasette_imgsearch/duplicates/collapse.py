@@ -32,10 +32,13 @@ class Collapsed:
     near_copies: int
 
 
+def has_groups(conn: Any) -> bool:
+    """Whether the catalog open on ``conn`` has near-duplicate groups (one of an earlier schema has none)."""
+    return "duplicate_group" in {row[1] for row in conn.execute(f"pragma table_info([{TABLE}])")}
+
+
 def group_facts(conn: Any, ids: list[int]) -> dict[int, GroupFact]:
-    """id → its group and the group's size, for the rows of ``ids`` (empty for a catalog without groups)."""
-    if not ids or "duplicate_group" not in {row[1] for row in conn.execute(f"pragma table_info([{TABLE}])")}:
-        return {}
+    """id → its group and the group's size, for the rows of ``ids`` of a catalog that :func:`has_groups`."""
     facts: dict[int, GroupFact] = {}
     for start in range(0, len(ids), 10_000):  # SQLite caps the number of parameters
         chunk = ids[start:start + 10_000]

@@ -6,6 +6,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from datasette_imgsearch.catalog.schema import TABLE
+from datasette_imgsearch.duplicates.collapse import has_groups
 from datasette_imgsearch.errors import CatalogError
 
 MEMBER_COLUMNS = ("id", "path", "width", "height", "size", "taken", "modified", "duplicate_keeper")
@@ -38,8 +39,7 @@ class Group:
 
 def duplicate_groups(conn: Any, limit: int | None = None, offset: int = 0) -> list[Group]:
     """The groups of the catalog open on ``conn``, the largest first (then by keeper id)."""
-    columns = {row[1] for row in conn.execute(f"pragma table_info([{TABLE}])")}
-    if "duplicate_group" not in columns:
+    if not has_groups(conn):
         raise CatalogError("this catalog was built before near-duplicates were found: run 'datasette-imgsearch build' on it")
     order = f"select duplicate_group from [{TABLE}] where duplicate_group is not null group by duplicate_group " \
             "order by count(*) desc, duplicate_group"

@@ -176,11 +176,13 @@ class Searcher:
             self._results.put(key, hits)
         return hits
 
-    def search_image_bytes(
-        self, data: bytes, k: int = 10, min_score: MinScore = None, max_megapixels: float = DEFAULT_MAX_MEGAPIXELS,
-        max_decoded_megapixels: float | None = None, candidates: Candidates | None = None,
-    ) -> list[Hit]:
-        """Rank the catalog against a reference image or an upload, decoded exactly as ``build`` decodes files."""
+    def image_ranking(
+        self, data: bytes, min_score: MinScore = None, max_megapixels: float = DEFAULT_MAX_MEGAPIXELS,
+        max_decoded_megapixels: float | None = None,
+    ) -> Callable[..., list[Hit]]:
+        """Decode and embed a reference image or an upload once, exactly as ``build`` decodes files; the
+        function returned, ``rank(k, candidates=None)``, ranks the catalog against it for any ``k``, so a
+        search that asks for more hits (to show one per group of near-copies) never decodes it again."""
         if min_score == STRONG_ONLY:
             raise QueryError("strong matches are measured for text queries only, not for pictures")
         snapshot = self.store.current()
@@ -188,7 +190,11 @@ class Searcher:
         decoded = decode(data, max_megapixels, embedder.shrink_to(), max_decoded_megapixels)
         vector = embedder.encode_images([decoded.image])[0]
         del decoded
-        return self.store.search(vector, k, set(), min_score, None if candidates is None else candidates.ids, snapshot)
+
+        def rank(k: int, candidates: Candidates | None = None) -> list[Hit]:
+            return self.store.search(vector, k, set(), min_score, None if candidates is None else candidates.ids, snapshot)
+
+        return rank
 
     def scorer(self, query: str) -> Callable[[bytes], float]:
         """A per-row scoring function for ``imgsearch_score(embedding, query)``."""

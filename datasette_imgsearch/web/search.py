@@ -13,7 +13,7 @@ import functools
 import threading
 import urllib.parse
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from datasette.utils.asgi import Response
 from sqlite_utils.utils import sqlite3
@@ -105,46 +105,40 @@ def run_ranking(
     target: Target, search: SearchRequest, candidates: Candidates | None, offset: int
 ) -> tuple[list[Collapsed], bool, list[Reading], float | None]:
     """``search.k`` results from ``offset`` on, one per near-duplicate group unless ``search.collapse`` is
-    off or the catalog has no groups; whether more exist; and what :func:`run_search` says of the query."""
+    off or the catalog has no groups, and whether more exist; for a text query also which model read each
+    term, and the score from which its hits are strong."""
+    ranking, readings, strong_score = ranking_for(target, search, candidates)
+    most = target.settings.max_k
     if not (search.collapse and "duplicate_group" in target.row_columns):
-        hits, readings, strong_score = run_search(target, search, candidates, offset)
+        hits = ranking(min(search.k + offset + 1, most))[offset:]  # one more than asked: is there a next page?
         return [Collapsed(hit, None, 0) for hit in hits[:search.k]], len(hits) > search.k, readings, strong_score
-    said: list[Any] = [[], None]
-
-    def ranking(count: int) -> list[Hit]:
-        hits, said[0], said[1] = run_search(target, replace(search, k=count - 1), candidates, 0)
-        return hits
-
     conn = sqlite3.connect(read_only_uri(target.path, target.immutable), uri=True, check_same_thread=False)
     try:
-        kept, more = collapsed(ranking, lambda ids: group_facts(conn, ids), offset + search.k, target.settings.max_k)
+        kept, more = collapsed(ranking, lambda ids: group_facts(conn, ids), offset + search.k, most)
     finally:
         conn.close()
-    return kept[offset:], more, said[0], said[1]
+    return kept[offset:], more, readings, strong_score
 
 
-def run_search(
-    target: Target, search: SearchRequest, candidates: Candidates | None, offset: int
-) -> tuple[list[Hit], list[Reading], float | None]:
-    """The hits from ``offset`` on, one more than asked for where there is one (so a page knows whether a
-    next one exists); for a text query also which model read each term, and the score from which its hits
-    are strong."""
+def ranking_for(
+    target: Target, search: SearchRequest, candidates: Candidates | None
+) -> tuple[Callable[[int], list[Hit]], list[Reading], float | None]:
+    """How to rank the catalog for this search, for any number of hits, and what a text query's terms
+    say. An uploaded picture is decoded and embedded here, once, however many hits are asked for."""
     settings = target.settings
     searcher = target.searcher()
     searcher.wait_until_loaded(PAGE_LOAD_TIMEOUT)
-    wanted = min(search.k + offset + 1, settings.max_k)
     if search.image is None:
-        hits = searcher.search(search.query, wanted, search.min_score, candidates)[offset:]
         readings = searcher.readings(search.query)
-        return hits, readings, searcher.strong_score(readings)
+        return ((lambda count: searcher.search(search.query, count, search.min_score, candidates)),
+                readings, searcher.strong_score(readings))
     with upload_decodes():
         try:
-            hits = searcher.search_image_bytes(
-                search.image, wanted, search.min_score, settings.max_megapixels, settings.max_upload_megapixels, candidates
-            )
+            rank = searcher.image_ranking(search.image, search.min_score, settings.max_megapixels,
+                                          settings.max_upload_megapixels)
         finally:
             pixels.release_memory()
-    return hits[offset:], [], None
+    return (lambda count: rank(count, candidates)), [], None
 
 
 @dataclass
