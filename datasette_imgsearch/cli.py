@@ -19,6 +19,8 @@ from datasette_imgsearch.build.options import BuildOptions, RayOptions
 from datasette_imgsearch.catalog.catalog import Catalog
 from datasette_imgsearch.duplicates.collapse import Collapsed, collapsed, group_facts, has_groups
 from datasette_imgsearch.duplicates.listing import MEMBER_COLUMNS, duplicate_groups
+from datasette_imgsearch.search.fusion import text_query_of
+from datasette_imgsearch.text.matching import explanations
 from datasette_imgsearch.errors import ImgsearchError
 from datasette_imgsearch.images import pixels
 from datasette_imgsearch.models.choice import ModelChoice
@@ -95,11 +97,14 @@ def cli() -> None:
 @click.option("--ray-address", help="the Ray cluster to use, as for ray.init  [default: RAY_ADDRESS, else a local Ray]")
 @click.option("--ray-encoders", type=click.IntRange(1, 1024), default=1, show_default=True,
               help="model workers on Ray (each takes a GPU with --device cuda)")
+@click.option("--ocr/--no-ocr", default=None,
+              help="read the words in the pictures, for text search  [default: when the ocr extra is installed]")
 @click.option("--silent", is_flag=True, help="no progress bar")
 def build_command(
     database: str, folder: str | None, model: str | None, text_model: str | None, multilingual_model: str | None,
     device: str, precision: str, batch_size: int, workers: int | None, max_megapixels: float, thumbnail_size: int,
-    no_thumbnails: bool, reembed: bool, engine: str, ray_address: str | None, ray_encoders: int, silent: bool,
+    no_thumbnails: bool, reembed: bool, engine: str, ray_address: str | None, ray_encoders: int, ocr: bool | None,
+    silent: bool,
 ) -> None:
     """Catalog the images under FOLDER into DATABASE, with CLIP embeddings and a FAISS index.
 
@@ -118,12 +123,12 @@ def build_command(
                     precision=precision),
         batch_size=batch_size,
         max_megapixels=max_megapixels, thumbnail_size=None if no_thumbnails else thumbnail_size, reembed=reembed,
-        engine=engine, ray=RayOptions(ray_address, ray_encoders), **({"workers": workers} if workers else {}),
+        engine=engine, ray=RayOptions(ray_address, ray_encoders), ocr=ocr, **({"workers": workers} if workers else {}),
     )
     show_progress = not silent and sys.stderr.isatty()
-    with user_errors(), _progress(show_progress) as progress:
+    with user_errors(), _progress(show_progress) as progress, _progress(show_progress, "Reading text") as text_progress:
         try:
-            summary = build(database, folder, options, progress)
+            summary = build(database, folder, options, progress, text_progress=text_progress)
         except Interrupted as interrupted:
             raise click.ClickException(interrupted_message(interrupted.batches)) from None
         except KeyboardInterrupt:
@@ -134,6 +139,7 @@ def build_command(
     if not silent:
         click.echo(summary.duplicates, err=True)
         click.echo(summary.index, err=True)
+        click.echo(summary.text, err=True)
 
 
 def interrupted_message(batches: int) -> str:
@@ -146,14 +152,16 @@ def interrupted_message(batches: int) -> str:
 class Progress:
     """A progress bar with count, images/s and time left, drawn on stderr."""
 
-    def __init__(self) -> None:
+    def __init__(self, label: str) -> None:
+        self.label = label
         self.started = time.monotonic()
         self.bar: Any = None
 
     def __call__(self, done: int, total: int) -> None:
         if self.bar is None:
+            self.started = time.monotonic()
             self.bar = click.progressbar(
-                length=total, label="Cataloguing", file=sys.stderr, show_pos=True, show_eta=True,
+                length=total, label=self.label, file=sys.stderr, show_pos=True, show_eta=True,
                 item_show_func=lambda rate: rate,
             )
             self.bar.__enter__()
@@ -166,12 +174,12 @@ class Progress:
 
 
 @contextlib.contextmanager
-def _progress(enabled: bool) -> Iterator[Progress | None]:
+def _progress(enabled: bool, label: str = "Cataloguing") -> Iterator[Progress | None]:
     """A :class:`Progress` on a terminal, or nothing."""
     if not enabled:
         yield None
         return
-    progress = Progress()
+    progress = Progress(label)
     try:
         yield progress
     finally:
@@ -245,14 +253,16 @@ def search_command(
             else:
                 results, _ = collapsed(ranking, functools.partial(group_facts, catalog.db.conn), count, MAX_K)
             paths = catalog.paths([result.hit.id for result in results])
+            matched = [result.hit.id for result in results if result.hit.text_match]
+            why = explanations(catalog.db.conn, matched, text_query_of(query or "")) if matched else {}
     if as_json:
-        click.echo(json.dumps([{**r.hit.as_dict(), "path": paths.get(r.hit.id), "near_copies": r.near_copies}
-                               for r in results], indent=2))
+        click.echo(json.dumps([{**r.hit.as_dict(), "path": paths.get(r.hit.id), "near_copies": r.near_copies,
+                                **why.get(r.hit.id, {})} for r in results], indent=2, ensure_ascii=False))
         return
-    _echo_ranking(results, paths)
+    _echo_ranking(results, paths, why)
 
 
-def _echo_ranking(results: list[Collapsed], paths: dict[int, str]) -> None:
+def _echo_ranking(results: list[Collapsed], paths: dict[int, str], why: dict[int, dict[str, Any]]) -> None:
     """One line per result: rank, score, strength (starred when strong), path, and its near-copies."""
     if not results:
         click.echo("no results", err=True)
@@ -260,7 +270,9 @@ def _echo_ranking(results: list[Collapsed], paths: dict[int, str]) -> None:
         hit = result.hit
         strength = [] if hit.strength is None else [f"{hit.strength:4.0%}{'*' if hit.strong else ' '}"]
         copies = [f"(+{result.near_copies} near-cop{'y' if result.near_copies == 1 else 'ies'})"] if result.near_copies else []
-        click.echo("  ".join([f"{rank:4d}", f"{hit.score:.4f}", *strength, str(paths.get(hit.id)), *copies]))
+        said = why.get(hit.id, {}).get("text_snippet")
+        words = [f"“{said}”"] if said else []
+        click.echo("  ".join([f"{rank:4d}", f"{hit.score:.4f}", *strength, str(paths.get(hit.id)), *copies, *words]))
     if results and results[0].hit.strength is not None:
         click.echo(f"strength: the share of random texts whose best match in this catalog scores lower; "
                    f"* marks strong matches (at least {STRONG:.0%})", err=True)

@@ -15,7 +15,7 @@ LAYERS = [
     {"images"},
     {"catalog"},
     {"models"},
-    {"vectors"},
+    {"vectors", "text"},
     {"search", "duplicates"},
     {"build", "settings", "status"},
     {"sql", "web"},

@@ -110,6 +110,8 @@ def test_exif_facts_date_camera_and_gps() -> None:
     gps = exif.get_ifd(0x8825)
     gps[1], gps[2] = "N", (51.0, 30.0, 0.0)
     gps[3], gps[4] = "W", (0.0, 7.0, 30.0)
+    exif[0x010E] = "Shop front on Rue Oberkampf"
+    exif[0x9C9E] = "café;signs\x00".encode("utf-16-le")  # XPKeywords, as Windows writes it
     facts = pixels.decode(encode(Image.new("RGB", (8, 8)), "JPEG", exif=exif)).facts
     assert facts == {
         "taken": "2021-07-04T18:30:05",
@@ -117,12 +119,15 @@ def test_exif_facts_date_camera_and_gps() -> None:
         "camera_model": "EOS 5D",
         "latitude": 51.5,
         "longitude": -0.125,
+        "description": "Shop front on Rue Oberkampf",
+        "keywords": "café;signs",
     }
 
 
 def test_no_exif_means_no_facts() -> None:
     facts = pixels.decode(encode(Image.new("RGB", (8, 8)), "PNG")).facts
-    assert facts == {"taken": None, "camera_make": None, "camera_model": None, "latitude": None, "longitude": None}
+    assert facts == {"taken": None, "camera_make": None, "camera_model": None, "latitude": None, "longitude": None,
+                     "description": None, "keywords": None}
 
 
 def jpeg(size=(64, 48)) -> bytes:

@@ -27,6 +27,8 @@ from datasette_imgsearch.duplicates.stage import update_groups
 from datasette_imgsearch.errors import CatalogError
 from datasette_imgsearch.images.scan import FoundFile, ScanResult, scan
 from datasette_imgsearch.models.cache import MODELS, ModelCache
+from datasette_imgsearch.text.reader import OCR_INSTALL, TextReader, ocr_available
+from datasette_imgsearch.text.stage import unread_count, update_text
 from datasette_imgsearch.vectors.index import index_state, write_index
 
 
@@ -41,11 +43,15 @@ class Builder:
         options: BuildOptions,
         progress: Callable[[int, int], None] | None = None,
         models: ModelCache = MODELS,
+        text_progress: Callable[[int, int], None] | None = None,
     ) -> None:
         if options.engine not in ENGINES:
             raise CatalogError(f"unknown engine {options.engine!r}: use one of {', '.join(ENGINES)}")
+        if options.ocr and not ocr_available():
+            raise CatalogError(f"--ocr needs the OCR model, which is not installed: {OCR_INSTALL}")
         self.options = options
         self.progress = progress
+        self.text_progress = text_progress
         self.created = not Path(db_path).exists()
         if self.created:
             self.folder = _existing_folder(
@@ -81,6 +87,7 @@ class Builder:
             self._update(found, reembedded)
             self.summary.index = self._refresh_index()  # first: a large catalog's groups ask it for neighbours
             self.summary.duplicates = update_groups(self.catalog).line()
+            self.summary.text = self._read_text()
             self.catalog.set_meta(last_build=now())
             if not settle(self.catalog):
                 self.summary.notes.append(
@@ -162,6 +169,15 @@ class Builder:
             self.catalog.write(changes)
             self.committed_batches += 1
 
+    def _read_text(self) -> str:
+        """The text stage (text/stage.py), last: every picture is searchable by what it shows before it."""
+        if not (ocr_available() if self.options.ocr is None else self.options.ocr):
+            if not unread_count(self.catalog):
+                return "text up to date"
+            return "text not read (--no-ocr)" if self.options.ocr is False else f"text not read: {OCR_INSTALL}"
+        return update_text(self.catalog, self.folder, lambda: TextReader(self.options.workers),
+                           self.options.max_megapixels, self.text_progress).line()
+
     def _refresh_index(self) -> str:
         if index_state(self.catalog).fresh:
             return "index up to date"
@@ -180,11 +196,12 @@ def _existing_folder(folder: str | Path | None, missing_message: str) -> Path:
 
 
 def build(db_path: str | Path, folder: str | Path | None, options: BuildOptions | None = None,
-          progress: Callable[[int, int], None] | None = None, models: ModelCache = MODELS) -> Summary:
+          progress: Callable[[int, int], None] | None = None, models: ModelCache = MODELS,
+          text_progress: Callable[[int, int], None] | None = None) -> Summary:
     """Build or update the catalog at ``db_path`` from ``folder``; see :class:`Builder`.
 
     A first build that fails before it catalogued anything leaves no file behind."""
-    builder = Builder(db_path, folder, options or BuildOptions(), progress, models)
+    builder = Builder(db_path, folder, options or BuildOptions(), progress, models, text_progress)
     try:
         return builder.run()
     except BaseException as error:

@@ -25,6 +25,7 @@ class BuildOptions:
     reembed: bool = False
     engine: str = "local"  # a name in engines.ENGINES
     ray: RayOptions = field(default_factory=RayOptions)
+    ocr: bool | None = None  # read the words in the pictures; None: when the ocr extra is installed
 
 
 @dataclass
@@ -37,6 +38,7 @@ class Summary:
     unchanged: int = 0
     index: str = ""
     duplicates: str = ""
+    text: str = ""
     notes: list[str] = field(default_factory=list)
 
     @property

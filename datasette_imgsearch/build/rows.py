@@ -10,7 +10,7 @@ from datasette_imgsearch.build.options import Summary
 from datasette_imgsearch.build.plan import Plan
 from datasette_imgsearch.catalog.catalog import Catalog, StoredFile
 from datasette_imgsearch.catalog.changes import Change, Failure, Remove, Revive, Upsert
-from datasette_imgsearch.catalog.schema import CONTENT_COLUMNS, REMOVED_TABLE, TABLE, to_blob
+from datasette_imgsearch.catalog.schema import CONTENT_COLUMNS, REMOVED_TABLE, TABLE, TEXT_COLUMNS, to_blob
 
 
 class RowChanges:
@@ -34,6 +34,7 @@ class RowChanges:
         """The row of a file whose new pixels were embedded."""
         values = {**file_facts(item.found, item.hash), **item.facts, "embedding": to_blob(item.vector)}
         values.setdefault("thumbnail", None)
+        values.update(dict.fromkeys(TEXT_COLUMNS))  # new pixels: their words are read again by the text stage
         known = self.stored.get(item.found.path)
         if known:
             self.summary.updated += 1

@@ -165,6 +165,22 @@ class SetGroups(Change):
 
 
 @dataclass
+class SetText(Change):
+    """Record the words read in a row's picture, unless the row's bytes changed since they were read."""
+
+    id: int
+    hash: str
+    text: str
+    lines: str
+
+    def apply(self, conn: sqlite3.Connection) -> None:
+        conn.execute(f"update [{TABLE}] set text = ?, text_lines = ? where id = ? and hash = ?",
+                     [self.text, self.lines, self.id, self.hash])
+        conn.execute(f"insert or ignore into [{META_TABLE}] (key, value) values ('text_version', 0)")
+        conn.execute(f"update [{META_TABLE}] set value = value + 1 where key = 'text_version'")
+
+
+@dataclass
 class SwitchModel(Change):
     """Finish a ``--reembed``: the staged vectors replace the old ones (ids kept), the model's facts are
     replaced, rows that could not be re-embedded leave (their files are gone or unreadable; the next

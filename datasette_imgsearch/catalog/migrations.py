@@ -156,6 +156,55 @@ CREATE INDEX IF NOT EXISTS [idx_images_duplicate_group] ON [images] ([duplicate_
 """)
 
 
+@migration
+def m006_text(conn: sqlite3.Connection) -> None:
+    """The words in each picture (``text``; null until read, empty when it has none) with each line's box
+    and confidence (``text_lines``, JSON), the EXIF description and keywords, and a full-text index over
+    them and the file's name and folder, named and kept by triggers as sqlite-utils' ``enable_fts`` does,
+    so Datasette's ``?_search=`` finds it. The trigram tokenizer matches any substring in any script;
+    where SQLite lacks it the index falls back to unicode61, and where it lacks FTS5 there is none."""
+    run_script(conn, """
+ALTER TABLE [images] ADD COLUMN [description] TEXT;
+ALTER TABLE [images] ADD COLUMN [keywords] TEXT;
+ALTER TABLE [images] ADD COLUMN [text] TEXT;
+ALTER TABLE [images] ADD COLUMN [text_lines] TEXT;
+ALTER TABLE [imgsearch_removed] ADD COLUMN [description] TEXT;
+ALTER TABLE [imgsearch_removed] ADD COLUMN [keywords] TEXT;
+ALTER TABLE [imgsearch_removed] ADD COLUMN [text] TEXT;
+ALTER TABLE [imgsearch_removed] ADD COLUMN [text_lines] TEXT;
+""")
+    for tokenizer in ("trigram", "unicode61"):
+        try:
+            conn.execute("SAVEPOINT fts")
+            run_script(conn, f"""
+CREATE VIRTUAL TABLE [images_fts] USING FTS5 (
+    [text], [name], [folder], [description], [keywords],
+    tokenize='{tokenizer}', content=[images]
+);
+INSERT INTO [images_fts] (rowid, [text], [name], [folder], [description], [keywords])
+    SELECT rowid, [text], [name], [folder], [description], [keywords] FROM [images];
+CREATE TRIGGER [images_ai] AFTER INSERT ON [images] BEGIN
+    INSERT INTO [images_fts] (rowid, [text], [name], [folder], [description], [keywords])
+        VALUES (new.rowid, new.[text], new.[name], new.[folder], new.[description], new.[keywords]);
+END;
+CREATE TRIGGER [images_ad] AFTER DELETE ON [images] BEGIN
+    INSERT INTO [images_fts] ([images_fts], rowid, [text], [name], [folder], [description], [keywords])
+        VALUES ('delete', old.rowid, old.[text], old.[name], old.[folder], old.[description], old.[keywords]);
+END;
+CREATE TRIGGER [images_au] AFTER UPDATE OF [id], [text], [name], [folder], [description], [keywords] ON [images] BEGIN
+    INSERT INTO [images_fts] ([images_fts], rowid, [text], [name], [folder], [description], [keywords])
+        VALUES ('delete', old.rowid, old.[text], old.[name], old.[folder], old.[description], old.[keywords]);
+    INSERT INTO [images_fts] (rowid, [text], [name], [folder], [description], [keywords])
+        VALUES (new.rowid, new.[text], new.[name], new.[folder], new.[description], new.[keywords]);
+END;
+""")
+            conn.execute("RELEASE fts")
+            return
+        except sqlite3.OperationalError:
+            conn.execute("ROLLBACK TO fts")
+            conn.execute("RELEASE fts")
+
+
 def schema_version() -> int:
     """The schema this release writes: the number of the last migration."""
     return len(MIGRATIONS)

@@ -49,10 +49,18 @@ COLUMNS: dict[str, str] = {
     "likeness": "INTEGER",
     "duplicate_group": "INTEGER",
     "duplicate_keeper": "INTEGER",
+    "description": "TEXT",
+    "keywords": "TEXT",
+    "text": "TEXT",
+    "text_lines": "TEXT",
 }
 BLOB_COLUMNS = ("thumbnail", "embedding")
-# What a search result or a gallery shows of a row: every column but the BLOBs and the likeness hash.
-ROW_COLUMNS = ("id",) + tuple(name for name in COLUMNS if name not in BLOB_COLUMNS + ("likeness",))
+# What a search result or a gallery shows of a row: every column but the BLOBs, the likeness hash and
+# the boxes of the text's lines.
+ROW_COLUMNS = ("id",) + tuple(name for name in COLUMNS if name not in BLOB_COLUMNS + ("likeness", "text_lines"))
+# The full-text index over the words in the pictures and what people wrote about them (migration 6).
+FTS_TABLE = f"{TABLE}_fts"
+TEXT_COLUMNS = ("text", "text_lines")
 # The columns that come from the file system; every other column comes from the file's bytes, so a file
 # whose bytes are already catalogued (a copy, a moved or returning file) takes those over.
 FILE_COLUMNS = ("path", "name", "folder", "size", "modified", "mtime_ns", "hash")

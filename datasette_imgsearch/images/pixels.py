@@ -208,7 +208,8 @@ def thumbnail(image: Image.Image, size: int = DEFAULT_THUMBNAIL_SIZE) -> bytes:
 
 
 def exif_facts(exif: Image.Exif) -> dict[str, Any]:
-    """Date taken, camera and GPS position from EXIF, each ``None`` when absent or nonsense."""
+    """Date taken, camera, GPS position, description and keywords from EXIF, each ``None`` when absent or
+    nonsense."""
     try:
         details = exif.get_ifd(ExifTags.IFD.Exif)
         gps = exif.get_ifd(ExifTags.IFD.GPSInfo)
@@ -224,7 +225,19 @@ def exif_facts(exif: Image.Exif) -> dict[str, Any]:
         "camera_model": _text(exif.get(ExifTags.Base.Model)),
         "latitude": latitude,
         "longitude": longitude,
+        "description": _text(exif.get(ExifTags.Base.ImageDescription)),
+        "keywords": _windows_text(exif.get(ExifTags.Base.XPKeywords)),
     }
+
+
+def _windows_text(value: Any) -> str | None:
+    """Windows' XP tags (keywords, as Explorer and many organisers write them): UTF-16LE bytes, or a
+    tuple of byte values as some writers leave them."""
+    if isinstance(value, tuple) and all(isinstance(byte, int) and 0 <= byte < 256 for byte in value):
+        value = bytes(value)
+    if isinstance(value, bytes):
+        value = value.decode("utf-16-le", "replace")
+    return _text(value)
 
 
 def _text(value: Any) -> str | None:

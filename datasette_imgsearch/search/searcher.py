@@ -18,9 +18,11 @@ from datasette_imgsearch.models.cache import MODELS, ModelCache
 from datasette_imgsearch.models.choice import ModelChoice
 from datasette_imgsearch.models.languages import CLIP, MULTILINGUAL, check_route
 from datasette_imgsearch.search.arguments import STRONG_ONLY, Candidates, MinScore
+from datasette_imgsearch.search.fusion import PICTURE_DEPTH, fuse, text_query_of
 from datasette_imgsearch.search.loading import BackgroundLoad
 from datasette_imgsearch.search.models import QueryModels, Reading
 from datasette_imgsearch.search.strength import Calibration, random_text_vectors, random_texts
+from datasette_imgsearch.text.matching import TextQuery, containing, ranked, split_query, text_search_columns
 from datasette_imgsearch.vectors.ranking import Hit
 from datasette_imgsearch.vectors.snapshot import Snapshot
 from datasette_imgsearch.vectors.store import VectorStore
@@ -114,8 +116,9 @@ class Searcher:
 
     # Queries -----------------------------------------------------------------------------------
     def readings(self, query: str, snapshot: Snapshot | None = None) -> list[Reading]:
-        """The terms of ``query`` and the model that reads each (``row`` for a row's stored vector)."""
-        return self.models.readings(query, snapshot or self.store.current())
+        """The terms of ``query`` and the model that reads each (``row`` for a row's stored vector); quoted
+        phrases are read as plain words."""
+        return self.models.readings(split_query(query)[0], snapshot or self.store.current())
 
     def text_vector(self, text: str, snapshot: Snapshot | None = None, reader: str = CLIP) -> np.ndarray:
         return self.models.text_vector(text, snapshot or self.store.current(), reader)
@@ -131,7 +134,8 @@ class Searcher:
     def query_vector(self, query: str, snapshot: Snapshot | None = None) -> tuple[np.ndarray, set[int]]:
         """The unit vector a query stands for, and the rows it names (left out of its results)."""
         snapshot = snapshot or self.store.current()
-        return self._vector_of(query, self.models.readings(query, snapshot), snapshot)
+        picture_query = split_query(query)[0]
+        return self._vector_of(picture_query, self.models.readings(picture_query, snapshot), snapshot)
 
     def _vector_of(self, query: str, readings: list[Reading], snapshot: Snapshot) -> tuple[np.ndarray, set[int]]:
         total: np.ndarray | None = None
@@ -156,25 +160,50 @@ class Searcher:
         self, query: str, k: int = 10, min_score: MinScore = None, candidates: Candidates | None = None
     ) -> list[Hit]:
         """Rank the catalog against a text query (see :func:`parse.parse`); only among ``candidates`` when
-        given. A query of text terms only gets each hit's strength; ``min_score="strong"`` keeps the
-        strong ones."""
+        given. The query's words also rank the pictures whose text holds them, fused with the picture
+        ranking (fusion.py), and ``"quoted words"`` must be in a hit's text. A query of text terms only
+        gets each hit's strength; ``min_score="strong"`` keeps the strong ones, and text matches."""
         snapshot = self.store.current()
-        key = (query, k, min_score, candidates and candidates.key, snapshot.fingerprint)
+        key = (query, k, min_score, candidates and candidates.key, snapshot.fingerprint, self._text_version())
         hits = self._results.get(key)
         if hits is None:
-            readings = self.models.readings(query, snapshot)
-            vector, exclude = self._vector_of(query, readings, snapshot)
+            picture_query, _ = split_query(query)
+            readings = self.models.readings(picture_query, snapshot)
+            vector, exclude = self._vector_of(picture_query, readings, snapshot)
             calibration = self._calibration_of(readings, snapshot)
             if min_score == STRONG_ONLY:
                 if calibration is None:
                     raise QueryError("strong matches are measured for text queries only, not for row: terms")
                 min_score = calibration.strong_score
             ids = None if candidates is None else candidates.ids
-            hits = self.store.search(vector, k, exclude, min_score, ids, snapshot)
+            hits = self._ranked(vector, k, exclude, min_score, ids, snapshot, text_query_of(query))
             if calibration is not None:
                 hits = [calibration.rated(hit) for hit in hits]
             self._results.put(key, hits)
         return hits
+
+    def _ranked(self, vector: np.ndarray, k: int, exclude: set[int], min_score: float | None, ids: np.ndarray | None,
+                snapshot: Snapshot, text_query: TextQuery) -> list[Hit]:
+        """The picture ranking, fused with the text ranking where the catalog has text and the query words."""
+        catalog = self.store.catalog()
+        has_text, tokenizer = text_search_columns(catalog)
+        if not (has_text and text_query):
+            return self.store.search(vector, k, exclude, min_score, ids, snapshot)
+        if text_query.phrases:
+            allowed = containing(catalog, text_query.phrases, tokenizer)
+            ids = allowed if ids is None else ids[np.isin(ids, allowed)]
+        text_ids = [id_ for id_ in ranked(catalog, text_query.words, tokenizer, ids) if id_ not in exclude]
+        if not text_ids:
+            return self.store.search(vector, k, exclude, min_score, ids, snapshot)
+        picture = self.store.search(vector, max(k, PICTURE_DEPTH), exclude, min_score, ids, snapshot)
+        seen = {hit.id for hit in picture}
+        missing = np.array([id_ for id_ in text_ids if id_ not in seen], dtype=np.int64)
+        extra = self.store.search(vector, len(missing), exclude, None, missing, snapshot) if len(missing) else []
+        return fuse(picture, text_ids, {hit.id: hit for hit in extra}, k)
+
+    def _text_version(self) -> Any:
+        """What changes whenever the build's text stage records words (a search's cache key)."""
+        return self.store.catalog().meta("text_version")
 
     def image_ranking(
         self, data: bytes, min_score: MinScore = None, max_megapixels: float = DEFAULT_MAX_MEGAPIXELS,

@@ -90,7 +90,7 @@ class Calibration:
     def rated(self, hit: Hit) -> Hit:
         """``hit`` with its strength, and whether that is strong."""
         strength = self.strength(hit.score)
-        return Hit(hit.id, hit.score, strength, strength >= STRONG)
+        return Hit(hit.id, hit.score, strength, strength >= STRONG, hit.text_match)
 
     @property
     def strong_score(self) -> float:

@@ -20,12 +20,18 @@ class Hit:
     score: float
     strength: float | None = None  # how it compares with what random text finds (search.strength); None for pictures
     strong: bool | None = None  # whether that strength counts as strong; None for pictures
+    text_match: bool = False  # whether the picture's text holds the query's words (text.matching)
 
     def as_dict(self) -> dict[str, Any]:
-        found = {"id": self.id, "score": round(self.score, 6)}
+        found: dict[str, Any] = {"id": self.id, "score": round(self.score, 6)}
         if self.strength is not None:
             found["strength"] = round(self.strength, 3)
+        if self.text_match:
+            found["text_match"] = True
         return found
+
+    def with_text_match(self, matched: bool) -> "Hit":
+        return Hit(self.id, self.score, self.strength, self.strong, matched)
 
 
 def top_k(ids: np.ndarray, scores: np.ndarray, k: int, exclude: set[int], min_score: float | None) -> list[Hit]:

@@ -25,8 +25,10 @@ from datasette_imgsearch.errors import ImgsearchError, QueryError, RequestError,
 from datasette_imgsearch.images import pixels
 from datasette_imgsearch.models.names import model_label
 from datasette_imgsearch.search.arguments import STRONG_ONLY, Candidates, MinScore, check_k, check_min_score
+from datasette_imgsearch.search.fusion import text_query_of
 from datasette_imgsearch.search.models import Reading
 from datasette_imgsearch.settings import Settings
+from datasette_imgsearch.text.matching import explanation
 from datasette_imgsearch.vectors.ranking import Hit
 from datasette_imgsearch.web import csrf
 from datasette_imgsearch.web.narrowing import (
@@ -171,7 +173,7 @@ async def search(datasette: "Datasette", request: "Request", target: Target, bro
     offset = 0 if narrowing.sort else narrowing.offset
     asked = replace(wanted, k=target.settings.max_k - 1) if narrowing.sort else wanted
     kept, more, readings, strong_score = await in_thread(run_ranking, target, asked, candidates, offset, pool=search_threads())
-    results = await rows_for(datasette, target, kept, wanted.k)
+    results = await rows_for(datasette, target, kept, wanted.k, wanted.query if wanted.image is None else "")
     if narrowing.sort:  # every strong hit, in the column's order, a page of them
         results = sorted_by(results, *narrowing.sort)[narrowing.offset:]
         more = len(results) > wanted.k
@@ -184,19 +186,30 @@ def sorted_by(results: list[dict[str, Any]], column: str, descending: bool) -> l
     return valued + [row for row in results if row[column] is None]
 
 
-async def rows_for(datasette: "Datasette", target: Target, kept: list[Collapsed], k: int) -> list[dict[str, Any]]:
-    """The results joined to their rows (no BLOBs), in rank order, with links."""
+async def rows_for(
+    datasette: "Datasette", target: Target, kept: list[Collapsed], k: int, query: str = ""
+) -> list[dict[str, Any]]:
+    """The results joined to their rows (no BLOBs), in rank order, with links, and for a match by the
+    picture's text, why it matched."""
     if not kept:
         return []
     db = datasette.databases[target.database]
     ids = [result.hit.id for result in kept]
+    columns = target.row_columns + (("text_lines",) if "text" in target.row_columns else ())
     result = await db.execute(
-        f"select {', '.join(f'[{c}]' for c in target.row_columns)} from [{TABLE}] where id in ({', '.join('?' for _ in ids)})",
-        ids,
+        f"select {', '.join(f'[{c}]' for c in columns)} from [{TABLE}] where id in ({', '.join('?' for _ in ids)})", ids,
     )
-    rows = {row["id"]: dict(zip(target.row_columns, row)) for row in result.rows}
-    return [linked(datasette, target, rows[result.hit.id], result.hit, k, result.near_copies)
-            for result in kept if result.hit.id in rows]  # a row removed since: gone
+    rows = {row["id"]: dict(zip(columns, row)) for row in result.rows}
+    text_query = text_query_of(query) if query and any(result.hit.text_match for result in kept) else None
+    found = []
+    for each in kept:
+        row = rows.get(each.hit.id)
+        if row is None:
+            continue  # a row removed since: gone
+        lines = row.pop("text_lines", None)
+        why = explanation(row.get("text"), lines, text_query) if text_query and each.hit.text_match else {}
+        found.append({**linked(datasette, target, row, each.hit, k, each.near_copies), **why})
+    return found
 
 
 def linked(
@@ -212,6 +225,7 @@ def linked(
         "score": None if hit is None else round(hit.score, 6),
         "strength": None if hit is None or hit.strength is None else round(hit.strength, 3),
         "strong": None if hit is None else hit.strong,
+        "text_match": None if hit is None else hit.text_match,
         "row_url": datasette.urls.row(target.database, target.table, str(row_id)),
         "thumbnail_url": f"{base}/thumbnail/{row_id}",
         "more_like_this_url": f"{base}?{urllib.parse.urlencode({'q': f'row:{row_id}', 'k': k})}",
@@ -342,7 +356,7 @@ def outcome_context(
     wanted, narrowing = outcome.wanted, outcome.narrowing
     more = outcome.has_more
     best = outcome.results[0] if outcome.results else None
-    weak_only = best is not None and best["strength"] is not None and not best["strong"]
+    weak_only = best is not None and best["strength"] is not None and not best["strong"] and not best["text_match"]
     hide_weak = weak_only and request.args.get(SHOW_WEAK) != "1"  # a nonsense query shows no grid unless asked
     return {
         "q": wanted.query, "k": str(wanted.k), "uploaded": wanted.image is not None, "results": outcome.results,

@@ -1,0 +1,135 @@
+"""Finding rows by the words in their pictures (and their EXIF description and keywords).
+
+A query's plain words rank the rows whose text holds them; ``"quoted words"`` must appear in a picture's
+text. Both match substrings in any script: the catalog's full-text index uses SQLite's trigram
+tokenizer, so ``咖啡`` finds ``咖啡店`` and ``open`` finds ``OPEN 24 HOURS``. The trigram index answers
+words of three characters or more; a shorter word is looked for by a scan, and only when it is not plain
+ASCII (a two-character Chinese word means something, ``a`` or ``of`` does not). Where a catalog has no
+full-text index (SQLite without FTS5) the same questions are answered by scans of ``images``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from datasette_imgsearch.catalog.catalog import Catalog
+from datasette_imgsearch.catalog.schema import FTS_TABLE, TABLE
+
+RANKED_ROWS = 200  # how deep the text ranking goes before it is fused with the picture ranking
+SEARCHED_COLUMNS = ("text", "description", "keywords")
+_QUOTED = re.compile(r'"([^"]*)"')
+_WORD = re.compile(r"[^\W_]+(?:['’][^\W_]+)*")
+
+
+@dataclass(frozen=True)
+class TextQuery:
+    """The text side of a query: words that rank (any may match) and phrases every hit must contain."""
+
+    words: tuple[str, ...] = ()
+    phrases: tuple[str, ...] = ()
+
+    def __bool__(self) -> bool:
+        return bool(self.words or self.phrases)
+
+
+def split_query(query: str) -> tuple[str, tuple[str, ...]]:
+    """``query`` without its double quotes (what the picture model reads), and the quoted phrases."""
+    if not isinstance(query, str):
+        return query, ()
+    phrases = tuple(phrase.strip() for phrase in _QUOTED.findall(query) if phrase.strip())
+    return query.replace('"', " ").strip() if phrases or '"' in query else query, phrases
+
+
+def words_of(text: str) -> tuple[str, ...]:
+    """The words of a query term that can be looked for in text: three characters or more, or any
+    length in a script other than ASCII."""
+    return tuple(word for word in _WORD.findall(text) if len(word) >= 3 or not word.isascii())
+
+
+def text_search_columns(catalog: Catalog) -> tuple[bool, str | None]:
+    """Whether a catalog has the words of its pictures (schema 6), and its full-text index's tokenizer
+    (``trigram``, ``unicode61``) or None where it has none."""
+    columns = {row[1] for row in catalog.db.execute(f"pragma table_info([{TABLE}])")}
+    if "text" not in columns:
+        return False, None
+    row = catalog.db.execute("select sql from sqlite_master where name = ?", [FTS_TABLE]).fetchone()
+    if not row:
+        return True, None
+    return True, "trigram" if "trigram" in row[0] else "unicode61"
+
+
+def ranked(catalog: Catalog, words: tuple[str, ...], tokenizer: str | None, candidates: np.ndarray | None) -> list[int]:
+    """Rows whose text, description or keywords hold any of ``words``, those that hold the most first
+    (then by id, so every door lists them alike); at most ``RANKED_ROWS``, only among ``candidates`` when
+    given."""
+    counts: dict[int, int] = {}
+    for word in dict.fromkeys(word.lower() for word in words):
+        for id_ in _containing(catalog, word, tokenizer, SEARCHED_COLUMNS):
+            counts[id_] = counts.get(id_, 0) + 1
+    found = np.fromiter(counts, dtype=np.int64, count=len(counts))
+    if candidates is not None:
+        found = found[np.isin(found, candidates)]
+    return sorted(found.tolist(), key=lambda id_: (-counts[id_], id_))[:RANKED_ROWS]
+
+
+def containing(catalog: Catalog, phrases: tuple[str, ...], tokenizer: str | None) -> np.ndarray:
+    """The ids of rows whose picture's text holds every one of ``phrases`` (case aside for ASCII)."""
+    found: set[int] | None = None
+    for phrase in phrases:
+        ids = set(_containing(catalog, phrase, tokenizer, ("text",)))
+        found = ids if found is None else found & ids
+    return np.array(sorted(found or ()), dtype=np.int64)
+
+
+def _containing(catalog: Catalog, phrase: str, tokenizer: str | None, columns: tuple[str, ...]) -> list[int]:
+    """Rows with ``phrase`` in any of ``columns``: a LIKE that the trigram index answers when it can
+    (three characters or more, no wildcard in the phrase), else a scan."""
+    if tokenizer == "trigram" and len(phrase) >= 3 and not any(mark in phrase for mark in "%_"):
+        condition = " or ".join(f"[{column}] like ?" for column in columns)
+        sql = f"select rowid from [{FTS_TABLE}] where {condition}"
+        return [row[0] for row in catalog.db.execute(sql, [f"%{phrase}%"] * len(columns))]
+    condition = " or ".join(f"instr(lower([{column}]), lower(?)) > 0" for column in columns)
+    return [row[0] for row in catalog.db.execute(f"select id from [{TABLE}] where {condition}", [phrase] * len(columns))]
+
+
+def snippet(text: str | None, query: TextQuery, width: int = 80) -> str | None:
+    """The part of ``text`` around the first word or phrase of ``query`` it holds, for a result's caption."""
+    if not text:
+        return None
+    lowered = text.lower()
+    for needle in query.phrases + query.words:
+        at = lowered.find(needle.lower())
+        if at >= 0:
+            start = max(0, at - width // 2)
+            piece = text[start:start + width].replace("\n", " · ")
+            return ("…" if start else "") + piece + ("…" if start + width < len(text) else "")
+    return None
+
+
+def matched_lines(lines: list[dict[str, Any]], query: TextQuery) -> list[dict[str, Any]]:
+    """The lines (as stored in ``text_lines``) that hold a word or phrase of ``query``: what a page outlines."""
+    needles = [needle.lower() for needle in query.phrases + query.words]
+    return [line for line in lines if any(needle in str(line.get("text", "")).lower() for needle in needles)]
+
+
+def explanation(text: str | None, lines_json: str | None, query: TextQuery) -> dict[str, Any]:
+    """Why a row matched a query by its text, for every door: a snippet of the text around the match, and
+    the matching lines with their boxes (in the upright picture's pixels)."""
+    try:
+        lines = json.loads(lines_json) if lines_json else []
+    except ValueError:
+        lines = []
+    return {"text_snippet": snippet(text, query), "text_boxes": matched_lines(lines if isinstance(lines, list) else [], query)}
+
+
+def explanations(conn: Any, ids: list[int], query: TextQuery) -> dict[int, dict[str, Any]]:
+    """:func:`explanation` of each of ``ids`` (rows matched by their text), with the row's whole ``text``."""
+    if not ids:
+        return {}
+    rows = conn.execute(f"select id, text, text_lines from [{TABLE}] where id in ({', '.join('?' for _ in ids)})", ids)
+    return {id_: {"text": text, **explanation(text, lines, query)} for id_, text, lines in rows}
