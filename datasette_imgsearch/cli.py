@@ -19,8 +19,6 @@ from datasette_imgsearch.build.options import BuildOptions, RayOptions
 from datasette_imgsearch.catalog.catalog import Catalog
 from datasette_imgsearch.duplicates.collapse import Collapsed, collapsed, group_facts, has_groups
 from datasette_imgsearch.duplicates.listing import MEMBER_COLUMNS, duplicate_groups
-from datasette_imgsearch.search.fusion import text_query_of
-from datasette_imgsearch.text.matching import explanations
 from datasette_imgsearch.errors import ImgsearchError
 from datasette_imgsearch.images import pixels
 from datasette_imgsearch.models.choice import ModelChoice
@@ -29,9 +27,11 @@ from datasette_imgsearch.models.hardware import DEVICES, PRECISIONS
 from datasette_imgsearch.models.languages import MULTILINGUAL, ROUTES
 from datasette_imgsearch.models.names import DEFAULT_MODEL
 from datasette_imgsearch.search.arguments import check_k, check_min_score
+from datasette_imgsearch.search.fusion import text_query_of
 from datasette_imgsearch.search.registry import searcher_for
 from datasette_imgsearch.search.strength import STRONG
 from datasette_imgsearch.status import catalog_status
+from datasette_imgsearch.text.matching import explanations
 from datasette_imgsearch.vectors.index import write_index
 from datasette_imgsearch.vectors.kinds import KINDS
 

@@ -27,7 +27,7 @@ from datasette_imgsearch.duplicates.stage import update_groups
 from datasette_imgsearch.errors import CatalogError
 from datasette_imgsearch.images.scan import FoundFile, ScanResult, scan
 from datasette_imgsearch.models.cache import MODELS, ModelCache
-from datasette_imgsearch.text.reader import OCR_INSTALL, TextReader, ocr_available
+from datasette_imgsearch.text.reader import OCR_INSTALL, ocr_available, shared_reader
 from datasette_imgsearch.text.stage import unread_count, update_text
 from datasette_imgsearch.vectors.index import index_state, write_index
 
@@ -175,7 +175,7 @@ class Builder:
             if not unread_count(self.catalog):
                 return "text up to date"
             return "text not read (--no-ocr)" if self.options.ocr is False else f"text not read: {OCR_INSTALL}"
-        return update_text(self.catalog, self.folder, lambda: TextReader(self.options.workers),
+        return update_text(self.catalog, self.folder, lambda: shared_reader(self.options.workers),
                            self.options.max_megapixels, self.text_progress).line()
 
     def _refresh_index(self) -> str:

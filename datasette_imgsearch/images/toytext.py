@@ -48,12 +48,19 @@ def fonts() -> tuple[list[Path], list[Path]]:
     return latin, cjk
 
 
-def _plate(word: str, font: ImageFont.FreeTypeFont, ink: tuple[int, int, int], ground: tuple[int, int, int] | None) -> Image.Image:
-    """The word on a transparent layer, or on a plate of ``ground`` (a sign)."""
-    left, top, right, bottom = font.getbbox(word)
+Colour = tuple[int, int, int]
+
+
+def _plate(word: str, font: ImageFont.FreeTypeFont, ink: Colour, ground: Colour | None) -> Image.Image:
+    """The word on a plate of ``ground`` (a sign), or straight on a transparent layer with a contrasting
+    outline (a label or a caption, as photo apps and memes write them, legible on any picture)."""
+    outline = 0 if ground else max(1, font.size // 14)
+    left, top, right, bottom = (int(edge) for edge in font.getbbox(word, stroke_width=outline))
     pad = max(4, (bottom - top) // 3)
     layer = Image.new("RGBA", (right - left + 2 * pad, bottom - top + 2 * pad), (*ground, 255) if ground else (0, 0, 0, 0))
-    ImageDraw.Draw(layer).text((pad - left, pad - top), word, font=font, fill=(*ink, 255))
+    halo = (255, 255, 255, 255) if sum(ink) < 384 else (0, 0, 0, 255)
+    ImageDraw.Draw(layer).text((pad - left, pad - top), word, font=font, fill=(*ink, 255), stroke_width=outline,
+                               stroke_fill=halo)
     return layer
 
 
@@ -73,9 +80,8 @@ def draw_words(image: Image.Image, words: tuple[str, ...], rng: random.Random) -
         ground = None
         if rng.random() < 0.6:  # a sign: a plate that contrasts with the ink
             ground = (235, 230, 210) if ink_name != "white" else (30, 60, 40)
-        elif ink_name == "white":
-            ground = (60, 60, 60)
-        layer = _plate(word, font, INKS[ink_name], ground).rotate(rng.uniform(-12, 12), expand=True, resample=Image.Resampling.BICUBIC)
+        angle = rng.uniform(-12, 12)
+        layer = _plate(word, font, INKS[ink_name], ground).rotate(angle, expand=True, resample=Image.Resampling.BICUBIC)
         box = _free_spot(layer.size, (width, height), taken, rng)
         taken.append(box)
         canvas.alpha_composite(layer, box[:2])
@@ -95,7 +101,7 @@ def _free_spot(size: tuple[int, int], bounds: tuple[int, int], taken: list[tuple
     return box
 
 
-def write_text_world(folder: str | Path, count: int = 120, seed: int = 0, size: tuple[int, int] = (320, 240),
+def write_text_world(folder: str | Path, count: int = 120, seed: int = 0, size: tuple[int, int] = (640, 480),
                      fmt: str = "jpg") -> list[TextImage]:
     """Write ``count`` toy pictures of ``size`` into ``folder``, every other one with one or two words on it
     (a third of them Chinese), as ``picture-{n}.{fmt}``: names that say nothing of what is drawn. The
@@ -118,3 +124,23 @@ def write_text_world(folder: str | Path, count: int = 120, seed: int = 0, size: 
     (folder / "truth.json").write_text(json.dumps(truth, ensure_ascii=False, indent=1))
     return written
 
+
+
+def mixed_queries(truth: dict[str, dict], id_of: dict[str, int]) -> list[tuple[str, set[int], set[int]]]:
+    """Each query "a {colour} {shape} {word}" that some picture both shows and says, from the truth that
+    :func:`write_text_world` writes: (the query, the ids of the pictures that do both, the ids of those
+    that do only one of the two)."""
+    cases = []
+    for colour, shape, word in sorted({(f["colour"], f["shape"], w) for f in truth.values() for w in f["words"]}):
+        shows = {id_of[name] for name, f in truth.items() if (f["colour"], f["shape"]) == (colour, shape)}
+        says = {id_of[name] for name, f in truth.items() if word in f["words"]}
+        cases.append((f"a {colour} {shape} {word}", shows & says, shows ^ says))
+    return cases
+
+
+def shown_and_said_first(ranking: list[int], both: set[int], one: set[int]) -> bool:
+    """Whether the pictures that show and say a query are in ``ranking`` (ids, best first), above every
+    picture there that does only one of the two."""
+    ranks = {id_: rank for rank, id_ in enumerate(ranking)}
+    shown = [ranks[id_] for id_ in both if id_ in ranks]
+    return bool(shown) and all(max(shown) < ranks[id_] for id_ in one if id_ in ranks)

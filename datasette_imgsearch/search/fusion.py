@@ -16,6 +16,14 @@ from datasette_imgsearch.vectors.ranking import Hit
 
 FUSION_K = 60
 PICTURE_DEPTH = 100  # how deep the picture ranking is read for fusion
+TEXT_DEPTH = 200  # how deep the text ranking is read
+
+
+def text_ranking(matches: dict[int, int], scores: dict[int, float]) -> list[int]:
+    """The text ranking: the rows that hold the most of the query's words first, and among those the ones
+    whose picture matches it best (a count of words ties often; the picture's score says which of the
+    pictures that read "BAKERY" is the red circle the query asks for)."""
+    return sorted(matches, key=lambda id_: (-matches[id_], -scores.get(id_, -2.0), id_))[:TEXT_DEPTH]
 
 
 def fuse(picture: list[Hit], text: list[int], text_scores: dict[int, Hit], k: int) -> list[Hit]:

@@ -18,11 +18,11 @@ from datasette_imgsearch.models.cache import MODELS, ModelCache
 from datasette_imgsearch.models.choice import ModelChoice
 from datasette_imgsearch.models.languages import CLIP, MULTILINGUAL, check_route
 from datasette_imgsearch.search.arguments import STRONG_ONLY, Candidates, MinScore
-from datasette_imgsearch.search.fusion import PICTURE_DEPTH, fuse, text_query_of
+from datasette_imgsearch.search.fusion import PICTURE_DEPTH, fuse, text_query_of, text_ranking
 from datasette_imgsearch.search.loading import BackgroundLoad
 from datasette_imgsearch.search.models import QueryModels, Reading
 from datasette_imgsearch.search.strength import Calibration, random_text_vectors, random_texts
-from datasette_imgsearch.text.matching import TextQuery, containing, ranked, split_query, text_search_columns
+from datasette_imgsearch.text.matching import TextQuery, containing, matches, split_query, text_search_columns
 from datasette_imgsearch.vectors.ranking import Hit
 from datasette_imgsearch.vectors.snapshot import Snapshot
 from datasette_imgsearch.vectors.store import VectorStore
@@ -171,12 +171,13 @@ class Searcher:
             readings = self.models.readings(picture_query, snapshot)
             vector, exclude = self._vector_of(picture_query, readings, snapshot)
             calibration = self._calibration_of(readings, snapshot)
+            cutoff: float | None = None if min_score is None or min_score == STRONG_ONLY else float(min_score)
             if min_score == STRONG_ONLY:
                 if calibration is None:
                     raise QueryError("strong matches are measured for text queries only, not for row: terms")
-                min_score = calibration.strong_score
+                cutoff = calibration.strong_score
             ids = None if candidates is None else candidates.ids
-            hits = self._ranked(vector, k, exclude, min_score, ids, snapshot, text_query_of(query))
+            hits = self._ranked(vector, k, exclude, cutoff, ids, snapshot, text_query_of(query))
             if calibration is not None:
                 hits = [calibration.rated(hit) for hit in hits]
             self._results.put(key, hits)
@@ -192,14 +193,17 @@ class Searcher:
         if text_query.phrases:
             allowed = containing(catalog, text_query.phrases, tokenizer)
             ids = allowed if ids is None else ids[np.isin(ids, allowed)]
-        text_ids = [id_ for id_ in ranked(catalog, text_query.words, tokenizer, ids) if id_ not in exclude]
-        if not text_ids:
+        found = matches(catalog, text_query.words, tokenizer, ids)
+        for id_ in exclude:
+            found.pop(id_, None)
+        if not found:
             return self.store.search(vector, k, exclude, min_score, ids, snapshot)
         picture = self.store.search(vector, max(k, PICTURE_DEPTH), exclude, min_score, ids, snapshot)
         seen = {hit.id for hit in picture}
-        missing = np.array([id_ for id_ in text_ids if id_ not in seen], dtype=np.int64)
+        missing = np.array([id_ for id_ in found if id_ not in seen], dtype=np.int64)
         extra = self.store.search(vector, len(missing), exclude, None, missing, snapshot) if len(missing) else []
-        return fuse(picture, text_ids, {hit.id: hit for hit in extra}, k)
+        scores = {hit.id: hit.score for hit in picture + extra}
+        return fuse(picture, text_ranking(found, scores), {hit.id: hit for hit in extra}, k)
 
     def _text_version(self) -> Any:
         """What changes whenever the build's text stage records words (a search's cache key)."""
@@ -220,8 +224,10 @@ class Searcher:
         vector = embedder.encode_images([decoded.image])[0]
         del decoded
 
+        cutoff = None if min_score is None else float(min_score)
+
         def rank(k: int, candidates: Candidates | None = None) -> list[Hit]:
-            return self.store.search(vector, k, set(), min_score, None if candidates is None else candidates.ids, snapshot)
+            return self.store.search(vector, k, set(), cutoff, None if candidates is None else candidates.ids, snapshot)
 
         return rank
 

@@ -20,7 +20,7 @@ import numpy as np
 from datasette_imgsearch.catalog.catalog import Catalog
 from datasette_imgsearch.catalog.schema import FTS_TABLE, TABLE
 
-RANKED_ROWS = 200  # how deep the text ranking goes before it is fused with the picture ranking
+MATCHED_ROWS = 20_000  # the most text matches a query ranks
 SEARCHED_COLUMNS = ("text", "description", "keywords")
 _QUOTED = re.compile(r'"([^"]*)"')
 _WORD = re.compile(r"[^\W_]+(?:['’][^\W_]+)*")
@@ -42,7 +42,7 @@ def split_query(query: str) -> tuple[str, tuple[str, ...]]:
     if not isinstance(query, str):
         return query, ()
     phrases = tuple(phrase.strip() for phrase in _QUOTED.findall(query) if phrase.strip())
-    return query.replace('"', " ").strip() if phrases or '"' in query else query, phrases
+    return " ".join(query.replace('"', " ").split()) if '"' in query else query, phrases
 
 
 def words_of(text: str) -> tuple[str, ...]:
@@ -63,10 +63,10 @@ def text_search_columns(catalog: Catalog) -> tuple[bool, str | None]:
     return True, "trigram" if "trigram" in row[0] else "unicode61"
 
 
-def ranked(catalog: Catalog, words: tuple[str, ...], tokenizer: str | None, candidates: np.ndarray | None) -> list[int]:
-    """Rows whose text, description or keywords hold any of ``words``, those that hold the most first
-    (then by id, so every door lists them alike); at most ``RANKED_ROWS``, only among ``candidates`` when
-    given."""
+def matches(catalog: Catalog, words: tuple[str, ...], tokenizer: str | None, candidates: np.ndarray | None) -> dict[int, int]:
+    """Rows whose text, description or keywords hold any of ``words``, with how many of the words each
+    holds; only among ``candidates`` when given, and at most ``MATCHED_ROWS`` (those holding the most,
+    then the lowest ids), so a word every picture holds costs a bounded amount."""
     counts: dict[int, int] = {}
     for word in dict.fromkeys(word.lower() for word in words):
         for id_ in _containing(catalog, word, tokenizer, SEARCHED_COLUMNS):
@@ -74,7 +74,8 @@ def ranked(catalog: Catalog, words: tuple[str, ...], tokenizer: str | None, cand
     found = np.fromiter(counts, dtype=np.int64, count=len(counts))
     if candidates is not None:
         found = found[np.isin(found, candidates)]
-    return sorted(found.tolist(), key=lambda id_: (-counts[id_], id_))[:RANKED_ROWS]
+    kept = sorted(found.tolist(), key=lambda id_: (-counts[id_], id_))[:MATCHED_ROWS]
+    return {id_: counts[id_] for id_ in kept}
 
 
 def containing(catalog: Catalog, phrases: tuple[str, ...], tokenizer: str | None) -> np.ndarray:

@@ -10,6 +10,7 @@ whole build. The direction classifier is left out: upside-down text is not read.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from dataclasses import dataclass
@@ -93,6 +94,13 @@ class TextReader:
                 box_ints = tuple((round(x), round(y)) for x, y in corners)
                 lines.append(Line(text.strip(), box_ints, confidence))  # type: ignore[arg-type]
         return lines
+
+
+@functools.lru_cache(maxsize=2)
+def shared_reader(threads: int | None = None) -> TextReader:
+    """The process's reader for ``threads``: loading the ONNX sessions takes most of a second, so builds
+    in one process (a test run, a server that builds) share them."""
+    return TextReader(threads)
 
 
 def _bgr(image: Image.Image) -> np.ndarray:

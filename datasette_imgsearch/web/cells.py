@@ -3,6 +3,7 @@ and links."""
 
 from __future__ import annotations
 
+import json
 import urllib.parse
 from typing import TYPE_CHECKING, Any
 
@@ -20,10 +21,13 @@ def render_cell(value: Any, column: str, table: str | None, database: str, datas
     """Photos as a photographer reads a table: the ``path`` cell leads with the picture and stays on one
     line, with links to the original and to "more like this"; the ``thumbnail`` and ``embedding`` BLOBs are
     short labels (a page never carries their bytes, as ``data:`` URLs or otherwise); the ``thumbnail_url``
-    links of the search's SQL page are pictures. Called for every cell of every page, so any other column
-    returns at once."""
-    if column not in ("thumbnail", "path", "thumbnail_url", "embedding"):
+    links of the search's SQL page are pictures; ``text_lines`` (the boxes of the words read in a picture)
+    is a count with the lines and their confidence on hover, not a wall of JSON. Called for every cell of
+    every page, so any other column returns at once."""
+    if column not in ("thumbnail", "path", "thumbnail_url", "embedding", "text_lines"):
         return None
+    if column == "text_lines":
+        return _text_lines(value) if table == TABLE else None
     base = search_url(datasette, database, TABLE)
     row_id = _row_id_of(row)
     if column == "embedding" and isinstance(value, bytes):
@@ -45,6 +49,25 @@ def render_cell(value: Any, column: str, table: str | None, database: str, datas
     if column == "thumbnail_url" and table is None and isinstance(value, str) and value.startswith(base + "/thumbnail/"):
         return _picture(value)
     return None
+
+
+def _text_lines(value: Any) -> Markup | None:
+    try:
+        lines = json.loads(value) if isinstance(value, str) else None
+    except ValueError:
+        return None
+    if not isinstance(lines, list):
+        return None
+    if not lines:
+        return Markup('<span class="imgsearch-lines">no words read</span>')
+    said = "\n".join(f"{line.get('text', '')} ({_number(line.get('confidence')):.2f})"
+                     for line in lines if isinstance(line, dict))
+    count = f"{len(lines)} line{'s' * (len(lines) != 1)} read"
+    return Markup(f'<span class="imgsearch-lines" title="{escape(said)}">{count}</span>')
+
+
+def _number(value: Any) -> float:
+    return float(value) if isinstance(value, (int, float)) else 0.0
 
 
 def _picture(source: str) -> Markup:
