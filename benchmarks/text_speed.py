@@ -1,8 +1,9 @@
 """What reading the words in pictures costs: per picture, per build, and per query.
 
     python benchmarks/text_speed.py                    # about 5 minutes on two cores
-    python benchmarks/text_speed.py --parts reading    # one part: reading, build, query
+    python benchmarks/text_speed.py --parts detector   # one part: reading, detector, build, query
 
+* detector: words read and time for each size the detector may see;
 * reading: OCR per picture of the toy text world at 640x480, with words and without, and at 12 MP (the
   file decoded as the text stage decodes it, then read), beside RapidOCR as it comes out of the box;
 * build: a build of 640x480 photos, half of them with words, with OCR and without, with a full-size
@@ -75,6 +76,28 @@ def reading(results: dict) -> None:
         results.setdefault("reading", {})[name] = {"p50_ms": round(p50, 1), "p95_ms": round(p95, 1)}
     table(f"OCR per picture, 640x480 unless said ({cpu_name()}, {results['threads']} threads)",
           ["pictures", "count", "p50 ms", "p95 ms"], rows)
+
+
+def detector_sides(results: dict, sides: list[int]) -> None:
+    """Words read and time per picture for each size the detector may see: the default is the smallest
+    that keeps recall."""
+    world = write_text_world(CACHE / "text-world-640-seed0", count=240, seed=0)
+    rows = []
+    for side in sides:
+        reader = TextReader(detect_side=side)
+        found = total = 0
+        samples: dict[bool, list[float]] = {True: [], False: []}
+        for picture in world:
+            image = Image.open(picture.path).convert("RGB")
+            started = time.perf_counter()
+            said = " ".join(line.text for line in reader.read(image)).upper()
+            samples[bool(picture.words)].append(time.perf_counter() - started)
+            total += len(picture.words)
+            found += sum(word in said for word in picture.words)
+        rows.append([side, f"{found} of {total}", f"{percentiles(samples[True])[0]:.0f}", f"{percentiles(samples[False])[0]:.0f}"])
+        results.setdefault("detector", {})[str(side)] = {"found": found, "words": total}
+    table(f"The detector's input size, 240 pictures at 640x480 ({cpu_name()})",
+          ["longest side", "words read", "p50 ms with words", "p50 ms without"], rows)
 
 
 def building(results: dict, count: int) -> None:
@@ -156,7 +179,8 @@ def querying(results: dict, rows: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--parts", default="reading,build,query")
+    parser.add_argument("--parts", default="reading,build,query", help="any of reading, detector, build, query")
+    parser.add_argument("--sides", default="320,400,480", help="detector sizes compared by the detector part")
     parser.add_argument("--pictures", type=int, default=120, help="photos in the build part")
     parser.add_argument("--rows", type=int, default=100_000, help="rows in the query part")
     args = parser.parse_args()
@@ -167,6 +191,8 @@ def main() -> None:
     parts = args.parts.split(",")
     if "reading" in parts:
         reading(results)
+    if "detector" in parts:
+        detector_sides(results, [int(side) for side in args.sides.split(",")])
     if "build" in parts:
         building(results, args.pictures)
     if "query" in parts:

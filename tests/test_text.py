@@ -11,6 +11,7 @@ import sqlite3
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -22,7 +23,7 @@ from datasette_imgsearch.errors import CatalogError, QueryError
 from datasette_imgsearch.images.toytext import draw_words, fonts, mixed_queries, shown_and_said_first, write_text_world
 from datasette_imgsearch.images.toyworld import draw_image
 from datasette_imgsearch.models.choice import ModelChoice
-from datasette_imgsearch.search.fusion import FUSION_K, fuse, text_query_of
+from datasette_imgsearch.search.fusion import fuse, text_query_of, text_ranking
 from datasette_imgsearch.search.registry import searcher_for
 from datasette_imgsearch.search.searcher import Searcher
 from datasette_imgsearch.text import stage
@@ -205,11 +206,19 @@ def test_the_words_that_rank_by_text_are_those_of_added_terms_with_three_letters
 
 def test_fusion_puts_a_picture_that_shows_and_says_it_first_and_ranks_as_before_without_text() -> None:
     picture = [Hit(1, 0.9), Hit(2, 0.8), Hit(3, 0.7)]
-    assert fuse(picture, [], {}, 3) == picture
-    fused = fuse(picture, [3, 9], {9: Hit(9, 0.1)}, 4)
-    assert [hit.id for hit in fused] == [3, 9, 1, 2]
+    assert fuse(picture, [], 3) == picture
+    fused = fuse(picture, [Hit(3, 0.7), Hit(9, 0.1)], 4)
+    assert [hit.id for hit in fused] == [3, 9, 1, 2]  # 9 ranks just below the picture ranking there
     assert [hit.text_match for hit in fused] == [True, True, False, False]
-    assert 1 / (FUSION_K + 1) < 1 / (FUSION_K + 3) + 1 / (FUSION_K + 1)
+
+
+def test_the_text_ranking_puts_more_words_first_then_the_better_picture() -> None:
+    scores = {1: 0.1, 2: 0.5, 3: 0.3, 4: 0.9}
+
+    def best_of(ids: np.ndarray, count: int) -> list[Hit]:
+        return sorted((Hit(int(i), scores[int(i)]) for i in ids), key=lambda hit: -hit.score)[:count]
+
+    assert [hit.id for hit in text_ranking({1: 2, 2: 1, 3: 2, 4: 1}, best_of)] == [3, 1, 4, 2]
 
 
 def precision_at_5(searcher: Searcher, truth: dict[str, Any], word: str, query: str) -> float:

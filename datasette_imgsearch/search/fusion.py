@@ -10,6 +10,10 @@ A query whose words no picture holds ranks exactly as without text.
 
 from __future__ import annotations
 
+from typing import Callable
+
+import numpy as np
+
 from datasette_imgsearch.search.parse import parse
 from datasette_imgsearch.text.matching import TextQuery, split_query, words_of
 from datasette_imgsearch.vectors.ranking import Hit
@@ -19,32 +23,35 @@ PICTURE_DEPTH = 100  # how deep the picture ranking is read for fusion
 TEXT_DEPTH = 200  # how deep the text ranking is read
 
 
-def text_ranking(matches: dict[int, int], scores: dict[int, float]) -> list[int]:
-    """The text ranking: the rows that hold the most of the query's words first, and among those the ones
-    whose picture matches it best (a count of words ties often; the picture's score says which of the
-    pictures that read "BAKERY" is the red circle the query asks for)."""
-    return sorted(matches, key=lambda id_: (-matches[id_], -scores.get(id_, -2.0), id_))[:TEXT_DEPTH]
+def text_ranking(matches: dict[int, int], best_of: Callable[[np.ndarray, int], list[Hit]]) -> list[Hit]:
+    """The text ranking, at most ``TEXT_DEPTH`` deep: the rows that hold the most of the query's words first
+    (``matches``: id → words held), and among those the pictures that match the query best, as
+    ``best_of(ids, n)`` ranks them (a count of words ties often; the picture's score says which of the
+    pictures that read "BAKERY" is the red circle the query asks for). Only the best of each level become
+    hits, however many rows hold a common word."""
+    levels: dict[int, list[int]] = {}
+    for id_, count in matches.items():
+        levels.setdefault(count, []).append(id_)
+    ranking: list[Hit] = []
+    for count in sorted(levels, reverse=True):
+        if len(ranking) >= TEXT_DEPTH:
+            break
+        ranking += best_of(np.array(levels[count], dtype=np.int64), TEXT_DEPTH - len(ranking))
+    return ranking
 
 
-def fuse(picture: list[Hit], text: list[int], text_scores: dict[int, Hit], k: int) -> list[Hit]:
-    """The ``k`` best of ``picture`` (hits best first) and ``text`` (row ids best first), each hit
-    marked with whether its text matched. ``text_scores`` holds the picture scores of text matches that
-    are not in ``picture``; a text match with neither (a row without a vector yet) is left out."""
-    scores = {hit.id: hit for hit in picture}
-    picture_rank = {hit.id: rank for rank, hit in enumerate(picture, 1)}
-    depth = len(picture)
-    fused: dict[int, float] = {id_: 1 / (FUSION_K + rank) for id_, rank in picture_rank.items()}
-    for rank, id_ in enumerate(text, 1):
-        hit = scores.get(id_) or text_scores.get(id_)
-        if hit is None:
-            continue
-        scores[id_] = hit
-        # A text match beyond the picture ranking's depth ranks just below it there.
-        seen_rank = picture_rank.get(id_, depth + 1)
-        fused[id_] = 1 / (FUSION_K + seen_rank) + 1 / (FUSION_K + rank)
-    matched = set(text)
-    order = sorted(fused, key=lambda id_: (-fused[id_], -scores[id_].score, id_))
-    return [scores[id_].with_text_match(id_ in matched) for id_ in order[:k]]
+def fuse(picture: list[Hit], text: list[Hit], k: int) -> list[Hit]:
+    """The ``k`` best of the ``picture`` and ``text`` rankings (hits, best first), each marked with whether
+    its text matched. A text match beyond the picture ranking's depth ranks just below it there."""
+    hits = {hit.id: hit for hit in picture}
+    fused = {hit.id: 1 / (FUSION_K + rank) for rank, hit in enumerate(picture, 1)}
+    below = 1 / (FUSION_K + len(picture) + 1)
+    for rank, hit in enumerate(text, 1):
+        fused[hit.id] = fused.get(hit.id, below) + 1 / (FUSION_K + rank)
+        hits.setdefault(hit.id, hit)
+    matched = {hit.id for hit in text}
+    order = sorted(fused, key=lambda id_: (-fused[id_], -hits[id_].score, id_))
+    return [hits[id_].with_text_match(id_ in matched) for id_ in order[:k]]
 
 
 def text_query_of(query: str) -> TextQuery:

@@ -199,11 +199,8 @@ class Searcher:
         if not found:
             return self.store.search(vector, k, exclude, min_score, ids, snapshot)
         picture = self.store.search(vector, max(k, PICTURE_DEPTH), exclude, min_score, ids, snapshot)
-        seen = {hit.id for hit in picture}
-        missing = np.array([id_ for id_ in found if id_ not in seen], dtype=np.int64)
-        extra = self.store.search(vector, len(missing), exclude, None, missing, snapshot) if len(missing) else []
-        scores = {hit.id: hit.score for hit in picture + extra}
-        return fuse(picture, text_ranking(found, scores), {hit.id: hit for hit in extra}, k)
+        text = text_ranking(found, lambda among, count: self.store.search(vector, count, exclude, None, among, snapshot))
+        return fuse(picture, text, k)
 
     def _text_version(self) -> Any:
         """What changes whenever the build's text stage records words (a search's cache key)."""

@@ -4,8 +4,10 @@ A query's plain words rank the rows whose text holds them; ``"quoted words"`` mu
 text. Both match substrings in any script: the catalog's full-text index uses SQLite's trigram
 tokenizer, so ``咖啡`` finds ``咖啡店`` and ``open`` finds ``OPEN 24 HOURS``. The trigram index answers
 words of three characters or more; a shorter word is looked for by a scan, and only when it is not plain
-ASCII (a two-character Chinese word means something, ``a`` or ``of`` does not). Where a catalog has no
-full-text index (SQLite without FTS5) the same questions are answered by scans of ``images``.
+ASCII (a two-character Chinese word means something, ``a`` or ``of`` does not) by a scan of a small
+index that holds only the rows with words. Where a catalog has no
+trigram index (SQLite without it, or without FTS5) the same questions are answered by scans of the
+partial indexes that hold each searched column's values.
 """
 
 from __future__ import annotations
@@ -87,15 +89,20 @@ def containing(catalog: Catalog, phrases: tuple[str, ...], tokenizer: str | None
     return np.array(sorted(found or ()), dtype=np.int64)
 
 
-def _containing(catalog: Catalog, phrase: str, tokenizer: str | None, columns: tuple[str, ...]) -> list[int]:
-    """Rows with ``phrase`` in any of ``columns``: a LIKE that the trigram index answers when it can
-    (three characters or more, no wildcard in the phrase), else a scan."""
-    if tokenizer == "trigram" and len(phrase) >= 3 and not any(mark in phrase for mark in "%_"):
-        condition = " or ".join(f"[{column}] like ?" for column in columns)
-        sql = f"select rowid from [{FTS_TABLE}] where {condition}"
-        return [row[0] for row in catalog.db.execute(sql, [f"%{phrase}%"] * len(columns))]
-    condition = " or ".join(f"instr(lower([{column}]), lower(?)) > 0" for column in columns)
-    return [row[0] for row in catalog.db.execute(f"select id from [{TABLE}] where {condition}", [phrase] * len(columns))]
+def _containing(catalog: Catalog, phrase: str, tokenizer: str | None, columns: tuple[str, ...]) -> set[int]:
+    """Rows with ``phrase`` in any of ``columns``, case aside: the trigram index answers a phrase of three
+    characters or more; anything shorter, or a catalog without that index, is a scan of each column's
+    partial index (which holds only the rows with a value there, and nothing else of them)."""
+    if tokenizer == "trigram" and len(phrase) >= 3:
+        match = "{" + " ".join(columns) + "} : " + '"' + phrase.replace('"', '""') + '"'
+        return {row[0] for row in catalog.db.execute(f"select rowid from [{FTS_TABLE}] where [{FTS_TABLE}] match ?", [match])}
+    found: set[int] = set()
+    cased = any(letter.isascii() and letter.isalpha() for letter in phrase)  # SQLite's lower() folds ASCII only
+    for column in columns:
+        condition = f"instr(lower([{column}]), lower(?))" if cased else f"instr([{column}], ?)"
+        found.update(row[0] for row in catalog.db.execute(
+            f"select id from [{TABLE}] where [{column}] != '' and {condition} > 0", [phrase]))
+    return found
 
 
 def snippet(text: str | None, query: TextQuery, width: int = 80) -> str | None:
