@@ -94,7 +94,8 @@ def detector_sides(results: dict, sides: list[int]) -> None:
             samples[bool(picture.words)].append(time.perf_counter() - started)
             total += len(picture.words)
             found += sum(word in said for word in picture.words)
-        rows.append([side, f"{found} of {total}", f"{percentiles(samples[True])[0]:.0f}", f"{percentiles(samples[False])[0]:.0f}"])
+        with_words, without = percentiles(samples[True])[0], percentiles(samples[False])[0]
+        rows.append([side, f"{found} of {total}", f"{with_words:.0f}", f"{without:.0f}"])
         results.setdefault("detector", {})[str(side)] = {"found": found, "words": total}
     table(f"The detector's input size, 240 pictures at 640x480 ({cpu_name()})",
           ["longest side", "words read", "p50 ms with words", "p50 ms without"], rows)
