@@ -12,10 +12,11 @@ from typing import Any
 from datasette_imgsearch.catalog.catalog import Catalog
 from datasette_imgsearch.catalog.migrations import schema_version
 from datasette_imgsearch.models.languages import multilingual_model
+from datasette_imgsearch.text.stage import text_line
 from datasette_imgsearch.vectors.index import index_state
 
 PACKAGES = ("datasette-imgsearch", "datasette", "sqlite-utils", "sentence-transformers", "torch", "faiss-cpu",
-            "pillow", "pillow-heif", "pysqlite3-binary")
+            "pillow", "pillow-heif", "pysqlite3-binary", "rapidocr-onnxruntime")
 
 
 def versions() -> dict[str, str | None]:
@@ -45,6 +46,7 @@ def catalog_status(catalog: Catalog) -> dict[str, Any]:
         "index": state.reason,
         "index_type": meta.get("index_type"),
         "index_fresh": state.fresh,
+        "text": text_line(catalog),
         "last_build": meta.get("last_build"),
         "reembedding": meta.get("reembedding"),
         "schema_version": meta.get("schema_version"),

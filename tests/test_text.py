@@ -31,7 +31,7 @@ from datasette_imgsearch.text.matching import split_query
 from datasette_imgsearch.text.reader import TextReader
 from datasette_imgsearch.vectors.ranking import Hit
 
-from .conftest import run_cli
+from .conftest import candidates_of, run_cli
 
 if TYPE_CHECKING:
     from datasette.app import Datasette
@@ -374,3 +374,28 @@ async def test_a_catalog_served_read_only_from_before_text_still_answers(tmp_pat
     await ds.invoke_startup()
     data = (await ds.client.get("/old/images/-/imgsearch.json", params={"q": '"OPEN" a red circle', "k": "3"})).json()
     assert data["count"] == 3 and "text" not in data["results"][0] and not data["results"][0]["text_match"]
+
+
+def test_filters_still_apply_to_a_search_by_words(text_world: tuple, toy_model: str) -> None:
+    db, truth = text_world
+    searcher = searcher_for(db, ModelChoice(model=toy_model))
+    with Catalog(db) as catalog:
+        ids = {path: id_ for id_, path in catalog.db.execute("select id, path from images")}
+    among = [id_ for path, id_ in ids.items() if path < "picture-00024.jpg"]
+    hits = searcher.search("BAKERY", 10, candidates=candidates_of(among))
+    assert hits and {hit.id for hit in hits} <= set(among)
+    matched = {hit.id for hit in hits if hit.text_match}
+    assert matched == {ids[name] for name, facts in truth.items() if "BAKERY" in facts["words"] and ids[name] in among}
+
+
+def test_info_says_how_far_the_words_are_read(text_world: tuple, tmp_path: Path) -> None:
+    db = copy_of(text_world, tmp_path)
+    with_words = sum(1 for facts in text_world[1].values() if facts["words"])
+    assert f"read in {len(text_world[1])} pictures, {with_words} with words\n" in run_cli("info", db)
+    with Catalog(db, write=True) as catalog:
+        catalog.db.execute("update images set text = null where id <= 3")
+        catalog.db.conn.commit()
+    assert "3 not read yet" in run_cli("info", db)
+    old = tmp_path / "old.db"
+    shutil.copy(Path(__file__).parent / "fixtures" / "catalog-v5.db", old)
+    assert "text:" not in run_cli("info", old)

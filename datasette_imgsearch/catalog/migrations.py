@@ -161,9 +161,8 @@ def m006_text(conn: sqlite3.Connection) -> None:
     """The words in each picture (``text``; null until read, empty when it has none) with each line's box
     and confidence (``text_lines``, JSON), the EXIF description and keywords, and a full-text index over
     them and the file's name and folder, named and kept by triggers as sqlite-utils' ``enable_fts`` does,
-    so Datasette's ``?_search=`` finds it. The trigram tokenizer matches any substring in any script;
-    where SQLite lacks it the index falls back to unicode61, and where it lacks FTS5 there is none. Partial
-    indexes of the searched columns let a search scan only the rows that have words, for what the
+    so Datasette's ``?_search=`` finds it: trigram (any substring, any script), else unicode61, else none
+    (SQLite without FTS5). Partial indexes let a search scan only the rows with words, for what the
     trigram index cannot answer (a two-character Chinese word)."""
     run_script(conn, """
 ALTER TABLE [images] ADD COLUMN [description] TEXT;

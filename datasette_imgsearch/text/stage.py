@@ -42,6 +42,17 @@ def unread_count(catalog: Catalog) -> int:
     return int(catalog.db.execute(f"select count(*) from [{TABLE}] where text is null").fetchone()[0])
 
 
+def text_line(catalog: Catalog) -> str | None:
+    """How far the words of a catalog's pictures are read, for ``info`` and the status page; None for a
+    catalog from before words were read (schema 5 and earlier)."""
+    if "text" not in {row[1] for row in catalog.db.execute(f"pragma table_info([{TABLE}])")}:
+        return None
+    read, with_words, unread = catalog.db.execute(
+        f"select count(text), count(nullif(text, '')), count(*) - count(text) from [{TABLE}]").fetchone()
+    waiting = f"; {unread:,} not read yet (build with the ocr extra reads them)" if unread else ""
+    return f"read in {read:,} pictures, {with_words:,} with words{waiting}"
+
+
 def update_text(catalog: Catalog, folder: Path, reader: Callable[[], TextReader], max_megapixels: float,
                 progress: Callable[[int, int], None] | None = None) -> TextSummary:
     """Read the words of every row whose ``text`` is null, committing every few seconds. ``reader`` gives
