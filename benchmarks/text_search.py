@@ -79,7 +79,8 @@ def door_rankings(db: Path, queries: list[str], k: int) -> dict[str, dict[str, l
         await ds.invoke_startup()
         for query in queries:
             sql = f"select json_extract(value, '$.id') as id from json_each(imgsearch(:q, {k}))"
-            rows = (await ds.client.get("/photos.json", params={"sql": sql, "q": query, "_shape": "array"})).json()
+            rows = (await ds.client.get("/photos.json", params={"sql": sql, "q": query, "_shape": "array"},
+                                        follow_redirects=True)).json()
             found["SQL"][query] = [row["id"] for row in rows]
             data = (await ds.client.get("/photos/images/-/imgsearch.json", params={"q": query, "k": str(k)})).json()
             found["JSON"][query] = [row["id"] for row in data["results"]]

@@ -324,8 +324,9 @@ def test_sql_ranks_by_text_too_and_datasettes_own_search_finds_the_words(text_wo
         ds = await served(db, toy_model)
         sql = ("select images.path, json_extract(hit.value, '$.text_match') as matched from json_each(imgsearch('EXIT', 2)) "
                "as hit join images on images.id = json_extract(hit.value, '$.id')")
-        ranked = (await ds.client.get("/photos.json", params={"sql": sql, "_shape": "array"})).json()
-        found = (await ds.client.get("/photos/images.json", params={"_search": "PHARMACY", "_shape": "array"})).json()
+        ranked = (await ds.client.get("/photos.json", params={"sql": sql, "_shape": "array"}, follow_redirects=True)).json()
+        found = (await ds.client.get("/photos/images.json", params={"_search": "PHARMACY", "_shape": "array"},
+                                     follow_redirects=True)).json()
         return ranked, found
 
     ranked, found = asyncio.run(ask())
