@@ -25,15 +25,47 @@ from common import TOY_MODEL, free_port, table, vit_b32
 CLI = [sys.executable, "-m", "datasette_imgsearch"]
 
 
-def seconds(command: list[str], repeat: int, plain: bool = True) -> float:
-    """The median wall time of ``command`` run ``repeat`` times, each in a fresh process."""
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "IMGSEARCH_PLAIN_CLIP": "1" if plain else "0"}
+def seconds(command: list[str], repeat: int, plain: bool = True, cache: Path | None = None) -> float:
+    """The median wall time of ``command`` run ``repeat`` times, each in a fresh process (with ``cache`` as
+    its IMGSEARCH_CACHE, where an ONNX export may wait)."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "IMGSEARCH_PLAIN_CLIP": "1" if plain else "0",
+           **({"IMGSEARCH_CACHE": str(cache)} if cache else {})}
     runs = []
     for _ in range(repeat):
         started = time.perf_counter()
         subprocess.run(command, check=True, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         runs.append(time.perf_counter() - started)
     return statistics.median(runs)
+
+
+def peak_mb(command: list[str], cache: Path | None = None) -> float:
+    """The peak resident memory of ``command`` in a fresh process, in MB."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", **({"IMGSEARCH_CACHE": str(cache)} if cache else {})}
+    probe = ("import resource, subprocess, sys; subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL, "
+             "stderr=subprocess.DEVNULL, check=True); print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)")
+    found = subprocess.run([sys.executable, "-c", probe, *command], env=env, capture_output=True, text=True, check=True)
+    return int(found.stdout.strip()) / 1024
+
+
+def onnx_rows(catalogs: dict[str, Path], picture: Path, repeat: int, torch_s: float) -> list[list[str]]:
+    """Cold searches on ONNX Runtime (an export in a cache of their own) beside torch's, with peak memory."""
+    from datasette_imgsearch.models.onnxclip import export
+
+    rows = []
+    for name, db in catalogs.items():
+        cache = Path(tempfile.mkdtemp(prefix="onnx-cache-"))
+        os.environ["IMGSEARCH_CACHE"] = str(cache)
+        model = str(TOY_MODEL) if name == "toy model" else str(vit_b32())
+        export(model)
+        for way, runtime in (("ONNX Runtime", "onnx"), ("torch", "torch")):
+            text = CLI + ["search", str(db), "a red circle", "--runtime", runtime]
+            image = CLI + ["search", str(db), "--image", str(picture), "--runtime", runtime]
+            text_s, image_s = seconds(text, repeat, cache=cache), seconds(image, repeat, cache=cache)
+            target = "≤ 0.60x" if runtime == "onnx" else ""
+            rows.append([f"cold `search`, text, {name}, {way}", f"{text_s:.2f}", f"{text_s / torch_s:.2f}x", target])
+            rows.append([f"cold `search --image`, {name}, {way}", f"{image_s:.2f}", f"{image_s / torch_s:.2f}x", target])
+            rows.append(["  peak memory of that text search (MB)", f"{peak_mb(text, cache):.0f}", "", ""])
+    return rows
 
 
 def served(db: Path, path: str, plugins: bool = True) -> float:
@@ -94,6 +126,7 @@ def main() -> None:
             target = "≤ 1.50x" if name == "toy model" and plain else ""
             rows.append([f"cold `search`, text, {name}, {way}", f"{text:.2f}", f"{text / torch_s:.2f}x", target])
             rows.append([f"cold `search --image`, {name}, {way}", f"{image:.2f}", f"{image / torch_s:.2f}x", target])
+    rows += onnx_rows(catalogs, written[0].path, args.repeat, torch_s)
     db = catalogs["ViT-B/32"]
     versions = statistics.median(served(db, "/-/versions.json") for _ in range(args.repeat))
     rows.append(["`datasette serve` (ViT-B/32 catalog): first `/-/versions.json`", f"{versions:.2f}", "", "not slowed"])

@@ -21,7 +21,7 @@ from datasette_imgsearch.duplicates.collapse import Collapsed, collapsed, group_
 from datasette_imgsearch.duplicates.listing import MEMBER_COLUMNS, duplicate_groups
 from datasette_imgsearch.errors import ImgsearchError
 from datasette_imgsearch.images import pixels
-from datasette_imgsearch.models.choice import ModelChoice
+from datasette_imgsearch.models.choice import RUNTIMES, ModelChoice
 from datasette_imgsearch.models.embedder import Embedder
 from datasette_imgsearch.models.hardware import DEVICES, PRECISIONS
 from datasette_imgsearch.models.languages import MULTILINGUAL, ROUTES
@@ -218,10 +218,13 @@ def index_command(database: str, kind: str | None) -> None:
                    "rest to the multilingual model")
 @click.option("--precision", type=click.Choice(PRECISIONS), default="auto", show_default=True,
               help="how the query is encoded: auto uses bf16 only where the CPU computes it natively")
+@click.option("--runtime", type=click.Choice(RUNTIMES), default="auto", show_default=True,
+              help="what encodes the query: auto uses ONNX Runtime (no torch import) where the model has an export")
+@click.option("--onnx", type=click.Path(file_okay=False), help="the folder of the model's ONNX export  [default: the cache's]")
 def search_command(
     database: str, query: str | None, image_path: str | None, k: str, min_score: str | None, as_json: bool,
     every_copy: bool, model: str | None, text_model: str | None, multilingual_model: str | None, device: str, route: str,
-    precision: str,
+    precision: str, runtime: str, onnx: str | None,
 ) -> None:
     """Search DATABASE by text QUERY, or by a reference image with --image.
 
@@ -238,7 +241,7 @@ def search_command(
     with user_errors():
         count, cutoff = check_k(k, MAX_K), check_min_score(min_score)
         choice = ModelChoice(model=model, text_model=text_model, multilingual_model=multilingual_model, route=route,
-                             device=device, precision=precision)
+                             device=device, precision=precision, runtime=runtime, onnx=onnx)
         searcher = searcher_for(database, choice)
         if image_path is not None:
             ranking = searcher.image_ranking(pixels.read_bytes(image_path), cutoff)
@@ -359,6 +362,37 @@ def fetch_model_command(name: str, save_to: str | None) -> None:
             embedder.model.save(save_to)
     where = f"saved to {save_to}" if save_to else f"cached under {constants.HF_HUB_CACHE}"
     click.echo(f"{name}: {embedder.dimension}-dimensional, handles {' and '.join(embedder.modalities)}; {where}")
+
+
+@cli.command(name="export-onnx")
+@click.argument("database", required=False, type=click.Path(exists=True, dir_okay=False))
+@click.option("--model", help="the model to export  [default: DATABASE's image and text models]")
+@click.option("--to", "to", type=click.Path(file_okay=False), help="the folder to write  [default: the cache's]")
+def export_onnx_command(database: str | None, model: str | None, to: str | None) -> None:
+    """Export a CLIP model's towers to ONNX, so that searches run on ONNX Runtime without importing torch.
+
+    Searches use the export by themselves once it exists (found in the cache, or named with --onnx or
+    the onnx setting); each export is checked against torch (cosine >= 0.9999) before it is kept.
+
+    \b
+        datasette-imgsearch export-onnx photos.db
+        datasette-imgsearch export-onnx --model ./my-clip --to /srv/clip-onnx
+    """
+    from datasette_imgsearch.models.onnxclip import export
+
+    with user_errors():
+        names = [model] if model else catalog_models(database)
+        for name in names:
+            click.echo(f"{name}: exported to {export(name, Path(to) if to else None)}")
+
+
+def catalog_models(database: str | None) -> list[str]:
+    """The image model and, where it differs, the text model a catalog records."""
+    if database is None:
+        raise click.UsageError("name a catalog (DATABASE) or a model (--model)")
+    with Catalog(database) as catalog:
+        found = [catalog.meta("model"), catalog.meta("text_model")]
+    return list(dict.fromkeys(name for name in found if name))
 
 
 @cli.command(name="toy-world")

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING
 
 from datasette_imgsearch.images.pixels import DEFAULT_MAX_MEGAPIXELS
-from datasette_imgsearch.models.choice import ModelChoice
+from datasette_imgsearch.models.choice import RUNTIMES, ModelChoice
 from datasette_imgsearch.models.languages import ROUTES
 
 if TYPE_CHECKING:
@@ -18,7 +18,7 @@ PLUGIN = "datasette-imgsearch"
 @dataclass(frozen=True)
 class Settings:
     """One catalog's settings. The model settings (``model``, ``text_model``, ``multilingual_model``,
-    ``route``, ``device``, ``precision``) are given flat, as the other settings are, and make
+    ``route``, ``device``, ``precision``, ``runtime``, ``onnx``) are given flat, as the other settings are, and make
     :attr:`models`; ``model`` and the text models override what the catalog recorded (a moved local
     folder, say); ``multilingual_model: none`` switches that model off."""
 
@@ -33,6 +33,8 @@ class Settings:
     def __post_init__(self) -> None:
         if self.models.route not in ROUTES:
             raise ValueError(f"{PLUGIN}: the route setting must be one of {', '.join(ROUTES)}, not {self.models.route!r}")
+        if self.models.runtime not in RUNTIMES:
+            raise ValueError(f"{PLUGIN}: the runtime setting must be one of {', '.join(RUNTIMES)}, not {self.models.runtime!r}")
 
     @property
     def max_upload_bytes(self) -> int:

@@ -9,7 +9,7 @@ from datasette_imgsearch.errors import ModelError
 from datasette_imgsearch.models.embedder import Embedder
 from datasette_imgsearch.models.names import looks_like_path, model_key
 
-ModelKey = tuple[str, str, str]  # (model_key(name), device, precision)
+ModelKey = tuple[str, str, str, str, str | None]  # (model_key(name), device, precision, runtime, export folder)
 
 
 class ModelCache:
@@ -25,16 +25,17 @@ class ModelCache:
         self._failures: dict[ModelKey, tuple[float, ModelError]] = {}
         self._lock = threading.Lock()
 
-    def load(self, name: str, device: str = "auto", precision: str = "fp32", option: str = "--model") -> Embedder:
+    def load(self, name: str, device: str = "auto", precision: str = "fp32", option: str = "--model",
+             runtime: str = "torch", onnx: str | None = None) -> Embedder:
         """The shared :class:`Embedder` for ``name``, loaded at the first call."""
-        key = (model_key(name), device, precision)
+        key = (model_key(name), device, precision, runtime, onnx)
         with self._lock:
             if key not in self._loaded:
                 failed = self._failures.get(key)
                 if failed is not None and time.monotonic() - failed[0] < self.failure_memory_seconds:
                     raise failed[1]
                 try:
-                    self._loaded[key] = Embedder(name, device, precision, option)
+                    self._loaded[key] = Embedder(name, device, precision, option, runtime=runtime, onnx=onnx)
                 except ModelError as error:
                     if not looks_like_path(name):
                         self._failures[key] = (time.monotonic(), error)

@@ -6,6 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import Any
 
+RUNTIMES = ("auto", "torch", "onnx")
+
 
 @dataclass(frozen=True)
 class ModelChoice:
@@ -19,6 +21,8 @@ class ModelChoice:
     route: str = "auto"  # auto, clip or multilingual (see languages.reader_of); searches only
     device: str = "auto"
     precision: str = "auto"  # bf16 only where the hardware has it (see hardware.best_precision)
+    runtime: str = "auto"  # queries: auto (ONNX Runtime where the model has an export), torch or onnx
+    onnx: str | None = None  # the folder of the model's ONNX export, else the cache's (see onnxclip.py)
 
     @classmethod
     def names(cls) -> tuple[str, ...]:

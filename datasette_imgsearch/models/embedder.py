@@ -1,5 +1,6 @@
 """A loaded model, turning images and text into unit vectors: CLIP folders on fastclip.py's plain-torch
-towers, anything else through sentence-transformers (hub.py loads those).
+towers or, for queries, on their ONNX export (onnxclip.py, without importing torch), anything else
+through sentence-transformers (hub.py loads those).
 
 Image embedding is split in two so a build can keep the model busy: :meth:`Embedder.preprocess`
 (resize, crop, normalise; pure CPU work on one PIL image) runs in worker threads, and
@@ -22,10 +23,12 @@ from datasette_imgsearch.models.batcher import Batcher
 from datasette_imgsearch.models.hardware import PRECISIONS, best_precision, resolve_device
 from datasette_imgsearch.models.hub import load_sentence_transformer
 from datasette_imgsearch.models.names import looks_like_path, model_key
+from datasette_imgsearch.models.onnxclip import ONNX_INSTALL
 from datasette_imgsearch.models.preprocessing import ClipPixels, PixelsOnly, draft_sides, model_input_side
 
 if TYPE_CHECKING:
     from datasette_imgsearch.models.fastclip import FastClip
+    from datasette_imgsearch.models.onnxclip import OnnxClip
 
 
 class Embedder:
@@ -35,16 +38,26 @@ class Embedder:
     sentence-transformers import; any other model, or ``plain=False``, through sentence-transformers."""
 
     def __init__(
-        self, name: str, device: str = "auto", precision: str = "fp32", option: str = "--model", plain: bool = True
+        self, name: str, device: str = "auto", precision: str = "fp32", option: str = "--model", plain: bool = True,
+        runtime: str = "torch", onnx: str | None = None,
     ) -> None:
         self.name = name
-        self.device = resolve_device(device)
         if precision not in PRECISIONS:
             raise ModelError(f"unknown precision {precision!r}: use one of {', '.join(PRECISIONS)}")
-        self.precision = best_precision(self.device) if precision == "auto" else precision
         self._lock = threading.Lock()
         self._template: dict[str, Any] = {}
         self._text_batcher = Batcher(self.encode_texts)
+        self.onnx = _onnx_clip(name, device, runtime, onnx) if plain and PLAIN_CLIP else None
+        if self.onnx is not None:
+            self.device, self.precision, self.clip, self.model = "cpu", "fp32", None, None
+            self.dimension, self.modalities = self.onnx.dimension, ["text", "image"]
+            self._pixels = ClipPixels(self.onnx.image_processor)
+            return
+        if runtime == "onnx":
+            raise ModelError(f"{name} has no ONNX export here to run on ONNX Runtime: make one with "
+                             f"'datasette-imgsearch export-onnx --model {name}' ({ONNX_INSTALL}), or use runtime auto")
+        self.device = resolve_device(device)
+        self.precision = best_precision(self.device) if precision == "auto" else precision
         plain_clip = _plain_clip(name, self.device) if plain and PLAIN_CLIP else None
         self.clip = plain_clip[0] if plain_clip else None
         if plain_clip is not None:
@@ -70,7 +83,8 @@ class Embedder:
                 if file.is_file():
                     info = file.stat()
                     files.append((str(file.relative_to(folder)), info.st_size, info.st_mtime_ns))
-        return (model_key(self.name), self.device, self.precision, self.clip is not None, tuple(files))
+        runs_on = "onnx" if self.onnx is not None else "fastclip" if self.clip is not None else "sentence-transformers"
+        return (model_key(self.name), self.device, self.precision, runs_on, tuple(files))
 
     @property
     def supports_images(self) -> bool:
@@ -83,6 +97,8 @@ class Embedder:
     @property
     def input_size(self) -> int:
         """The largest side the model's processor resizes or crops a picture to."""
+        if self.onnx is not None:
+            return model_input_side(self.onnx.image_processor)
         if self.clip is not None:
             return model_input_side(self.clip.image_processor)
         processor = getattr(self.model[0], "processor", None)
@@ -94,7 +110,7 @@ class Embedder:
     def pixels_only(self) -> "PixelsOnly | None":
         """This model's image preprocessing without its network, for workers that only decode; None for a
         model whose preprocessing needs the model (sentence-transformers' own)."""
-        if self.clip is None or self._pixels is None:
+        if (self.clip is None and self.onnx is None) or self._pixels is None:
             return None
         return PixelsOnly(self._pixels, self.input_size)
 
@@ -105,6 +121,8 @@ class Embedder:
     def preprocess(self, image: Any) -> dict[str, Any]:
         """Resize, crop and normalise one PIL image; safe to call from many threads."""
         self._require("image")
+        if self.onnx is not None and self._pixels is not None:
+            return {"pixel_values": self._pixels(image)[None]}
         if self._pixels is not None:
             import torch
 
@@ -132,6 +150,9 @@ class Embedder:
 
     def encode_preprocessed(self, batch: list[dict[str, Any]]) -> np.ndarray:
         """Run the network on preprocessed images; returns L2-normalised float32 rows."""
+        if self.onnx is not None:
+            with self._lock:
+                return _normalise(self.onnx.encode_pixels(np.concatenate([item["pixel_values"] for item in batch])))
         import torch
 
         features: dict[str, Any] = {}
@@ -152,9 +173,12 @@ class Embedder:
 
     def encode_texts(self, texts: list[str]) -> np.ndarray:
         """Unit vectors for ``texts``, through the model directly (``encode`` adds milliseconds per call)."""
+        self._require("text")
+        if self.onnx is not None:
+            with self._lock:
+                return _normalise(self.onnx.encode_texts(texts))
         import torch
 
-        self._require("text")
         if self.clip is not None:
             ids = torch.tensor([encoding.ids for encoding in self.clip.tokenizer.encode_batch(texts)], device=self.device)
             half = self.precision == "bf16" and self.device != "mps"  # a half copy of the weights, not autocast
@@ -196,6 +220,25 @@ def _plain_clip(name: str, device: str) -> tuple[FastClip, ClipPixels] | None:
         found = fastclip.load(name, device, looks_like_path(name))
         return None if found is None else (found, ClipPixels(found.image_processor))  # another processor raises
     except Exception:  # anything fastclip cannot read: sentence-transformers reads it, or says why not
+        return None
+
+
+def _onnx_clip(name: str, device: str, runtime: str, folder: str | None) -> "OnnxClip | None":
+    """The model on ONNX Runtime, when the runtime allows it (``auto`` or ``onnx``; on the CPU) and an
+    export of exactly this model exists with ONNX Runtime installed; None means torch."""
+    from datasette_imgsearch.models import onnxclip
+
+    if runtime == "torch" or device not in ("auto", "cpu") or not onnxclip.runtime_available():
+        return None
+    export = onnxclip.find_export(name, folder)
+    model = onnxclip.model_folder(name)
+    if export is None or model is None:
+        return None
+    try:
+        return onnxclip.load_export(export, model)
+    except Exception as error:  # a damaged export: torch answers, and says nothing is lost
+        if runtime == "onnx":
+            raise ModelError(f"the ONNX export in {export} cannot be read ({error}): make it again with export-onnx") from None
         return None
 
 

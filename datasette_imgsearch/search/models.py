@@ -67,18 +67,22 @@ class QueryModels:
 
     def text_embedder(self, snapshot: Snapshot, reader: str = CLIP) -> Embedder:
         """The text model that reads terms routed to ``reader``; the multilingual one loads at its first term."""
-        device, precision = self.choice.device, self.choice.precision
+        device, precision, runtime, onnx = self.choice.device, self.choice.precision, self.choice.runtime, self.choice.onnx
         if reader == CLIP:
-            return self._checked(self.models.load(self.text_model(snapshot), device, precision), snapshot)
+            return self._checked(self.models.load(self.text_model(snapshot), device, precision, runtime=runtime, onnx=onnx),
+                                 snapshot)
         name = self.multilingual_model(snapshot)
         assert name is not None  # reader_of routes nothing to a missing multilingual model
-        embedder = self.models.load(name, device, precision, option="--multilingual-model")
+        embedder = self.models.load(name, device, precision, option="--multilingual-model", runtime=runtime)
         if not embedder.supports_text:
             raise ModelError(f"the multilingual model {name!r} cannot encode text")
         return self._checked(embedder, snapshot)
 
     def image_embedder(self, snapshot: Snapshot) -> Embedder:
-        return self._checked(self.models.load(self.image_model(snapshot), self.choice.device, self.choice.precision), snapshot)
+        choice = self.choice
+        embedder = self.models.load(self.image_model(snapshot), choice.device, choice.precision, runtime=choice.runtime,
+                                    onnx=choice.onnx)
+        return self._checked(embedder, snapshot)
 
     def text_vector(self, text: str, snapshot: Snapshot, reader: str = CLIP) -> np.ndarray:
         key = (reader, self.text_model(snapshot), self.multilingual_model(snapshot), text)

@@ -4,6 +4,7 @@ way by every door (SQL, the page, the JSON, the CLI). :mod:`store` decides which
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -64,8 +65,12 @@ def exact_scores(matrix: Any, vectors: list[np.ndarray]) -> np.ndarray:
 
     numpy's BLAS threads would spin against the model's threads on the same cores and slow the text
     encoder down by half. Scoring several queries at once costs little more than one, since reading
-    the matrix from memory is the work."""
-    import torch
+    the matrix from memory is the work. A process that never loaded torch (queries on ONNX Runtime)
+    scores with numpy rather than import it for this."""
+    torch = sys.modules.get("torch")
+    if torch is None:
+        queries = np.ascontiguousarray(np.stack(vectors), dtype=np.float32)
+        return np.asarray(queries @ np.asarray(matrix, dtype=np.float32).T, dtype=np.float32)
 
     table = matrix if isinstance(matrix, torch.Tensor) else torch.from_numpy(matrix)
     queries = torch.from_numpy(np.ascontiguousarray(np.stack(vectors), dtype=np.float32)).to(table.dtype)

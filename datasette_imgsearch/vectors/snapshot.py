@@ -13,6 +13,7 @@ beside the catalog.
 from __future__ import annotations
 
 import itertools
+import sys
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,13 +60,13 @@ class Base:
         return int(self.faiss.ntotal) if self.faiss is not None else len(self.ids)
 
     def first_pass(self, from_rows: int) -> Any:
-        """The bfloat16 copy of the matrix when it holds ``from_rows`` rows or more, else None."""
-        if self.matrix is None or len(self.matrix) < from_rows:
+        """The bfloat16 copy of the matrix when it holds ``from_rows`` rows or more, else None; None too in a
+        process that has not loaded torch (queries on ONNX Runtime), which a first pass would import."""
+        torch = sys.modules.get("torch")
+        if self.matrix is None or len(self.matrix) < from_rows or torch is None:
             return None
         with self._lock:
             if self.bfloat16 is None:
-                import torch
-
                 self.bfloat16 = torch.from_numpy(self.matrix).bfloat16()
             return self.bfloat16
 

@@ -1,0 +1,134 @@
+"""Queries on ONNX Runtime: a CLIP model's towers exported by this package, checked against torch, and
+searches that never import torch."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from datasette_imgsearch.errors import ModelError
+from datasette_imgsearch.models.choice import ModelChoice
+from datasette_imgsearch.models.embedder import Embedder
+from datasette_imgsearch.models.onnxclip import FAITHFUL, digest, export, find_export
+from datasette_imgsearch.search.searcher import Searcher
+from datasette_imgsearch.settings import Settings
+
+from .conftest import run_cli
+
+pytest.importorskip("onnxruntime", reason="the onnx extra is not installed")
+pytest.importorskip("onnxscript", reason="the onnx extra is not installed")
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory: pytest.TempPathFactory, toy_model: str) -> Path:
+    """The toy CLIP's export, in a folder of its own (the session's cache stays without one, so the other
+    tests keep running on torch)."""
+    return export(toy_model, tmp_path_factory.mktemp("onnx") / "toy-clip")
+
+
+def test_the_export_records_its_model_and_how_faithful_it_is(exported: Path, toy_model: str) -> None:
+    facts = json.loads((exported / "export.json").read_text())
+    assert facts["model_digest"] == digest(Path(toy_model)) and facts["worst_cosine"] >= FAITHFUL
+    assert {"text.onnx", "image.onnx", "export.json"} <= {file.name for file in exported.iterdir()}
+    assert find_export(toy_model, exported) == exported
+
+
+def test_vectors_on_onnx_runtime_match_torch_in_fp32(exported: Path, toy_model: str, world: Path) -> None:
+    on_onnx = Embedder(toy_model, "cpu", "fp32", runtime="onnx", onnx=str(exported))
+    on_torch = Embedder(toy_model, "cpu", "fp32", runtime="torch")
+    assert on_onnx.onnx is not None and on_torch.onnx is None
+    texts = ["a red circle", "something yellow", "红色的圆", "a" * 300]
+    pictures = [Image.open(path).convert("RGB") for path in sorted(world.iterdir())[:6]]
+    for ours, theirs in ((on_onnx.encode_texts(texts), on_torch.encode_texts(texts)),
+                         (on_onnx.encode_images(pictures), on_torch.encode_images(pictures))):
+        assert np.min(np.sum(ours * theirs, axis=1)) >= FAITHFUL
+
+
+@pytest.mark.parametrize("query", ["a red circle", "something blue - blue + green", "row:5"])
+def test_a_search_on_onnx_runtime_ranks_as_torch_does(exported: Path, shared_catalog: Path, toy_model: str, query: str) -> None:
+    on_onnx = Searcher(shared_catalog, ModelChoice(model=toy_model, runtime="onnx", onnx=str(exported), precision="fp32"))
+    on_torch = Searcher(shared_catalog, ModelChoice(model=toy_model, runtime="torch", precision="fp32"))
+    assert [hit.id for hit in on_onnx.search(query, 10)] == [hit.id for hit in on_torch.search(query, 10)]
+
+
+def run_search(args: list[str], cache: Path) -> subprocess.CompletedProcess[str]:
+    code = ("import sys\nfrom datasette_imgsearch.cli import cli\ntry:\n    cli(sys.argv[1:], standalone_mode=False)\n"
+            "finally:\n    print('torch' in sys.modules, file=sys.stderr)\n")
+    environment = {**os.environ, "IMGSEARCH_CACHE": str(cache), "HF_HUB_OFFLINE": "1"}
+    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, env=environment, timeout=120)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("how", "torch_needs_torch"), [(["a red circle"], True), (["--image", "IMAGE"], True),
+                                                       (["row:3"], False)])  # a row's vector needs no model at all
+def test_a_cold_search_with_an_export_never_imports_torch(
+    exported: Path, shared_catalog: Path, toy_model: str, tmp_path: Path, how: list[str], torch_needs_torch: bool
+) -> None:
+    picture = next(iter(sorted((shared_catalog.parent / "images").iterdir())))
+    args = ["search", str(shared_catalog), *[str(picture) if a == "IMAGE" else a for a in how], "--model", toy_model,
+            "--onnx", str(exported), "--json"]
+    found = run_search(args, tmp_path)
+    assert found.returncode == 0, found.stderr
+    assert found.stderr.strip().splitlines()[-1] == "False" and len(json.loads(found.stdout)) == 10
+    on_torch = run_search([*args[:-3], "--runtime", "torch", "--json"], tmp_path)
+    assert on_torch.stderr.strip().splitlines()[-1] == str(torch_needs_torch)
+    assert [hit["id"] for hit in json.loads(found.stdout)] == [hit["id"] for hit in json.loads(on_torch.stdout)]
+
+
+def test_onnx_asked_for_without_an_export_says_how_to_make_one(toy_model: str, tmp_path: Path) -> None:
+    with pytest.raises(ModelError, match="datasette-imgsearch export-onnx --model"):
+        Embedder(toy_model, "cpu", "fp32", runtime="onnx", onnx=str(tmp_path))
+
+
+def test_an_export_of_another_version_of_the_model_is_not_used(exported: Path, toy_model: str, tmp_path: Path) -> None:
+    changed = tmp_path / "toy-clip"
+    shutil.copytree(toy_model, changed)
+    (changed / "config.json").write_text((changed / "config.json").read_text() + " ")
+    assert find_export(str(changed), exported) is None
+    assert Embedder(str(changed), "cpu", "fp32", runtime="auto", onnx=str(exported)).onnx is None
+
+
+def test_a_damaged_export_falls_back_to_torch_or_says_so(exported: Path, toy_model: str, tmp_path: Path) -> None:
+    damaged = tmp_path / "damaged"
+    shutil.copytree(exported, damaged)
+    (damaged / "text.onnx").write_bytes((damaged / "text.onnx").read_bytes()[:1000])
+    assert Embedder(toy_model, "cpu", "fp32", runtime="auto", onnx=str(damaged)).onnx is None
+    with pytest.raises(ModelError, match="cannot be read"):
+        Embedder(toy_model, "cpu", "fp32", runtime="onnx", onnx=str(damaged))
+
+
+def test_a_model_that_is_not_a_clip_folder_is_not_exported(toy_multilingual: str, tmp_path: Path) -> None:
+    with pytest.raises(ModelError, match="cannot be exported"):
+        export(toy_multilingual, tmp_path / "out")
+
+
+def test_the_command_exports_a_catalogs_models(shared_catalog: Path, tmp_path: Path) -> None:
+    output = run_cli("export-onnx", shared_catalog, "--to", tmp_path / "out")
+    assert "exported to" in output and (tmp_path / "out" / "export.json").exists()
+    run_cli("export-onnx", expect=2)
+
+
+@pytest.mark.asyncio
+async def test_the_plugin_answers_on_onnx_runtime_when_told_to(exported: Path, shared_catalog: Path, toy_model: str) -> None:
+    from datasette.app import Datasette
+
+    from .test_plugin import DATASETTE_1
+
+    config = {"plugins": {"datasette-imgsearch": {"model": toy_model, "runtime": "onnx", "onnx": str(exported)}}}
+    ds = Datasette([str(shared_catalog)], **({"config": config} if DATASETTE_1 else {"metadata": config}))
+    await ds.invoke_startup()
+    data = (await ds.client.get("/photos/images/-/imgsearch.json", params={"q": "a red circle", "k": "5"})).json()
+    assert data["ok"] and all(row["name"].startswith("red-circle") for row in data["results"])
+
+
+def test_an_unknown_runtime_setting_is_refused() -> None:
+    with pytest.raises(ValueError, match="runtime setting must be one of auto, torch, onnx"):
+        Settings(ModelChoice(runtime="tensorflow"))
