@@ -96,6 +96,18 @@ def test_an_export_of_another_version_of_the_model_is_not_used(exported: Path, t
     assert Embedder(str(changed), "cpu", "fp32", runtime="auto", onnx=str(exported)).onnx is None
 
 
+def test_a_server_without_the_model_folder_uses_the_export_named_for_that_model(exported: Path, tmp_path: Path) -> None:
+    """A deployment carries the catalog and the export, not the model: the export says what it was made from."""
+    absent = str(tmp_path / "elsewhere" / "toy-clip")
+    carried = tmp_path / "carried"
+    shutil.copytree(exported, carried)
+    facts = json.loads((carried / "export.json").read_text())
+    (carried / "export.json").write_text(json.dumps({**facts, "name": absent}))
+    assert find_export(absent, carried) == carried
+    assert find_export(str(tmp_path / "another"), carried) is None
+    assert Embedder(absent, "cpu", "fp32", runtime="auto", onnx=str(carried)).onnx is not None
+
+
 def test_a_damaged_export_falls_back_to_torch_or_says_so(exported: Path, toy_model: str, tmp_path: Path) -> None:
     damaged = tmp_path / "damaged"
     shutil.copytree(exported, damaged)

@@ -23,6 +23,7 @@ from datasette_imgsearch.models.batcher import Batcher
 from datasette_imgsearch.models.hardware import PRECISIONS, best_precision, resolve_device
 from datasette_imgsearch.models.hub import load_sentence_transformer
 from datasette_imgsearch.models.names import looks_like_path, model_key
+from datasette_imgsearch.models import onnxclip
 from datasette_imgsearch.models.onnxclip import ONNX_INSTALL
 from datasette_imgsearch.models.preprocessing import ClipPixels, PixelsOnly, draft_sides, model_input_side
 
@@ -56,7 +57,11 @@ class Embedder:
         if runtime == "onnx":
             raise ModelError(f"{name} has no ONNX export here to run on ONNX Runtime: make one with "
                              f"'datasette-imgsearch export-onnx --model {name}' ({ONNX_INSTALL}), or use runtime auto")
-        self.device = resolve_device(device)
+        try:
+            self.device = resolve_device(device)
+        except ImportError:
+            raise ModelError(f"torch is not installed here and {name} has no ONNX export here: run 'datasette-imgsearch "
+                             "export-onnx' where torch is, and name its folder with the onnx setting (docs/onnx.md)") from None
         self.precision = best_precision(self.device) if precision == "auto" else precision
         plain_clip = _plain_clip(name, self.device) if plain and PLAIN_CLIP else None
         self.clip = plain_clip[0] if plain_clip else None
@@ -226,16 +231,13 @@ def _plain_clip(name: str, device: str) -> tuple[FastClip, ClipPixels] | None:
 def _onnx_clip(name: str, device: str, runtime: str, folder: str | None) -> "OnnxClip | None":
     """The model on ONNX Runtime, when the runtime allows it (``auto`` or ``onnx``; on the CPU) and an
     export of exactly this model exists with ONNX Runtime installed; None means torch."""
-    from datasette_imgsearch.models import onnxclip
-
     if runtime == "torch" or device not in ("auto", "cpu") or not onnxclip.runtime_available():
         return None
     export = onnxclip.find_export(name, folder)
-    model = onnxclip.model_folder(name)
-    if export is None or model is None:
+    if export is None:
         return None
     try:
-        return onnxclip.load_export(export, model)
+        return onnxclip.load_export(export)
     except Exception as error:  # a damaged export: torch answers, and says nothing is lost
         if runtime == "onnx":
             raise ModelError(f"the ONNX export in {export} cannot be read ({error}): make it again with export-onnx") from None

@@ -22,6 +22,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import threading
 import warnings
 from dataclasses import dataclass
@@ -66,20 +67,30 @@ def default_export_folder(folder: Path) -> Path:
 
 
 def find_export(name: str, named: str | Path | None = None) -> Path | None:
-    """The export of model ``name`` to use: the folder ``named`` (if it holds an export of exactly this
-    model), else the cache's; None when there is none or the model is not a CLIP folder."""
-    folder = model_folder(name)
-    if folder is None:
-        return None
-    wanted = digest(folder)
-    for candidate in ([Path(named).expanduser()] if named else []) + [default_export_folder(folder)]:
+    """The export of model ``name`` to use, or None. Where the model's folder is here, an export of exactly
+    its files: the folder ``named``, else the cache's. Where it is not (a server given only the export),
+    the folder ``named`` when it was exported from a model of that name."""
+    folder = _model_folder_if_here(name)
+    candidates = [Path(named).expanduser()] if named else []
+    if folder is not None:
+        candidates.append(default_export_folder(folder))
+    for candidate in candidates:
         try:
             facts = json.loads((candidate / "export.json").read_text())
         except (OSError, ValueError):
             continue
-        if facts.get("format") == EXPORT_FORMAT and facts.get("model_digest") == wanted:
+        if facts.get("format") != EXPORT_FORMAT:
+            continue
+        if (facts.get("model_digest") == digest(folder)) if folder is not None else facts.get("name") == name:
             return candidate
     return None
+
+
+def _model_folder_if_here(name: str) -> Path | None:
+    try:
+        return model_folder(name)
+    except ImportError:  # a serving install without huggingface_hub cannot look in the hub's cache
+        return None
 
 
 def runtime_available() -> bool:
@@ -102,8 +113,8 @@ class OnnxClip:
     folder: Path
 
     @classmethod
-    def open(cls, export: Path, model: Path, dimension: int, max_positions: int, threads: int | None = None) -> "OnnxClip":
-        """The sessions of the towers in ``export``, with the tokenizer and image processor of ``model``."""
+    def open(cls, export: Path, dimension: int, max_positions: int, threads: int | None = None) -> "OnnxClip":
+        """The sessions of the towers in ``export``, with the tokenizer and image processor copied there."""
         import onnxruntime
 
         options = onnxruntime.SessionOptions()
@@ -111,10 +122,10 @@ class OnnxClip:
             options.intra_op_num_threads = threads
         sessions = [onnxruntime.InferenceSession(str(export / f"{tower}.onnx"), options, providers=["CPUExecutionProvider"])
                     for tower in ("text", "image")]
-        tokenizer = fastclip.text_tokenizer(model, max_positions)
-        processor = fastclip.image_processor(model)
+        tokenizer = fastclip.text_tokenizer(export, max_positions)
+        processor = fastclip.image_processor(export)
         if tokenizer is None or processor is None:
-            raise ModelError(f"{model} has no CLIP tokenizer or image processor for its ONNX export")
+            raise ModelError(f"{export} holds no CLIP tokenizer or image processor beside its towers")
         return cls(sessions[0], sessions[1], tokenizer, processor, dimension, export)
 
     def encode_texts(self, texts: list[str]) -> np.ndarray:
@@ -125,10 +136,10 @@ class OnnxClip:
         return self.image.run(None, {"pixel_values": np.ascontiguousarray(pixel_values, dtype=np.float32)})[0]
 
 
-def load_export(export: Path, model: Path, threads: int | None = None) -> OnnxClip:
-    """The export in ``export`` (see :func:`find_export`) of the model in folder ``model``."""
+def load_export(export: Path, threads: int | None = None) -> OnnxClip:
+    """The export in ``export`` (see :func:`find_export`)."""
     facts = json.loads((export / "export.json").read_text())
-    return OnnxClip.open(export, model, int(facts["dimension"]), int(facts["max_positions"]), threads)
+    return OnnxClip.open(export, int(facts["dimension"]), int(facts["max_positions"]), threads)
 
 
 _EXPORTING = threading.Lock()
@@ -145,17 +156,23 @@ def export(name: str, to: Path | None = None) -> Path:
     target = Path(to).expanduser() if to else default_export_folder(folder)
     with _EXPORTING:
         target.mkdir(parents=True, exist_ok=True)
+        (target / "export.json").unlink(missing_ok=True)  # until it is checked, this folder holds no export
+        for file in COPIED_FILES:  # the tokenizer and the image processor: the export needs nothing else
+            if (folder / file).is_file():
+                shutil.copyfile(folder / file, target / file)
         _write_towers(clip, target)
-        worst = _check(clip, OnnxClip.open(target, folder, clip.towers.dimension, clip.towers.max_positions))
+        worst = _check(clip, OnnxClip.open(target, clip.towers.dimension, clip.towers.max_positions))
         if worst < FAITHFUL:
             raise ModelError(f"the ONNX export of {name} drifts from torch (cosine {worst:.6f} < {FAITHFUL}): not used")
-        facts = {"format": EXPORT_FORMAT, "model": str(folder.resolve()), "model_digest": digest(folder),
+        facts = {"format": EXPORT_FORMAT, "name": name, "model": str(folder.resolve()), "model_digest": digest(folder),
                  "dimension": clip.towers.dimension, "max_positions": clip.towers.max_positions,
                  "worst_cosine": round(worst, 7)}
         (target / "export.json").write_text(json.dumps(facts, indent=2))
     return target
 
 
+COPIED_FILES = ("tokenizer.json", "vocab.json", "merges.txt", "tokenizer_config.json", "special_tokens_map.json",
+                "preprocessor_config.json", "processor_config.json")
 PROBE_TEXTS = ["a photo of a dog", "a red circle", "红色的圆", "x", "a very long description of a street at night " * 6]
 
 
