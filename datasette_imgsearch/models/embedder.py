@@ -19,11 +19,11 @@ import numpy as np
 
 from datasette_imgsearch.errors import ModelError
 from datasette_imgsearch.images.pixels import DEFAULT_THUMBNAIL_SIZE
+from datasette_imgsearch.models import onnxclip
 from datasette_imgsearch.models.batcher import Batcher
 from datasette_imgsearch.models.hardware import PRECISIONS, best_precision, resolve_device
 from datasette_imgsearch.models.hub import load_sentence_transformer
 from datasette_imgsearch.models.names import looks_like_path, model_key
-from datasette_imgsearch.models import onnxclip
 from datasette_imgsearch.models.onnxclip import ONNX_INSTALL
 from datasette_imgsearch.models.preprocessing import ClipPixels, PixelsOnly, draft_sides, model_input_side
 
