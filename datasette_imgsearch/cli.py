@@ -97,14 +97,17 @@ def cli() -> None:
 @click.option("--ray-address", help="the Ray cluster to use, as for ray.init  [default: RAY_ADDRESS, else a local Ray]")
 @click.option("--ray-encoders", type=click.IntRange(1, 1024), default=1, show_default=True,
               help="model workers on Ray (each takes a GPU with --device cuda)")
+@click.option("--runtime", type=click.Choice(RUNTIMES), default="auto", show_default=True,
+              help="what runs the image model: auto picks ONNX Runtime (fp32) on a CPU without native bfloat16, where it "
+                   "is faster, and torch elsewhere")
 @click.option("--ocr/--no-ocr", default=None,
               help="read the words in the pictures, for text search  [default: when the ocr extra is installed]")
 @click.option("--silent", is_flag=True, help="no progress bar")
 def build_command(
     database: str, folder: str | None, model: str | None, text_model: str | None, multilingual_model: str | None,
     device: str, precision: str, batch_size: int, workers: int | None, max_megapixels: float, thumbnail_size: int,
-    no_thumbnails: bool, reembed: bool, engine: str, ray_address: str | None, ray_encoders: int, ocr: bool | None,
-    silent: bool,
+    no_thumbnails: bool, reembed: bool, engine: str, ray_address: str | None, ray_encoders: int, runtime: str,
+    ocr: bool | None, silent: bool,
 ) -> None:
     """Catalog the images under FOLDER into DATABASE, with CLIP embeddings and a FAISS index.
 
@@ -120,7 +123,7 @@ def build_command(
         raise click.UsageError("--ray-address and --ray-encoders go with --engine ray")
     options = BuildOptions(
         ModelChoice(model=model, text_model=text_model, multilingual_model=multilingual_model, device=device,
-                    precision=precision),
+                    precision=precision, runtime=runtime),
         batch_size=batch_size,
         max_megapixels=max_megapixels, thumbnail_size=None if no_thumbnails else thumbnail_size, reembed=reembed,
         engine=engine, ray=RayOptions(ray_address, ray_encoders), ocr=ocr, **({"workers": workers} if workers else {}),
@@ -137,6 +140,8 @@ def build_command(
     for note in summary.notes:
         click.echo(f"note: {note}", err=True)
     if not silent:
+        if summary.runtime:
+            click.echo(summary.runtime, err=True)
         click.echo(summary.duplicates, err=True)
         click.echo(summary.index, err=True)
         click.echo(summary.text, err=True)

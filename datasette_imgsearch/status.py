@@ -42,6 +42,7 @@ def catalog_status(catalog: Catalog) -> dict[str, Any]:
         "text_model": meta.get("text_model"),
         "multilingual_model": multilingual_model(meta.get("model") or "", meta.get("multilingual_model")),
         "dimension": meta.get("dimension"),
+        "built_on": f"{meta.get('runtime') or 'torch'}, {meta.get('precision')}" if meta.get("precision") else None,
         "folder": str(folder) if folder else None,
         "index": state.reason,
         "index_type": meta.get("index_type"),

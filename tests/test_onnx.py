@@ -14,6 +14,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from datasette_imgsearch.build import model as build_model
+from datasette_imgsearch.build.builder import build
+from datasette_imgsearch.build.model import build_runtime
+from datasette_imgsearch.build.options import BuildOptions
+from datasette_imgsearch.catalog.catalog import Catalog
+from datasette_imgsearch.catalog.schema import from_blob
 from datasette_imgsearch.errors import ModelError
 from datasette_imgsearch.models.choice import ModelChoice
 from datasette_imgsearch.models.embedder import Embedder
@@ -144,3 +150,38 @@ async def test_the_plugin_answers_on_onnx_runtime_when_told_to(exported: Path, s
 def test_an_unknown_runtime_setting_is_refused() -> None:
     with pytest.raises(ValueError, match="runtime setting must be one of auto, torch, onnx"):
         Settings(ModelChoice(runtime="tensorflow"))
+
+
+@pytest.mark.parametrize(("runtime", "native_bf16", "precision", "engine", "expected"), [
+    ("auto", False, "auto", "local", "onnx"),  # a CPU without native bfloat16: ONNX Runtime's fp32 is faster
+    ("auto", True, "auto", "local", "torch"),  # one with it: torch's bf16
+    ("auto", False, "bf16", "local", "torch"),  # bf16 asked for: torch
+    ("auto", False, "auto", "ray", "torch"),  # Ray's workers run torch
+    ("torch", False, "auto", "local", "torch"),
+    ("onnx", True, "auto", "local", "onnx"),
+])
+def test_a_build_runs_on_the_faster_runtime_for_its_cpu_unless_told(
+    monkeypatch: pytest.MonkeyPatch, toy_model: str, runtime: str, native_bf16: bool, precision: str, engine: str,
+    expected: str,
+) -> None:
+    monkeypatch.setattr(build_model, "cpu_computes_bf16", lambda: native_bf16)
+    options = BuildOptions(ModelChoice(model=toy_model, runtime=runtime, precision=precision, device="cpu"), engine=engine)
+    assert build_runtime(options, toy_model) == expected
+
+
+def test_a_build_on_onnx_runtime_exports_the_model_and_gives_torchs_vectors(
+    monkeypatch: pytest.MonkeyPatch, toy_model: str, world: Path, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("IMGSEARCH_CACHE", str(tmp_path / "cache"))  # the export lands here, not in the session's cache
+    on_onnx = build(tmp_path / "onnx.db", world, BuildOptions(ModelChoice(model=toy_model, runtime="onnx")))
+    on_torch = build(tmp_path / "torch.db", world, BuildOptions(ModelChoice(model=toy_model, runtime="torch",
+                                                                            precision="fp32")))
+    assert on_onnx.runtime == "images embedded on ONNX Runtime in fp32" and "torch on cpu in fp32" in on_torch.runtime
+    assert find_export(toy_model) is not None
+    vectors = []
+    for name in ("onnx.db", "torch.db"):
+        with Catalog(tmp_path / name) as catalog:
+            vectors.append(dict(catalog.db.execute("select path, embedding from images").fetchall()))
+            assert catalog.meta("runtime") == name.split(".")[0]
+    for path, blob in vectors[0].items():
+        assert float(np.dot(from_blob(blob), from_blob(vectors[1][path]))) >= FAITHFUL

@@ -85,6 +85,7 @@ class Builder:
             found = scan(self.folder, skip=catalog_files(self.catalog.path))
             reembedded = self._reembed(found) if self.model.reembed else set()
             self._update(found, reembedded)
+            self.summary.runtime = self.model.runtime_line()
             self.summary.index = self._refresh_index()  # first: a large catalog's groups ask it for neighbours
             self.summary.duplicates = update_groups(self.catalog).line()
             self.summary.text = self._read_text()

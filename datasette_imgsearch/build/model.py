@@ -4,13 +4,16 @@ the facts the catalog records about it."""
 from __future__ import annotations
 
 import threading
+from pathlib import Path
 from typing import Any
 
 from datasette_imgsearch.build.options import BuildOptions
 from datasette_imgsearch.catalog.catalog import Catalog
 from datasette_imgsearch.errors import CatalogError
+from datasette_imgsearch.models import onnxclip
 from datasette_imgsearch.models.cache import ModelCache
 from datasette_imgsearch.models.embedder import Embedder
+from datasette_imgsearch.models.hardware import cpu_computes_bf16, resolve_device
 from datasette_imgsearch.models.languages import NO_MODEL
 from datasette_imgsearch.models.names import DEFAULT_MODEL, model_key, same_model
 
@@ -36,6 +39,23 @@ def choose_model(catalog: Catalog, asked: str | None, reembed: bool) -> tuple[st
     return asked or recorded or DEFAULT_MODEL, reembed and bool(recorded)
 
 
+def build_runtime(options: BuildOptions, name: str) -> str:
+    """``torch`` or ``onnx``: what a build runs the image tower on. Asked for, it is that (Ray's workers run
+    torch). ``auto`` picks ONNX Runtime only where it is the faster, measured (docs/onnx.md): fp32 on a
+    CPU without native bfloat16, for a CLIP folder, with the onnx extra installed; torch's bf16 on a CPU
+    that has it, and CUDA, stay faster."""
+    asked = options.models.runtime
+    if options.engine == "ray" or asked == "torch":
+        return "torch"
+    if asked == "onnx":
+        if not onnxclip.can_export():
+            raise CatalogError(f"--runtime onnx needs the onnx extra: {onnxclip.ONNX_INSTALL}")
+        return "onnx"
+    if options.models.precision == "bf16" or cpu_computes_bf16() or resolve_device(options.models.device) != "cpu":
+        return "torch"
+    return "onnx" if onnxclip.can_export() and onnxclip.model_folder(name) is not None else "torch"
+
+
 class BuildModel:
     """The model of one build: chosen at the start, loaded at the first new picture (so a run of moved
     files or a no-op run never loads it), and refused when it cannot fill this catalog."""
@@ -55,7 +75,8 @@ class BuildModel:
             if self._embedder is None:
                 # With Ray the workers run the model; this process only checks it and records its facts.
                 device = "cpu" if self.options.engine == "ray" else self.options.models.device
-                embedder = self.models.load(self.name, device, self.options.models.precision)
+                embedder = self.models.load(self.name, device, self.options.models.precision, runtime=self.runtime(),
+                                            onnx=self.options.models.onnx)
                 if not embedder.supports_images:
                     raise CatalogError(f"the model {self.name!r} cannot encode images; use a CLIP model")
                 recorded = self._recorded_dimension
@@ -66,6 +87,21 @@ class BuildModel:
                     )
                 self._embedder = embedder
             return self._embedder
+
+    def runtime(self) -> str:
+        """What runs the image tower (see :func:`build_runtime`); an export it needs is made first."""
+        runtime = build_runtime(self.options, self.name)
+        if runtime == "onnx" and onnxclip.find_export(self.name, self.options.models.onnx) is None:
+            onnxclip.export(self.name, Path(self.options.models.onnx) if self.options.models.onnx else None)
+        return runtime
+
+    def runtime_line(self) -> str:
+        """What ran the image model in this build, for its summary; empty when no picture needed it."""
+        embedder = self._embedder
+        if embedder is None or self.options.engine == "ray":
+            return ""
+        way = "ONNX Runtime" if embedder.onnx is not None else f"torch on {embedder.device}"
+        return f"images embedded on {way} in {embedder.precision}"
 
     def first_facts(self) -> dict[str, Any]:
         """What is recorded before the first image, so an interrupted first build still knows its model
@@ -99,6 +135,7 @@ class BuildModel:
             "multilingual_model": multilingual,
             "dimension": embedder.dimension,
             "precision": engine_precision or embedder.precision,
+            "runtime": "onnx" if embedder.onnx is not None and not engine_precision else "torch",
         }
 
     def _multilingual_key(self) -> str | None:

@@ -39,6 +39,7 @@ class Summary:
     index: str = ""
     duplicates: str = ""
     text: str = ""
+    runtime: str = ""  # what ran the image model, when one ran
     notes: list[str] = field(default_factory=list)
 
     @property

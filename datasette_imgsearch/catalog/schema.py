@@ -68,7 +68,7 @@ FILE_COLUMNS = ("path", "name", "folder", "size", "modified", "mtime_ns", "hash"
 GROUP_COLUMNS = ("duplicate_group", "duplicate_keeper")
 CONTENT_COLUMNS = tuple(name for name in COLUMNS if name not in FILE_COLUMNS + GROUP_COLUMNS)
 # What a build records about the model; a re-embed replaces all of them at once.
-MODEL_KEYS = ("model", "text_model", "multilingual_model", "dimension", "precision")
+MODEL_KEYS = ("model", "text_model", "multilingual_model", "dimension", "precision", "runtime")
 
 
 def index_path(db_path: str | Path) -> Path:

@@ -32,3 +32,11 @@ def model_label(name: str | None) -> str | None:
     """A model's name as a server shows it: a hub name as it is, a local folder by its last part only (a
     server's absolute paths are not for everyone who searches); None for none."""
     return Path(name).name if name and looks_like_path(name) else name
+
+
+def cache_folder() -> Path:
+    """The user's cache folder for this package: strength's random-text vectors and ONNX exports live there
+    (``IMGSEARCH_CACHE``, else ``$XDG_CACHE_HOME/datasette-imgsearch``)."""
+    if os.environ.get("IMGSEARCH_CACHE"):
+        return Path(os.environ["IMGSEARCH_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "datasette-imgsearch"

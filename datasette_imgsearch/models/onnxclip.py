@@ -17,10 +17,10 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib.util
 import io
 import json
 import logging
-import os
 import re
 import shutil
 import threading
@@ -34,18 +34,11 @@ import numpy as np
 
 from datasette_imgsearch.errors import ModelError
 from datasette_imgsearch.models import fastclip
-from datasette_imgsearch.models.names import looks_like_path
+from datasette_imgsearch.models.names import cache_folder, looks_like_path
 
 EXPORT_FORMAT = 1
 FAITHFUL = 0.9999  # the least cosine between an exported tower's vectors and torch's, in fp32
 ONNX_INSTALL = "pip install 'datasette-imgsearch[onnx]'"
-
-
-def cache_folder() -> Path:
-    """The user's cache folder for this package (also where strength.py keeps its vectors)."""
-    if os.environ.get("IMGSEARCH_CACHE"):
-        return Path(os.environ["IMGSEARCH_CACHE"])
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "datasette-imgsearch"
 
 
 def model_folder(name: str) -> Path | None:
@@ -94,11 +87,13 @@ def _model_folder_if_here(name: str) -> Path | None:
 
 
 def runtime_available() -> bool:
-    try:
-        import onnxruntime  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    """Whether ONNX Runtime is installed (what queries on an export need)."""
+    return importlib.util.find_spec("onnxruntime") is not None
+
+
+def can_export() -> bool:
+    """Whether an export can be made and run here: ONNX Runtime, onnx and onnxscript installed."""
+    return all(importlib.util.find_spec(name) is not None for name in ("onnxruntime", "onnx", "onnxscript"))
 
 
 @dataclass

@@ -42,6 +42,7 @@ from typing import Callable
 
 import numpy as np
 
+from datasette_imgsearch.models.names import cache_folder
 from datasette_imgsearch.vectors.ranking import Hit
 
 NULL_TEXT_COUNT = 200
@@ -96,12 +97,6 @@ class Calibration:
     def strong_score(self) -> float:
         """The lowest cosine that is strong: above the best match of ``STRONG`` of the random strings."""
         return float(np.nextafter(float(self.best[int(np.ceil(STRONG * len(self.best))) - 1]), np.inf))
-
-
-def cache_folder() -> Path:
-    if os.environ.get("IMGSEARCH_CACHE"):
-        return Path(os.environ["IMGSEARCH_CACHE"])
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "datasette-imgsearch"
 
 
 def random_text_vectors(

@@ -49,7 +49,7 @@ def text_line(catalog: Catalog) -> str | None:
         return None
     read, with_words, unread = catalog.db.execute(
         f"select count(text), count(nullif(text, '')), count(*) - count(text) from [{TABLE}]").fetchone()
-    waiting = f"; {unread:,} not read yet (build with the ocr extra reads them)" if unread else ""
+    waiting = f"; {unread:,} not read yet (a build with OCR reads them)" if unread else ""
     return f"read in {read:,} pictures, {with_words:,} with words{waiting}"
 
 
