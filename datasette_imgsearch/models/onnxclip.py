@@ -147,9 +147,10 @@ class OnnxClip:
 def load_export(export: Path, threads: int | None = None) -> OnnxClip:
     """The export in ``export`` (see :func:`find_export`)."""
     facts = json.loads((export / "export.json").read_text())
-    clip = OnnxClip(export, int(facts["dimension"]), int(facts["max_positions"]), threads)
-    clip.session("text")  # a damaged tower is found now, not at the first query
-    return clip
+    for name, size in facts.get("sizes", {}).items():  # a cut-off copy is found now, not at a query
+        if not (export / name).is_file() or (export / name).stat().st_size != size:
+            raise ModelError(f"{export / name} is not the file that was exported (missing, or another size)")
+    return OnnxClip(export, int(facts["dimension"]), int(facts["max_positions"]), threads)
 
 
 _EXPORTING = threading.Lock()
@@ -177,7 +178,8 @@ def export(name: str, to: Path | None = None) -> Path:
             raise ModelError(f"the ONNX export of {name} drifts from torch (cosine {worst:.6f} < {FAITHFUL}): not used")
         facts = {"format": EXPORT_FORMAT, "name": name, "model": str(folder.resolve()), "model_digest": digest(folder),
                  "dimension": clip.towers.dimension, "max_positions": clip.towers.max_positions,
-                 "worst_cosine": round(worst, 7)}
+                 "worst_cosine": round(worst, 7),
+                 "sizes": {f"{tower}.onnx": (target / f"{tower}.onnx").stat().st_size for tower in TOWERS}}
         (target / "export.json").write_text(json.dumps(facts, indent=2))
     return target
 
