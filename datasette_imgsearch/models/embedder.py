@@ -48,10 +48,13 @@ class Embedder:
         self._lock = threading.Lock()
         self._template: dict[str, Any] = {}
         self._text_batcher = Batcher(self.encode_texts)
+        self.model: Any = None  # sentence-transformers' model, where neither of the plain ways runs it
+        self.clip: FastClip | None = None
+        self.modalities: list[str] = ["text", "image"]
+        self._pixels: ClipPixels | None = None
         self.onnx = _onnx_clip(name, device, runtime, onnx) if plain and PLAIN_CLIP else None
         if self.onnx is not None:
-            self.device, self.precision, self.clip, self.model = "cpu", "fp32", None, None
-            self.dimension, self.modalities = self.onnx.dimension, ["text", "image"]
+            self.device, self.precision, self.dimension = "cpu", "fp32", self.onnx.dimension
             self._pixels = ClipPixels(self.onnx.image_processor)
             return
         if runtime == "onnx":
@@ -64,12 +67,9 @@ class Embedder:
                              "export-onnx' where torch is, and name its folder with the onnx setting (docs/onnx.md)") from None
         self.precision = best_precision(self.device) if precision == "auto" else precision
         plain_clip = _plain_clip(name, self.device) if plain and PLAIN_CLIP else None
-        self.clip = plain_clip[0] if plain_clip else None
         if plain_clip is not None:
-            self.model: Any = None
-            self.dimension = plain_clip[0].towers.dimension
-            self.modalities: list[str] = ["text", "image"]
-            self._pixels: ClipPixels | None = plain_clip[1]
+            self.clip, self._pixels = plain_clip
+            self.dimension = self.clip.towers.dimension
             return
         self.model = load_sentence_transformer(name, self.device, option)
         dimension = getattr(self.model, "get_embedding_dimension", None) or self.model.get_sentence_embedding_dimension
