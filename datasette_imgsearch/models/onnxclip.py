@@ -125,6 +125,9 @@ class OnnxClip:
 
                 options = onnxruntime.SessionOptions()
                 options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_DISABLE_ALL
+                # ONNX Runtime's threads spin for a while after each run by default, taking the cores from the
+                # pass over the vectors (and from concurrent queries) that follows every encoding.
+                options.add_session_config_entry("session.intra_op.allow_spinning", "0")
                 if self.threads:
                     options.intra_op_num_threads = self.threads
                 try:
