@@ -102,6 +102,21 @@ def test_a_large_photo_is_read_at_its_words_size_not_shrunk_away(tmp_path: Path)
     assert "PHARMACY" in " ".join(line.text for line in lines)
 
 
+@pytest.mark.parametrize("size", [(1, 1), (3, 900), (2000, 2)])
+def test_a_picture_the_model_cannot_read_has_no_words_and_breaks_nothing(size: tuple[int, int]) -> None:
+    assert TextReader().read(Image.new("RGB", size, (200, 30, 30))) == []
+
+
+def test_an_ocr_failure_on_one_picture_reads_as_no_words(monkeypatch: pytest.MonkeyPatch) -> None:
+    reader = TextReader()
+
+    def fail(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("[ONNXRuntimeError] : 6 : RUNTIME_EXCEPTION")
+
+    monkeypatch.setattr(reader, "_engine", fail)
+    assert reader.read(Image.new("RGB", (64, 64))) == []
+
+
 # The build's text stage ---------------------------------------------------------------------------------
 def test_no_ocr_leaves_text_unread_and_a_later_build_reads_it_without_embedding_again(
     text_world: tuple, tmp_path: Path, toy_model: str

@@ -70,7 +70,15 @@ class TextReader:
         self.detect_side = detect_side
 
     def read(self, image: Image.Image) -> list[Line]:
-        """The lines of text in an upright RGB ``image``, top to bottom; none when it has no text."""
+        """The lines of text in an upright RGB ``image``, top to bottom; none when it has no text, or when
+        the OCR model fails on it: ONNX Runtime and OpenCV raise their own exception types, and one picture
+        the model cannot read must not stop a build (its file is fine: it was decoded and embedded)."""
+        try:
+            return self._read(image)
+        except Exception:
+            return []
+
+    def _read(self, image: Image.Image) -> list[Line]:
         scale = min(1.0, self.detect_side / max(image.size))
         small = image if scale == 1.0 else image.resize(
             (max(1, round(image.width * scale)), max(1, round(image.height * scale))), Image.Resampling.BILINEAR)
