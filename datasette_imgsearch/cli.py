@@ -404,17 +404,28 @@ def catalog_models(database: str | None) -> list[str]:
 @click.argument("folder", type=click.Path(file_okay=False))
 @click.option("--count", type=click.IntRange(1, 1_000_000), default=120, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--size", type=click.IntRange(16, 4096), default=128, show_default=True, help="side in pixels")
-def toy_world_command(folder: str, count: int, seed: int, size: int) -> None:
+@click.option("--size", type=click.IntRange(16, 4096), help="side in pixels  [default: 128; with --words 480 high, 4:3]")
+@click.option("--words", is_flag=True, help="every other picture with English or Chinese words on it, for the ocr extra")
+def toy_world_command(folder: str, count: int, seed: int, size: int | None, words: bool) -> None:
     """Write a folder of generated pictures of coloured shapes, to try everything offline.
 
-    Pair it with the small model in tests/fixtures/toy-clip, which understands this world.
+    Pair it with the small model in tests/fixtures/toy-clip, which understands this world. With --words,
+    half the pictures carry signs and labels (truth.json says which), which the OCR model reads.
 
     \b
         datasette-imgsearch toy-world ./shapes --count 200
         datasette-imgsearch build shapes.db ./shapes --model tests/fixtures/toy-clip
+        datasette-imgsearch toy-world ./signs --words --count 60
     """
+    from datasette_imgsearch.images.toytext import fonts, write_text_world
     from datasette_imgsearch.images.toyworld import write_world
 
-    written = write_world(Path(folder), count=count, seed=seed, size=size)
+    if words:
+        if not all(fonts()):
+            raise click.ClickException("--words needs the fonts fonts-dejavu (or fonts-liberation) and fonts-wqy-zenhei: "
+                                       "apt-get install fonts-dejavu-core fonts-wqy-zenhei")
+        height = size or 480
+        written: list[Any] = write_text_world(Path(folder), count=count, seed=seed, size=(height * 4 // 3, height))
+    else:
+        written = write_world(Path(folder), count=count, seed=seed, size=size or 128)
     click.echo(f"wrote {len(written)} images to {folder}")

@@ -117,6 +117,14 @@ def test_an_ocr_failure_on_one_picture_reads_as_no_words(monkeypatch: pytest.Mon
     assert reader.read(Image.new("RGB", (64, 64))) == []
 
 
+def test_the_toy_world_command_writes_pictures_with_words_and_their_truth(tmp_path: Path) -> None:
+    output = run_cli("toy-world", tmp_path / "signs", "--words", "--count", "4")
+    assert output.strip() == f"wrote 4 images to {tmp_path / 'signs'}"
+    truth = json.loads((tmp_path / "signs" / "truth.json").read_text())
+    assert len(truth) == 4 and truth["picture-00000.jpg"]["words"]
+    assert Image.open(tmp_path / "signs" / "picture-00000.jpg").size == (640, 480)
+
+
 # The build's text stage ---------------------------------------------------------------------------------
 def test_no_ocr_leaves_text_unread_and_a_later_build_reads_it_without_embedding_again(
     text_world: tuple, tmp_path: Path, toy_model: str
