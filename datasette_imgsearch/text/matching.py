@@ -3,11 +3,10 @@
 A query's plain words rank the rows whose text holds them; ``"quoted words"`` must appear in a picture's
 text. Both match substrings in any script: the catalog's full-text index uses SQLite's trigram
 tokenizer, so ``咖啡`` finds ``咖啡店`` and ``open`` finds ``OPEN 24 HOURS``. The trigram index answers
-words of three characters or more; a shorter word is looked for by a scan, and only when it is not plain
-ASCII (a two-character Chinese word means something, ``a`` or ``of`` does not) by a scan of a small
-index that holds only the rows with words. Where a catalog has no
-trigram index (SQLite without it, or without FTS5) the same questions are answered by scans of the
-partial indexes that hold each searched column's values.
+words of three characters or more. A shorter word is looked for only when it is not plain ASCII (a
+two-character Chinese word means something, ``a`` or ``of`` does not), by a scan of the partial indexes
+that hold only the rows with words; where a catalog has no trigram index (SQLite without it, or without
+FTS5), every word and phrase is looked for that way.
 """
 
 from __future__ import annotations
@@ -68,7 +67,7 @@ def text_search_columns(catalog: Catalog) -> tuple[bool, str | None]:
 def matches(catalog: Catalog, words: tuple[str, ...], tokenizer: str | None, candidates: np.ndarray | None) -> dict[int, int]:
     """Rows whose text, description or keywords hold any of ``words``, with how many of the words each
     holds; only among ``candidates`` when given, and at most ``MATCHED_ROWS`` (those holding the most,
-    then the lowest ids), so a word every picture holds costs a bounded amount."""
+    then the lowest ids), so that scoring them afterwards stays bounded when every picture holds a word."""
     counts: dict[int, int] = {}
     for word in dict.fromkeys(word.lower() for word in words):
         for id_ in _containing(catalog, word, tokenizer, SEARCHED_COLUMNS):
