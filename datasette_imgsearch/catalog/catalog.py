@@ -42,6 +42,12 @@ def is_catalog(conn: Any) -> bool:
     return names == {META_TABLE, TABLE}
 
 
+def image_columns(conn: Any) -> set[str]:
+    """The columns the ``images`` table of the catalog open on ``conn`` has: a catalog of an earlier schema
+    is read as it is, so a reader asks before it uses a column a later migration added."""
+    return {row[1] for row in conn.execute(f"pragma table_info([{TABLE}])")}
+
+
 def read_only_uri(path: str | Path, immutable: bool = False) -> str:
     """A URI that opens ``path`` without ever creating or writing a file beside it."""
     return Path(path).resolve().as_uri() + ("?immutable=1" if immutable else "?mode=ro")

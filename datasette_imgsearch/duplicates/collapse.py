@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from datasette_imgsearch.catalog.catalog import image_columns
 from datasette_imgsearch.catalog.schema import TABLE
 from datasette_imgsearch.vectors.ranking import Hit
 
@@ -34,7 +35,7 @@ class Collapsed:
 
 def has_groups(conn: Any) -> bool:
     """Whether the catalog open on ``conn`` has near-duplicate groups (one of an earlier schema has none)."""
-    return "duplicate_group" in {row[1] for row in conn.execute(f"pragma table_info([{TABLE}])")}
+    return "duplicate_group" in image_columns(conn)
 
 
 def group_facts(conn: Any, ids: list[int]) -> dict[int, GroupFact]:

@@ -54,9 +54,10 @@ def digest(folder: Path) -> str:
     return hashlib.sha256(json.dumps([str(folder.resolve()), entries]).encode()).hexdigest()[:16]
 
 
-def default_export_folder(folder: Path) -> Path:
+def default_export_folder(folder: Path, folder_digest: str) -> Path:
+    """Where the cache keeps the export of the model in ``folder``, whose files hash to ``folder_digest``."""
     slug = re.sub(r"[^A-Za-z0-9._-]+", "-", folder.resolve().name)[:40] or "model"
-    return cache_folder() / "onnx" / f"{slug}-{digest(folder)}"
+    return cache_folder() / "onnx" / f"{slug}-{folder_digest}"
 
 
 def find_export(name: str, named: str | Path | None = None) -> Path | None:
@@ -64,9 +65,10 @@ def find_export(name: str, named: str | Path | None = None) -> Path | None:
     its files: the folder ``named``, else the cache's. Where it is not (a server given only the export),
     the folder ``named`` when it was exported from a model of that name."""
     folder = _model_folder_if_here(name)
+    wanted = digest(folder) if folder is not None else None
     candidates = [Path(named).expanduser()] if named else []
-    if folder is not None:
-        candidates.append(default_export_folder(folder))
+    if folder is not None and wanted is not None:
+        candidates.append(default_export_folder(folder, wanted))
     for candidate in candidates:
         try:
             facts = json.loads((candidate / "export.json").read_text())
@@ -74,7 +76,7 @@ def find_export(name: str, named: str | Path | None = None) -> Path | None:
             continue
         if facts.get("format") != EXPORT_FORMAT:
             continue
-        if (facts.get("model_digest") == digest(folder)) if folder is not None else facts.get("name") == name:
+        if (facts.get("model_digest") == wanted) if wanted is not None else facts.get("name") == name:
             return candidate
     return None
 
@@ -167,7 +169,8 @@ def export(name: str, to: Path | None = None) -> Path:
     if folder is None or clip is None:
         raise ModelError(f"{name} is not a CLIP model this package runs on its own towers: it cannot be exported "
                          "(its queries stay on torch)")
-    target = Path(to).expanduser() if to else default_export_folder(folder)
+    folder_digest = digest(folder)
+    target = Path(to).expanduser() if to else default_export_folder(folder, folder_digest)
     with _EXPORTING:
         target.mkdir(parents=True, exist_ok=True)
         (target / "export.json").unlink(missing_ok=True)  # until it is checked, this folder holds no export
@@ -179,7 +182,7 @@ def export(name: str, to: Path | None = None) -> Path:
         worst = _check(clip, OnnxClip(target, clip.towers.dimension, clip.towers.max_positions))
         if worst < FAITHFUL:
             raise ModelError(f"the ONNX export of {name} drifts from torch (cosine {worst:.6f} < {FAITHFUL}): not used")
-        facts = {"format": EXPORT_FORMAT, "name": name, "model": str(folder.resolve()), "model_digest": digest(folder),
+        facts = {"format": EXPORT_FORMAT, "name": name, "model": str(folder.resolve()), "model_digest": folder_digest,
                  "dimension": clip.towers.dimension, "max_positions": clip.towers.max_positions,
                  "worst_cosine": round(worst, 7),
                  "sizes": {f"{tower}.onnx": (target / f"{tower}.onnx").stat().st_size for tower in TOWERS}}

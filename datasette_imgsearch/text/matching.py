@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from datasette_imgsearch.catalog.catalog import Catalog
+from datasette_imgsearch.catalog.catalog import Catalog, image_columns
 from datasette_imgsearch.catalog.schema import FTS_TABLE, TABLE
 
 MATCHED_ROWS = 20_000  # the most text matches a query ranks
@@ -55,8 +55,7 @@ def words_of(text: str) -> tuple[str, ...]:
 def text_search_columns(catalog: Catalog) -> tuple[bool, str | None]:
     """Whether a catalog has the words of its pictures (schema 6), and its full-text index's tokenizer
     (``trigram``, ``unicode61``) or None where it has none."""
-    columns = {row[1] for row in catalog.db.execute(f"pragma table_info([{TABLE}])")}
-    if "text" not in columns:
+    if "text" not in image_columns(catalog.db.conn):
         return False, None
     row = catalog.db.execute("select sql from sqlite_master where name = ?", [FTS_TABLE]).fetchone()
     if not row:

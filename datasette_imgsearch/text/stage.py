@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from datasette_imgsearch.catalog.catalog import Catalog
+from datasette_imgsearch.catalog.catalog import Catalog, image_columns
 from datasette_imgsearch.catalog.changes import SetText
 from datasette_imgsearch.catalog.schema import TABLE
 from datasette_imgsearch.images import pixels
@@ -45,7 +45,7 @@ def unread_count(catalog: Catalog) -> int:
 def text_line(catalog: Catalog) -> str | None:
     """How far the words of a catalog's pictures are read, for ``info`` and the status page; None for a
     catalog from before words were read (schema 5 and earlier)."""
-    if "text" not in {row[1] for row in catalog.db.execute(f"pragma table_info([{TABLE}])")}:
+    if "text" not in image_columns(catalog.db.conn):
         return None
     read, with_words, unread = catalog.db.execute(
         f"select count(text), count(nullif(text, '')), count(*) - count(text) from [{TABLE}]").fetchone()
