@@ -15,7 +15,8 @@ import click
 
 from datasette_imgsearch.build.builder import Interrupted, build
 from datasette_imgsearch.build.engines import ENGINES
-from datasette_imgsearch.build.options import BuildOptions, RayOptions
+from datasette_imgsearch.build.options import BuildOptions, RayOptions, Summary
+from datasette_imgsearch.build.watch import watch as watch_folder
 from datasette_imgsearch.catalog.catalog import Catalog
 from datasette_imgsearch.duplicates.collapse import Collapsed, collapsed, group_facts, has_groups
 from datasette_imgsearch.duplicates.listing import MEMBER_COLUMNS, duplicate_groups
@@ -102,12 +103,13 @@ def cli() -> None:
                    "is faster, and torch elsewhere")
 @click.option("--ocr/--no-ocr", default=None,
               help="read the words in the pictures, for text search  [default: when the ocr extra is installed]")
+@click.option("--watch", is_flag=True, help="then follow the folder and keep the catalog current until Ctrl-C")
 @click.option("--silent", is_flag=True, help="no progress bar")
 def build_command(
     database: str, folder: str | None, model: str | None, text_model: str | None, multilingual_model: str | None,
     device: str, precision: str, batch_size: int, workers: int | None, max_megapixels: float, thumbnail_size: int,
     no_thumbnails: bool, reembed: bool, engine: str, ray_address: str | None, ray_encoders: int, runtime: str,
-    ocr: bool | None, silent: bool,
+    ocr: bool | None, watch: bool, silent: bool,
 ) -> None:
     """Catalog the images under FOLDER into DATABASE, with CLIP embeddings and a FAISS index.
 
@@ -118,6 +120,7 @@ def build_command(
         datasette-imgsearch build photos.db ~/Pictures
         datasette-imgsearch build photos.db ./images --model ./my-clip-folder --precision bf16
         datasette-imgsearch build photos.db /shared/photos --engine ray --ray-address auto --device cuda
+        datasette-imgsearch build photos.db ~/Pictures --watch
     """
     if engine == "local" and (ray_address or ray_encoders != 1):
         raise click.UsageError("--ray-address and --ray-encoders go with --engine ray")
@@ -130,16 +133,35 @@ def build_command(
     )
     show_progress = not silent and sys.stderr.isatty()
     with user_errors(), _progress(show_progress) as progress, _progress(show_progress, "Reading text") as text_progress:
-        try:
+        with _interruptible():
             summary = build(database, folder, options, progress, text_progress=text_progress)
-        except Interrupted as interrupted:
-            raise click.ClickException(interrupted_message(interrupted.batches)) from None
-        except KeyboardInterrupt:
-            raise click.ClickException(interrupted_message(0)) from None
-    click.echo(summary.line())
+    _echo_summary(summary, silent)
+    if watch and summary.folder is not None:
+        click.echo(f"Watching {summary.folder} for changes (Ctrl-C stops)", err=True)
+        with user_errors(), _interruptible(watching=True):
+            watch_folder(database, summary.folder, options, lambda passed: _echo_summary(passed, silent, when=True))
+
+
+@contextlib.contextmanager
+def _interruptible(watching: bool = False) -> Iterator[None]:
+    """Ctrl-C as a message that says what was kept. While watching, Ctrl-C between passes is the way out."""
+    try:
+        yield
+    except Interrupted as interrupted:
+        raise click.ClickException(interrupted_message(interrupted.batches)) from None
+    except KeyboardInterrupt:
+        if watching:
+            click.echo("Stopped watching: the catalog is up to date with the folder as of the last pass", err=True)
+            return
+        raise click.ClickException(interrupted_message(0)) from None
+
+
+def _echo_summary(summary: Summary, silent: bool, when: bool = False) -> None:
+    """A build's summary line (with the time, for a watching build's passes), then its notes and stages."""
+    click.echo(f"{time.strftime('%H:%M:%S')} {summary.line()}" if when else summary.line())
     for note in summary.notes:
         click.echo(f"note: {note}", err=True)
-    if not silent:
+    if not silent and not when:
         if summary.runtime:
             click.echo(summary.runtime, err=True)
         click.echo(summary.duplicates, err=True)

@@ -86,6 +86,7 @@ class Builder:
             reembedded = self._reembed(found) if self.model.reembed else set()
             self._update(found, reembedded)
             self.summary.runtime = self.model.runtime_line()
+            self.summary.folder = self.folder
             self.summary.index = self._refresh_index()  # first: a large catalog's groups ask it for neighbours
             self.summary.duplicates = update_groups(self.catalog).line()
             self.summary.text = self._read_text()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from datasette_imgsearch.images import pixels
 from datasette_imgsearch.models.choice import ModelChoice
@@ -40,7 +41,13 @@ class Summary:
     duplicates: str = ""
     text: str = ""
     runtime: str = ""  # what ran the image model, when one ran
+    folder: Path | None = None  # the folder it catalogued
     notes: list[str] = field(default_factory=list)
+
+    @property
+    def changed(self) -> int:
+        """How many rows it added, moved, updated or removed."""
+        return self.added + self.moved + self.updated + self.removed
 
     @property
     def total(self) -> int:
