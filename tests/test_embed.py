@@ -217,10 +217,15 @@ def test_queries_encoded_in_bf16_stay_within_cosine_0_999_of_fp32_and_rank_the_s
     from datasette_imgsearch.models.choice import ModelChoice
 
     queries = [f"a {colour} {shape}" for colour in COLOURS for shape in SHAPES] + ["something red - red + blue"]
-    searchers = {precision: Searcher(shared_catalog, ModelChoice(precision=precision)) for precision in ("fp32", "bf16")}
+    searchers = {precision: Searcher(shared_catalog, ModelChoice(precision=precision, runtime="torch"))
+                 for precision in ("fp32", "bf16")}
     for query in queries:
         fp32, bf16 = (searchers[p].query_vector(query)[0] for p in ("fp32", "bf16"))
         assert float(fp32 @ bf16) >= 0.999, query
-        top = {p: {h.id for h in searchers[p].search(query, 5)} for p in searchers}  # near-ties may swap places
-        assert top["fp32"] == top["bf16"], query
+        # The same five, but for near-ties at the edge: each of bf16's five is among fp32's ten, within 0.005 of
+        # fp32's fifth score (on a CPU that emulates bf16, ties at rank 5 can go either way).
+        fp32_scores = {h.id: h.score for h in searchers["fp32"].search(query, 10)}
+        fifth = sorted(fp32_scores.values(), reverse=True)[4]
+        for hit in searchers["bf16"].search(query, 5):
+            assert fp32_scores.get(hit.id, -1.0) >= fifth - 0.005, query
     assert searchers["bf16"].models.text_embedder(searchers["bf16"].store.current()).precision == "bf16"

@@ -134,8 +134,9 @@ def modules_after(code: str) -> set[str]:
 @pytest.mark.slow
 def test_a_cold_search_imports_neither_sentence_transformers_nor_datasette(shared_catalog: Path) -> None:
     search = ("from click.testing import CliRunner\nfrom datasette_imgsearch.cli import cli\n"
-              f"result = CliRunner().invoke(cli, ['search', {str(shared_catalog)!r}, 'a red circle', '--json'])\n"
+              f"result = CliRunner().invoke(cli, ['search', {str(shared_catalog)!r}, 'a red circle', '--json', "
+              "'--runtime', 'torch'])\n"
               "assert result.exit_code == 0, result.output")
     assert modules_after(search) == {"torch"}
-    info = search.replace("'search'", "'info'").replace(", 'a red circle', '--json'", "")
+    info = search.replace("'search'", "'info'").replace(", 'a red circle', '--json', '--runtime', 'torch'", "")
     assert modules_after(info) == set()  # info and --help load no model code at all

@@ -89,9 +89,23 @@ def test_a_cold_search_with_an_export_never_imports_torch(
     assert [hit["id"] for hit in json.loads(found.stdout)] == [hit["id"] for hit in json.loads(on_torch.stdout)]
 
 
-def test_onnx_asked_for_without_an_export_says_how_to_make_one(toy_model: str, tmp_path: Path) -> None:
+def test_onnx_asked_for_without_an_export_says_how_to_make_one(
+    toy_model: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("IMGSEARCH_CACHE", str(tmp_path / "empty-cache"))  # a build on a CPU without bf16 exports
     with pytest.raises(ModelError, match="datasette-imgsearch export-onnx --model"):
         Embedder(toy_model, "cpu", "fp32", runtime="onnx", onnx=str(tmp_path))
+
+
+@pytest.mark.parametrize("runtime,runs_on", [("auto", "torch"), ("torch", "torch"), ("onnx", "an error")])
+def test_bf16_asked_for_runs_on_torch(exported: Path, toy_model: str, runtime: str, runs_on: str) -> None:
+    """ONNX Runtime runs fp32 only: asking for bf16 is asking for torch, whatever export there is."""
+    if runs_on == "an error":
+        with pytest.raises(ModelError, match="ONNX Runtime runs the model in fp32"):
+            Embedder(toy_model, "cpu", "bf16", runtime=runtime, onnx=str(exported))
+        return
+    embedder = Embedder(toy_model, "cpu", "bf16", runtime=runtime, onnx=str(exported))
+    assert embedder.onnx is None and embedder.precision == "bf16"
 
 
 def test_an_export_of_another_version_of_the_model_is_not_used(exported: Path, toy_model: str, tmp_path: Path) -> None:

@@ -52,7 +52,7 @@ class Embedder:
         self.clip: FastClip | None = None
         self.modalities: list[str] = ["text", "image"]
         self._pixels: ClipPixels | None = None
-        self.onnx = _onnx_clip(name, device, runtime, onnx) if plain and PLAIN_CLIP else None
+        self.onnx = _onnx_clip(name, device, precision, runtime, onnx) if plain and PLAIN_CLIP else None
         if self.onnx is not None:
             self.device, self.precision, self.dimension = "cpu", "fp32", self.onnx.dimension
             self._pixels = ClipPixels(self.onnx.image_processor)
@@ -228,10 +228,13 @@ def _plain_clip(name: str, device: str) -> tuple[FastClip, ClipPixels] | None:
         return None
 
 
-def _onnx_clip(name: str, device: str, runtime: str, folder: str | None) -> "OnnxClip | None":
-    """The model on ONNX Runtime, when the runtime allows it (``auto`` or ``onnx``; on the CPU) and an
-    export of exactly this model exists with ONNX Runtime installed; None means torch."""
-    if runtime == "torch" or device not in ("auto", "cpu") or not onnxclip.runtime_available():
+def _onnx_clip(name: str, device: str, precision: str, runtime: str, folder: str | None) -> "OnnxClip | None":
+    """The model on ONNX Runtime, when the runtime allows it (``auto`` or ``onnx``; on the CPU, in fp32: bf16
+    asked for is torch's) and an export of exactly this model exists with ONNX Runtime installed; None
+    means torch."""
+    if runtime == "onnx" and precision == "bf16":
+        raise ModelError("ONNX Runtime runs the model in fp32: leave out precision bf16, or use runtime torch")
+    if runtime == "torch" or precision == "bf16" or device not in ("auto", "cpu") or not onnxclip.runtime_available():
         return None
     export = onnxclip.find_export(name, folder)
     if export is None:
