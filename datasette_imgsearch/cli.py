@@ -22,6 +22,7 @@ from datasette_imgsearch.duplicates.collapse import Collapsed, collapsed, group_
 from datasette_imgsearch.duplicates.listing import MEMBER_COLUMNS, duplicate_groups
 from datasette_imgsearch.errors import ImgsearchError
 from datasette_imgsearch.images import pixels
+from datasette_imgsearch.images.video import at_moment
 from datasette_imgsearch.models.choice import RUNTIMES, ModelChoice
 from datasette_imgsearch.models.embedder import Embedder
 from datasette_imgsearch.models.hardware import DEVICES, PRECISIONS
@@ -283,17 +284,29 @@ def search_command(
             else:
                 results, _ = collapsed(ranking, functools.partial(group_facts, catalog.db.conn), count, MAX_K)
             paths = catalog.paths([result.hit.id for result in results])
+            moments = catalog.moments([hit.id for result in results for hit in [result.hit, *result.moments]])
             matched = [result.hit.id for result in results if result.hit.text_match]
             why = explanations(catalog.db.conn, matched, text_query_of(query or "")) if matched else {}
     if as_json:
         click.echo(json.dumps([{**r.hit.as_dict(), "path": paths.get(r.hit.id), "near_copies": r.near_copies,
-                                **why.get(r.hit.id, {})} for r in results], indent=2, ensure_ascii=False))
+                                **_moments_of(r, moments), **why.get(r.hit.id, {})} for r in results],
+                              indent=2, ensure_ascii=False))
         return
-    _echo_ranking(results, paths, why)
+    labels = {id_: at_moment(path, moments.get(id_)) for id_, path in paths.items()}
+    _echo_ranking(results, labels, why)
+
+
+def _moments_of(result: Collapsed, moments: dict[int, float]) -> dict[str, Any]:
+    """A video hit's time, and its other moments that ranked, for the JSON; nothing for a picture."""
+    if result.hit.id not in moments:
+        return {}
+    return {"frame_time": moments[result.hit.id],
+            "moments": [{"id": hit.id, "frame_time": moments.get(hit.id), "score": hit.score} for hit in result.moments]}
 
 
 def _echo_ranking(results: list[Collapsed], paths: dict[int, str], why: dict[int, dict[str, Any]]) -> None:
-    """One line per result: rank, score, strength (starred when strong), path, and its near-copies."""
+    """One line per result: rank, score, strength (starred when strong), path (with a video's moment),
+    and its near-copies."""
     if not results:
         click.echo("no results", err=True)
     for rank, result in enumerate(results, 1):

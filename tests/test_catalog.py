@@ -26,7 +26,7 @@ FIXTURES = Path(__file__).parent / "fixtures"
 # A real catalog of each earlier schema, written by the release that wrote it: 0.1.0 (12 rows), and two
 # later development builds with a removed row and an error row each (10 rows).
 EARLIER_SCHEMAS = {1: (FIXTURES / "catalog-v1.db", 12), 2: (FIXTURES / "catalog-v2.db", 11), 3: (FIXTURES / "catalog-v3.db", 10),
-                   4: (FIXTURES / "catalog-v4.db", 10), 5: (FIXTURES / "catalog-v5.db", 11)}
+                   4: (FIXTURES / "catalog-v4.db", 10), 5: (FIXTURES / "catalog-v5.db", 11), 6: (FIXTURES / "catalog-v6.db", 11)}
 VERSION_1 = EARLIER_SCHEMAS[1][0]
 
 

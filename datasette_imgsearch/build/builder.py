@@ -113,7 +113,7 @@ class Builder:
         changes: list[Change] = []
         for result in self._results(todo, reusable=set()):
             if result.vector is not None:
-                changes.append(StageEmbedding(stored[result.found.path].id, to_blob(result.vector)))
+                changes += _staged(self.catalog, stored[result.found.path].id, result)
             if len(changes) >= self.options.batch_size:
                 self._write(changes)
                 changes = []
@@ -184,6 +184,20 @@ class Builder:
         if index_state(self.catalog).fresh:
             return "index up to date"
         return f"index written to {write_index(self.catalog).name}"
+
+
+def _staged(catalog: Catalog, id_: int, result: Inspected) -> list[Change]:
+    """The new model's vectors of one file: a picture's, or a video's and its frames' (matched by their
+    time; a frame the new sampling does not reproduce leaves at the switch)."""
+    assert result.vector is not None
+    if "frames" not in result.facts:
+        return [StageEmbedding(id_, to_blob(result.vector))]
+    frame_ids = catalog.frame_ids(id_)
+    staged: list[Change] = [StageEmbedding(id_, to_blob(result.vector[0]))]
+    for frame, vector in zip(result.facts["frames"][1:], result.vector[1:]):
+        if frame["frame_time"] in frame_ids:
+            staged.append(StageEmbedding(frame_ids[frame["frame_time"]], to_blob(vector)))
+    return staged
 
 
 def _existing_folder(folder: str | Path | None, missing_message: str) -> Path:

@@ -9,8 +9,9 @@ from datasette_imgsearch.build.inspect import Inspected, file_facts
 from datasette_imgsearch.build.options import Summary
 from datasette_imgsearch.build.plan import Plan
 from datasette_imgsearch.catalog.catalog import Catalog, StoredFile
-from datasette_imgsearch.catalog.changes import Change, Failure, Remove, Revive, Upsert
+from datasette_imgsearch.catalog.changes import Change, CopyFrames, Failure, Remove, ReplaceFrames, Revive, Upsert
 from datasette_imgsearch.catalog.schema import CONTENT_COLUMNS, REMOVED_TABLE, TABLE, TEXT_COLUMNS, to_blob
+from datasette_imgsearch.images.video import frame_path
 
 
 class RowChanges:
@@ -31,8 +32,10 @@ class RowChanges:
         return self._embedded(item) if item.vector is not None else self._reuse_or_fail(item)
 
     def _embedded(self, item: Inspected) -> list[Change]:
-        """The row of a file whose new pixels were embedded."""
-        values = {**file_facts(item.found, item.hash), **item.facts, "embedding": to_blob(item.vector)}
+        """The row of a file whose new pixels were embedded (with a video's, the rows of its frames)."""
+        facts = dict(item.facts)
+        frames = facts.pop("frames", None)
+        values = {**file_facts(item.found, item.hash), **facts}
         values.setdefault("thumbnail", None)
         values.update(dict.fromkeys(TEXT_COLUMNS))  # new pixels: their words are read again by the text stage
         known = self.stored.get(item.found.path)
@@ -40,7 +43,15 @@ class RowChanges:
             self.summary.updated += 1
         else:
             self.summary.added += 1
-        return [Upsert(values, known.id if known else None)]
+        if frames is None:
+            return [Upsert({**values, "embedding": to_blob(item.vector)}, known.id if known else None)]
+        assert item.vector is not None
+        values.update(frames[0], embedding=to_blob(item.vector[0]), text="")  # the first frame is the video's picture
+        frame_rows = [{**values, **frame, "media": "frame", "embedding": to_blob(vector),
+                       "path": frame_path(values["path"], frame["frame_time"]),
+                       "hash": frame_path(item.hash, frame["frame_time"])}
+                      for frame, vector in zip(frames[1:], item.vector[1:])]
+        return [Upsert(values, known.id if known else None), ReplaceFrames(values["path"], frame_rows)]
 
     def _reuse_or_fail(self, item: Inspected) -> list[Change]:
         """Changes for a file whose bytes are already catalogued, or that could not be read."""
@@ -62,11 +73,12 @@ class RowChanges:
         table, source_id = self.sources[item.hash]
         source = self.catalog.row(table, source_id)
         values = {**facts, **{c: source[c] for c in CONTENT_COLUMNS}}
+        frames = [CopyFrames(table, source_id, facts["path"])] if source["media"] == "video" else []
         if known:
             self.summary.updated += 1
-            return [Upsert(values, known.id)]
+            return [Upsert(values, known.id), *frames]
         self.summary.added += 1
         if table == REMOVED_TABLE:
             self.sources[item.hash] = (TABLE, source_id)  # a second copy reuses the revived row
             return [Revive(source_id, facts)]
-        return [Upsert(values)]
+        return [Upsert(values), *frames]

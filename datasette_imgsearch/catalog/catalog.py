@@ -188,8 +188,12 @@ class Catalog:
         return self.db.execute(f"select count(*) from [{ERRORS_TABLE}]").fetchone()[0]
 
     def stored_files(self) -> dict[str, StoredFile]:
-        rows = self.db.execute(f"select id, path, size, mtime_ns, hash from [{TABLE}]").fetchall()
+        rows = self.db.execute(f"select id, path, size, mtime_ns, hash from [{TABLE}] where video_id is null").fetchall()
         return {row[1]: StoredFile(*row) for row in rows}
+
+    def frame_ids(self, video_id: int) -> dict[float, int]:
+        """frame_time → id of the frame rows of a video."""
+        return dict(self.db.execute(f"select frame_time, id from [{TABLE}] where video_id = ?", [video_id]).fetchall())
 
     def failed_files(self) -> dict[str, tuple[int, int]]:
         """path → (size, mtime_ns) of the files that failed as they were when they failed."""
@@ -202,7 +206,7 @@ class Catalog:
         """hash → (table, id) of a stored row whose embedding and facts can be reused for identical bytes."""
         sources: dict[str, tuple[str, int]] = {}
         for table in (REMOVED_TABLE, TABLE):  # live rows win
-            for hash_, id_ in self.db.execute(f"select hash, id from [{table}]"):
+            for hash_, id_ in self.db.execute(f"select hash, id from [{table}] where video_id is null"):
                 sources[hash_] = (table, id_)
         return sources
 
@@ -217,6 +221,14 @@ class Catalog:
             return {}
         placeholders = ", ".join("?" for _ in ids)
         return dict(self.db.execute(f"select id, path from [{TABLE}] where id in ({placeholders})", ids).fetchall())
+
+    def moments(self, ids: list[int]) -> dict[int, float]:
+        """id → the time in its video of each row of ``ids`` that is a video or one of its frames."""
+        if not ids or "frame_time" not in image_columns(self.db.conn):
+            return {}
+        placeholders = ", ".join("?" for _ in ids)
+        return dict(self.db.execute(
+            f"select id, frame_time from [{TABLE}] where id in ({placeholders}) and frame_time is not null", ids).fetchall())
 
     def embedding(self, id_: int) -> np.ndarray | None:
         row = self.db.execute(f"select embedding from [{TABLE}] where id = ?", [id_]).fetchone()

@@ -59,8 +59,9 @@ class Revive(Change):
 
     def apply(self, conn: sqlite3.Connection) -> None:
         columns = ", ".join(f"[{n}]" for n in COLUMNS)
-        conn.execute(f"insert into [{TABLE}] (id, {columns}) select id, {columns} from [{REMOVED_TABLE}] where id = ?", [self.id])
-        conn.execute(f"delete from [{REMOVED_TABLE}] where id = ?", [self.id])
+        conn.execute(f"insert into [{TABLE}] (id, {columns}) select id, {columns} from [{REMOVED_TABLE}] "
+                     "where id = ? or video_id = ? order by video_id is not null", [self.id, self.id])  # a video's frames with it
+        conn.execute(f"delete from [{REMOVED_TABLE}] where id = ? or video_id = ?", [self.id, self.id])
         Upsert(self.values, self.id).apply(conn)
 
 
@@ -74,10 +75,49 @@ class Remove(Change):
         columns = ", ".join(f"[{n}]" for n in COLUMNS)
         conn.execute(
             f"insert or replace into [{REMOVED_TABLE}] (id, {columns}, removed) "
-            f"select id, {columns}, ? from [{TABLE}] where id = ?",
-            [now(), self.id],
+            f"select id, {columns}, ? from [{TABLE}] where id = ? or video_id = ?",  # a video's frames go with it
+            [now(), self.id, self.id],
         )
-        conn.execute(f"delete from [{TABLE}] where id = ?", [self.id])
+        conn.execute(f"delete from [{TABLE}] where id = ? or video_id = ?", [self.id, self.id])
+
+
+@dataclass
+class ReplaceFrames(Change):
+    """Give the video at ``video_path`` these frame rows (each a full row but for ``video_id``) in place
+    of any it had."""
+
+    video_path: str
+    frames: list[dict[str, Any]]
+
+    def apply(self, conn: sqlite3.Connection) -> None:
+        video_id = conn.execute(f"select id from [{TABLE}] where path = ?", [self.video_path]).fetchone()[0]
+        conn.execute(f"delete from [{TABLE}] where video_id = ?", [video_id])
+        for frame in self.frames:
+            Upsert({**frame, "video_id": video_id}).apply(conn)
+
+
+@dataclass
+class CopyFrames(Change):
+    """Give the video just written at ``video_path`` (a copy of the video ``source_id`` in ``table``, with
+    the same bytes) copies of that video's frame rows."""
+
+    table: str
+    source_id: int
+    video_path: str
+
+    def apply(self, conn: sqlite3.Connection) -> None:
+        video_id = conn.execute(f"select id from [{TABLE}] where path = ?", [self.video_path]).fetchone()[0]
+        source_path = conn.execute(f"select path from [{self.table}] where id = ?", [self.source_id]).fetchone()[0]
+        conn.execute(f"delete from [{TABLE}] where video_id = ?", [video_id])
+        from_video = ("name", "folder", "size", "modified", "mtime_ns")
+        copied = [n for n in COLUMNS if n not in from_video + ("path", "video_id")]
+        conn.execute(
+            f"insert into [{TABLE}] (path, video_id, {', '.join(f'[{n}]' for n in from_video + tuple(copied))}) "
+            f"select ? || substr(frame.path, length(?) + 1), video.id, {', '.join(f'video.[{n}]' for n in from_video)}, "
+            f"{', '.join(f'frame.[{n}]' for n in copied)} from [{self.table}] as frame, [{TABLE}] as video "
+            f"where frame.video_id = ? and video.id = ?",
+            [self.video_path, source_path, self.source_id, video_id],
+        )
 
 
 @dataclass

@@ -209,6 +209,38 @@ END;
             conn.execute("RELEASE fts")
 
 
+@migration
+def m007_videos(conn: sqlite3.Connection) -> None:
+    """Videos and their frames as rows: ``media`` says which a row is ('image', 'video' or 'frame'); a
+    video row holds its facts (``duration``, ``frame_rate``, ``codec``) and its first frame's vector and
+    thumbnail; each other sampled frame is a row of its own with ``video_id`` and ``frame_time``, at the
+    path ``video#t=seconds``. A trigger moves the frames' paths with their video's, whoever moves it."""
+    run_script(conn, """
+ALTER TABLE [images] ADD COLUMN [media] TEXT;
+ALTER TABLE [images] ADD COLUMN [video_id] INTEGER;
+ALTER TABLE [images] ADD COLUMN [frame_time] REAL;
+ALTER TABLE [images] ADD COLUMN [duration] REAL;
+ALTER TABLE [images] ADD COLUMN [frame_rate] REAL;
+ALTER TABLE [images] ADD COLUMN [codec] TEXT;
+ALTER TABLE [imgsearch_removed] ADD COLUMN [media] TEXT;
+ALTER TABLE [imgsearch_removed] ADD COLUMN [video_id] INTEGER;
+ALTER TABLE [imgsearch_removed] ADD COLUMN [frame_time] REAL;
+ALTER TABLE [imgsearch_removed] ADD COLUMN [duration] REAL;
+ALTER TABLE [imgsearch_removed] ADD COLUMN [frame_rate] REAL;
+ALTER TABLE [imgsearch_removed] ADD COLUMN [codec] TEXT;
+UPDATE [images] SET [media] = 'image';
+UPDATE [imgsearch_removed] SET [media] = 'image';
+CREATE INDEX [idx_images_video_id] ON [images] ([video_id]) WHERE [video_id] IS NOT NULL;
+CREATE INDEX [idx_imgsearch_removed_video_id] ON [imgsearch_removed] ([video_id]) WHERE [video_id] IS NOT NULL;
+CREATE TRIGGER [imgsearch_frames_follow_their_video] AFTER UPDATE OF [path] ON [images]
+WHEN new.[media] = 'video' AND new.[path] != old.[path] BEGIN
+    UPDATE [images] SET [path] = new.[path] || substr([path], length(old.[path]) + 1),
+        [name] = new.[name], [folder] = new.[folder]
+    WHERE [video_id] = new.id;
+END;
+""")
+
+
 def schema_version() -> int:
     """The schema this release writes: the number of the last migration."""
     return len(MIGRATIONS)

@@ -53,6 +53,12 @@ COLUMNS: dict[str, str] = {
     "keywords": "TEXT",
     "text": "TEXT",
     "text_lines": "TEXT",
+    "media": "TEXT",
+    "video_id": "INTEGER",
+    "frame_time": "REAL",
+    "duration": "REAL",
+    "frame_rate": "REAL",
+    "codec": "TEXT",
 }
 BLOB_COLUMNS = ("thumbnail", "embedding")
 # What a search result or a gallery shows of a row: every column but the BLOBs, the likeness hash and

@@ -1,4 +1,5 @@
-"""One result per near-duplicate group: the best-ranked picture of each group stands for the others.
+"""One result per near-duplicate group: the best-ranked picture of each group stands for the others;
+and one per video: its best-ranked moment stands for the rest.
 
 A ranking is collapsed by walking it in order and keeping a picture only if no better-ranked picture of
 its group was kept; ``k`` counts what is kept, so a search asks for more hits than it shows
@@ -8,7 +9,7 @@ pictures its group holds in the catalog, whether or not they ranked.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from datasette_imgsearch.catalog.catalog import image_columns
@@ -22,15 +23,18 @@ FIRST_HITS_PER_RESULT = 3  # hits asked for per result wanted, at first; four ti
 class GroupFact:
     group: int | None
     size: int  # pictures in the group, 1 when it is alone
+    video: int | None = None  # the video a frame (or a video's own row) shows a moment of
 
 
 @dataclass(frozen=True)
 class Collapsed:
-    """A kept hit, its group and how many other pictures that group holds."""
+    """A kept hit, its group and how many other pictures that group holds; for a video's best moment,
+    the other moments of that video that ranked below it, in order."""
 
     hit: Hit
     group: int | None
     near_copies: int
+    moments: list[Hit] = field(default_factory=list)
 
 
 def has_groups(conn: Any) -> bool:
@@ -39,30 +43,41 @@ def has_groups(conn: Any) -> bool:
 
 
 def group_facts(conn: Any, ids: list[int]) -> dict[int, GroupFact]:
-    """id → its group and the group's size, for the rows of ``ids`` of a catalog that :func:`has_groups`."""
+    """id → its group, the group's size and its video, for the rows of ``ids`` of a catalog that
+    :func:`has_groups` (one of an earlier schema has no videos)."""
+    video = "case when media = 'video' then id else video_id end" if "video_id" in image_columns(conn) else "null"
     facts: dict[int, GroupFact] = {}
     for start in range(0, len(ids), 10_000):  # SQLite caps the number of parameters
         chunk = ids[start:start + 10_000]
         rows = conn.execute(
             f"select id, duplicate_group, (select count(*) from [{TABLE}] as member where "
-            f"member.duplicate_group = row.duplicate_group) from [{TABLE}] as row "
+            f"member.duplicate_group = row.duplicate_group), {video} from [{TABLE}] as row "
             f"where id in ({', '.join('?' for _ in chunk)})",
             chunk,
         ).fetchall()
-        facts.update({id_: GroupFact(group, size if group is not None else 1) for id_, group, size in rows})
+        facts.update({id_: GroupFact(group, size if group is not None else 1, video) for id_, group, size, video in rows})
     return facts
 
 
 def collapse(hits: list[Hit], facts: dict[int, GroupFact]) -> list[Collapsed]:
-    """The hits, in order, without those whose group a better-ranked hit already stands for."""
-    kept, seen = [], set()
+    """The hits, in order, without those whose group or video a better-ranked hit already stands for
+    (a video's later moments join its best one's ``moments``)."""
+    kept: list[Collapsed] = []
+    seen: set[int] = set()
+    videos: dict[int, Collapsed] = {}
     for hit in hits:
         fact = facts.get(hit.id, GroupFact(None, 1))
-        if fact.group is not None:
+        if fact.video is not None:
+            if fact.video in videos:
+                videos[fact.video].moments.append(hit)
+                continue
+        elif fact.group is not None:
             if fact.group in seen:
                 continue
             seen.add(fact.group)
         kept.append(Collapsed(hit, fact.group, fact.size - 1))
+        if fact.video is not None:
+            videos[fact.video] = kept[-1]
     return kept
 
 

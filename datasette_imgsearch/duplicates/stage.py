@@ -61,7 +61,9 @@ def update_groups(catalog: Catalog) -> GroupSummary:
     version = catalog.catalog_version
     done = catalog.meta("duplicates_version")
     changed = catalog.changed_since(int(done)) if done is not None else None
-    live = np.fromiter((r[0] for r in catalog.db.execute(f"select id from [{TABLE}]")), dtype=np.int64)
+    # A video's frames are moments of one file, not copies of each other: they are never grouped.
+    live = np.fromiter((r[0] for r in catalog.db.execute(f"select id from [{TABLE}] where media is not 'frame'")),
+                       dtype=np.int64)
     todo = live if changed is None else np.intersect1d(changed, live)
     summary.hashed = _fill_hashes(catalog)
     ids, codes = _hashes(catalog)
@@ -73,8 +75,10 @@ def update_groups(catalog: Catalog) -> GroupSummary:
             pair = (min(a, b), max(a, b))
             closest[pair] = min(bits, closest.get(pair, bits))
         proposed: dict[tuple[int, int], int | None] = dict(closest)
+        frames = {row[0] for row in catalog.db.execute(f"select id from [{TABLE}] where media = 'frame'")}
         for a, b in _neighbours(catalog, todo, len(live)):
-            proposed.setdefault((min(a, b), max(a, b)), None)
+            if a not in frames and b not in frames:
+                proposed.setdefault((min(a, b), max(a, b)), None)
         signatures: LRU[Signatures | bool] = LRU(SIGNATURES_KEPT)
         pairs = confirmed(proposed, lambda id_: _signatures(catalog, signatures, id_), dict(zip(ids.tolist(), codes.tolist())))
     else:
@@ -153,7 +157,8 @@ def _current_groups(catalog: Catalog) -> dict[int, int]:
 
 def _hashes(catalog: Catalog) -> tuple[np.ndarray, np.ndarray]:
     """(ids, likeness hashes) of every row that has one, in id order."""
-    rows = catalog.db.execute(f"select id, likeness from [{TABLE}] where likeness is not null order by id").fetchall()
+    rows = catalog.db.execute(f"select id, likeness from [{TABLE}] where likeness is not null and media is not 'frame' "
+                                "order by id").fetchall()
     ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
     return ids, np.fromiter((r[1] for r in rows), dtype=np.int64, count=len(rows))
 

@@ -9,13 +9,14 @@ pixels are decoded, so a decompression bomb is an error and never an out-of-memo
 from __future__ import annotations
 
 import ctypes
+import hashlib
 import io
 import math
 import os
 import stat
 import warnings
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
@@ -59,16 +60,7 @@ def read_bytes(path: Any, max_bytes: int | None = None) -> bytes:
     the reader for ever, a device never ends."""
     limit = max_file_bytes() if max_bytes is None else max_bytes
     try:
-        descriptor = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
-    except PermissionError:
-        raise ImageError("unreadable", "permission denied") from None
-    except OSError as error:
-        raise ImageError("unreadable", error.strerror or str(error)) from None
-    try:
-        if not stat.S_ISREG(os.fstat(descriptor).st_mode):
-            os.close(descriptor)
-            raise ImageError("not-a-file", "not a regular file (a folder, a FIFO, a device or a socket): nothing is read")
-        with os.fdopen(descriptor, "rb") as handle:
+        with _opened_file(path) as handle:
             data = handle.read(limit + 1)
     except OSError as error:
         raise ImageError("unreadable", error.strerror or str(error)) from None
@@ -77,6 +69,36 @@ def read_bytes(path: Any, max_bytes: int | None = None) -> bytes:
     if not data:
         raise ImageError("empty", "the file is empty (0 bytes)")
     return data
+
+
+def file_hash(path: Any) -> str:
+    """The BLAKE2b hash of a file of any size (a video), read a megabyte at a time, with the refusals and
+    errors of :func:`read_bytes`."""
+    digest, size = hashlib.blake2b(digest_size=16), 0
+    try:
+        with _opened_file(path) as handle:
+            while chunk := handle.read(1 << 20):
+                digest.update(chunk)
+                size += len(chunk)
+    except OSError as error:
+        raise ImageError("unreadable", error.strerror or str(error)) from None
+    if not size:
+        raise ImageError("empty", "the file is empty (0 bytes)")
+    return digest.hexdigest()
+
+
+def _opened_file(path: Any) -> BinaryIO:
+    """``path`` open for reading if it is a regular file; :class:`ImageError` if it is not or cannot be opened."""
+    try:
+        descriptor = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except PermissionError:
+        raise ImageError("unreadable", "permission denied") from None
+    except OSError as error:
+        raise ImageError("unreadable", error.strerror or str(error)) from None
+    if not stat.S_ISREG(os.fstat(descriptor).st_mode):
+        os.close(descriptor)
+        raise ImageError("not-a-file", "not a regular file (a folder, a FIFO, a device or a socket): nothing is read")
+    return os.fdopen(descriptor, "rb")
 
 
 def decode(

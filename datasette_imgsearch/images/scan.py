@@ -8,13 +8,19 @@ import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
-# The one table of what counts as an image file, and how it is served.
+# The one table of what counts as an image or a video file, and how it is served.
 MEDIA_TYPES = {
     ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".png": "image/png", ".webp": "image/webp", ".gif": "image/gif",
     ".bmp": "image/bmp", ".tif": "image/tiff", ".tiff": "image/tiff", ".heic": "image/heic", ".heif": "image/heif",
 }
+VIDEO_TYPES = {
+    ".mp4": "video/mp4", ".m4v": "video/mp4", ".mov": "video/quicktime", ".webm": "video/webm",
+    ".mkv": "video/x-matroska", ".avi": "video/x-msvideo",
+}
 HEIF_EXTENSIONS = frozenset({".heic", ".heif"})
 IMAGE_EXTENSIONS = frozenset(MEDIA_TYPES) - HEIF_EXTENSIONS
+VIDEO_EXTENSIONS = frozenset(VIDEO_TYPES)
+MEDIA_TYPES.update(VIDEO_TYPES)
 
 
 def heif_available() -> bool:
@@ -22,8 +28,19 @@ def heif_available() -> bool:
     return importlib.util.find_spec("pillow_heif") is not None
 
 
+def video_available() -> bool:
+    """Whether the optional ``video`` extra (PyAV, with FFmpeg inside its wheel) is installed."""
+    return importlib.util.find_spec("av") is not None
+
+
+def is_video(path: str) -> bool:
+    return os.path.splitext(path)[1].lower() in VIDEO_EXTENSIONS
+
+
 def image_extensions() -> frozenset[str]:
-    return IMAGE_EXTENSIONS | HEIF_EXTENSIONS if heif_available() else IMAGE_EXTENSIONS
+    """The extensions a build catalogues here: pictures, HEIF with its extra, videos with theirs."""
+    extensions = IMAGE_EXTENSIONS | HEIF_EXTENSIONS if heif_available() else IMAGE_EXTENSIONS
+    return extensions | VIDEO_EXTENSIONS if video_available() else extensions
 
 
 def media_type(name: str) -> str:

@@ -7,14 +7,16 @@ import os
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
-from datasette.utils.asgi import AsgiFileDownload, Response
+from datasette.utils.asgi import Response
 
 from datasette_imgsearch.catalog.catalog import Catalog
 from datasette_imgsearch.catalog.schema import TABLE
 from datasette_imgsearch.errors import RequestError
 from datasette_imgsearch.images import pixels
-from datasette_imgsearch.images.scan import media_type
+from datasette_imgsearch.images.scan import is_video, media_type
+from datasette_imgsearch.images.video import moment_of
 from datasette_imgsearch.search.parse import MAX_ROW_ID
+from datasette_imgsearch.web.ranges import RangedFile
 from datasette_imgsearch.web.target import Target, answers_errors, in_thread, resolve
 
 if TYPE_CHECKING:
@@ -41,6 +43,7 @@ def original_file(folder: Path | None, relative: str) -> Path:
     A path that is absolute or climbs out with ``..`` is never followed."""
     if folder is None:
         raise RequestError(404, "the catalog does not record its image folder")
+    relative = moment_of(relative)[0]  # a video's frame: the video
     path = PurePosixPath(relative)
     if not path.parts or path.is_absolute() or ".." in path.parts or "\x00" in relative:
         raise RequestError(404, "the row's path is no longer inside the catalogued folder")
@@ -60,12 +63,12 @@ def _row_id(request: "Request") -> int:
     return value
 
 
-Body = Callable[[Target, dict[str, Any], dict[str, str]], Awaitable["Response | AsgiFileDownload"]]
+Body = Callable[[Target, dict[str, Any], dict[str, str]], Awaitable["Response | RangedFile"]]
 
 
 async def _row_image(
     datasette: "Datasette", request: "Request", etag_suffix: str, body_of: Body
-) -> "Response | AsgiFileDownload":
+) -> "Response | RangedFile":
     """Serve one row's picture after the permission check, answering 304 when the browser has it;
     ``body_of`` makes the response from the row and the headers every picture carries."""
     target = await resolve(datasette, request)
@@ -83,12 +86,15 @@ async def _row_image(
 
 
 @answers_errors(as_json=False)
-async def thumbnail_view(datasette: "Datasette", request: "Request") -> "Response | AsgiFileDownload":
+async def thumbnail_view(datasette: "Datasette", request: "Request") -> "Response | RangedFile":
     """A row's stored thumbnail; made from the original when the catalog was built without thumbnails."""
 
     async def body(target: Target, row: dict[str, Any], headers: dict[str, str]) -> Response:
         data = row["thumbnail"]
         if data is None:
+            if is_video(moment_of(row["path"])[0]):
+                raise RequestError(404, "no thumbnail: the catalog was built with --no-thumbnails, and a server "
+                                        "decodes no videos")
             file = await _original_of(target, row)
             data = await in_thread(_thumbnail_from_file, file, target.settings.max_megapixels)
         return Response(data, content_type="image/jpeg", headers=headers)
@@ -103,14 +109,15 @@ def _thumbnail_from_file(file: Path, max_megapixels: float) -> bytes:
 
 
 @answers_errors(as_json=False)
-async def original_view(datasette: "Datasette", request: "Request") -> "Response | AsgiFileDownload":
-    """The original image file, served only from inside the catalogued folder, streamed from disk in
-    chunks (never held whole in memory)."""
+async def original_view(datasette: "Datasette", request: "Request") -> "Response | RangedFile":
+    """The original file, served only from inside the catalogued folder, streamed from disk in chunks
+    (never held whole in memory), with Range requests so a browser seeks in a video; a frame's original
+    is its video."""
 
-    async def body(target: Target, row: dict[str, Any], headers: dict[str, str]) -> AsgiFileDownload:
+    async def body(target: Target, row: dict[str, Any], headers: dict[str, str]) -> RangedFile:
         file = await _original_of(target, row)
         if not os.access(file, os.R_OK):
             raise RequestError(404, "the original file cannot be read")
-        return AsgiFileDownload(file, content_type=media_type(file.name), headers=headers)
+        return RangedFile(file, media_type(file.name), headers, request.headers.get("range"))
 
     return await _row_image(datasette, request, "", body)

@@ -23,6 +23,7 @@ from datasette_imgsearch.catalog.schema import TABLE
 from datasette_imgsearch.duplicates.collapse import Collapsed, collapsed, group_facts
 from datasette_imgsearch.errors import ImgsearchError, QueryError, RequestError, web_message
 from datasette_imgsearch.images import pixels
+from datasette_imgsearch.images.video import clock
 from datasette_imgsearch.models.names import model_label
 from datasette_imgsearch.search.arguments import STRONG_ONLY, Candidates, MinScore, check_k, check_min_score
 from datasette_imgsearch.search.fusion import text_query_of
@@ -201,6 +202,7 @@ async def rows_for(
     )
     rows = {row["id"]: dict(zip(columns, row)) for row in result.rows}
     text_query = text_query_of(query) if query and any(result.hit.text_match for result in kept) else None
+    times = await _frame_times(db, [hit.id for each in kept for hit in each.moments])
     found = []
     for each in kept:
         row = rows.get(each.hit.id)
@@ -208,8 +210,18 @@ async def rows_for(
             continue  # a row removed since: gone
         lines = row.pop("text_lines", None)
         why = explanation(row.get("text"), lines, text_query) if text_query and each.hit.text_match else {}
-        found.append({**linked(datasette, target, row, each.hit, k, each.near_copies), **why})
+        moments = [{"id": hit.id, "frame_time": times.get(hit.id), "score": round(hit.score, 6)} for hit in each.moments]
+        found.append({**linked(datasette, target, row, each.hit, k, each.near_copies), **why,
+                      **({"moments": moments} if row.get("frame_time") is not None else {})})
     return found
+
+
+async def _frame_times(db: Any, ids: list[int]) -> dict[int, float]:
+    """id → frame_time of the other moments of the videos shown (none in a catalog without videos)."""
+    if not ids:
+        return {}
+    result = await db.execute(f"select id, frame_time from [{TABLE}] where id in ({', '.join('?' for _ in ids)})", ids)
+    return {row[0]: row[1] for row in result.rows}
 
 
 def linked(
@@ -231,7 +243,16 @@ def linked(
         "more_like_this_url": f"{base}?{urllib.parse.urlencode({'q': f'row:{row_id}', 'k': k})}",
         "near_copies": near_copies,
         "near_copies_url": f"{base}?{urllib.parse.urlencode({'duplicate_group': group})}" if near_copies else None,
+        **_moment(base, row),
     }
+
+
+def _moment(base: str, row: dict[str, Any]) -> dict[str, Any]:
+    """For a video or one of its frames: the moment, and the video's URL that plays from it."""
+    time = row.get("frame_time")
+    if time is None:
+        return {}
+    return {"moment": clock(time), "moment_url": f"{base}/original/{row['id']}#t={time:g}"}
 
 
 SQL_RECIPE = (

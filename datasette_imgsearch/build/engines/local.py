@@ -7,7 +7,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Iterator
 
 from datasette_imgsearch.build.engines.base import EngineJob
-from datasette_imgsearch.build.inspect import Inspected, inspect_file
+from datasette_imgsearch.build.inspect import Inspected, inspect_file, split_rows
 from datasette_imgsearch.images.scan import FoundFile
 
 
@@ -37,9 +37,10 @@ class LocalEngine:
     def _encoded(self, results: list[Inspected]) -> list[Inspected]:
         pictures = [result for result in results if result.features is not None]
         if pictures:
-            vectors = self.job.embedder().encode_preprocessed([result.features for result in pictures])
-            for result, vector in zip(pictures, vectors):
-                result.vector, result.features = vector, None
+            features = [result.features for result in pictures]
+            vectors = self.job.embedder().encode_preprocessed(features)
+            for result, rows in zip(pictures, split_rows(vectors, features)):
+                result.take_vectors(rows)
         return results
 
     def _inspected(self, items: list[FoundFile], reusable: set[str]) -> Iterator[Inspected]:

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Iterator
 import numpy as np
 
 from datasette_imgsearch.build.engines.base import EngineJob
-from datasette_imgsearch.build.inspect import Inspected, inspect_file
+from datasette_imgsearch.build.inspect import Inspected, inspect_file, split_rows
 from datasette_imgsearch.errors import CatalogError
 from datasette_imgsearch.images.scan import FoundFile
 from datasette_imgsearch.models.names import looks_like_path
@@ -87,9 +87,9 @@ class Encode:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         features = [pickle.loads(blob) for blob in batch["features"] if len(blob)]
-        vectors = iter(self.embedder.encode_preprocessed(features) if features else [])
+        rows = iter(split_rows(self.embedder.encode_preprocessed(features), features) if features else [])
         out = {key: batch[key] for key in ("number", "hash", "facts", "error")}
-        out["vector"] = _object_column([next(vectors).astype("<f4").tobytes() if len(blob) else b""
+        out["vector"] = _object_column([next(rows).astype("<f4").tobytes() if len(blob) else b""
                                         for blob in batch["features"]])
         out["precision"] = _object_column([self.embedder.precision] * len(batch["number"]))
         return out
@@ -169,11 +169,11 @@ class RayEngine:
                     batch["number"], batch["hash"], batch["facts"], batch["error"], batch["vector"], batch["precision"]
                 ):
                     self.precision = self.precision or str(precision)
-                    yield Inspected(
-                        items[int(number)], str(hash_), facts=pickle.loads(facts),
-                        error=pickle.loads(error) if len(error) else None,
-                        vector=np.frombuffer(vector, dtype="<f4") if len(vector) else None,
-                    )
+                    result = Inspected(items[int(number)], str(hash_), facts=pickle.loads(facts),
+                                       error=pickle.loads(error) if len(error) else None)
+                    if len(vector):
+                        result.take_vectors(np.frombuffer(vector, dtype="<f4"))
+                    yield result
         except ray.exceptions.RayError as error:
             raise CatalogError(f"the Ray build failed on a worker: {_last_line(error)}") from None
 
