@@ -22,7 +22,8 @@ from datasette_imgsearch.duplicates.collapse import Collapsed, collapsed, group_
 from datasette_imgsearch.duplicates.listing import MEMBER_COLUMNS, duplicate_groups
 from datasette_imgsearch.errors import ImgsearchError
 from datasette_imgsearch.images import pixels
-from datasette_imgsearch.images.video import at_moment
+from datasette_imgsearch.images.scan import video_available
+from datasette_imgsearch.images.video import VIDEO_INSTALL, at_moment, clock
 from datasette_imgsearch.models.choice import RUNTIMES, ModelChoice
 from datasette_imgsearch.models.embedder import Embedder
 from datasette_imgsearch.models.hardware import DEVICES, PRECISIONS
@@ -145,10 +146,13 @@ def build_command(
 
 @contextlib.contextmanager
 def _interruptible(watching: bool = False) -> Iterator[None]:
-    """Ctrl-C as a message that says what was kept. While watching, Ctrl-C between passes is the way out."""
+    """Ctrl-C as a message that says what was kept. While watching, Ctrl-C is the way out (exit 0)."""
     try:
         yield
     except Interrupted as interrupted:
+        if watching:
+            click.echo(f"Stopped watching during a pass; {interrupted_message(interrupted.batches)}", err=True)
+            return
         raise click.ClickException(interrupted_message(interrupted.batches)) from None
     except KeyboardInterrupt:
         if watching:
@@ -441,17 +445,23 @@ def catalog_models(database: str | None) -> list[str]:
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--size", type=click.IntRange(16, 4096), help="side in pixels  [default: 128; with --words 480 high, 4:3]")
 @click.option("--words", is_flag=True, help="every other picture with English or Chinese words on it, for the ocr extra")
-def toy_world_command(folder: str, count: int, seed: int, size: int | None, words: bool) -> None:
+@click.option("--videos", type=click.IntRange(0, 10_000), default=0, show_default=True,
+              help="also write this many short videos of three scenes each (the video extra)")
+def toy_world_command(folder: str, count: int, seed: int, size: int | None, words: bool, videos: int) -> None:
     """Write a folder of generated pictures of coloured shapes, to try everything offline.
 
     Pair it with the small model in tests/fixtures/toy-clip, which understands this world. With --words,
-    half the pictures carry signs and labels (truth.json says which), which the OCR model reads.
+    half the pictures carry signs and labels (truth.json says which), which the OCR model reads. With
+    --videos, short videos whose scenes show shapes from known times.
 
     \b
         datasette-imgsearch toy-world ./shapes --count 200
         datasette-imgsearch build shapes.db ./shapes --model tests/fixtures/toy-clip
         datasette-imgsearch toy-world ./signs --words --count 60
+        datasette-imgsearch toy-world ./clips --count 20 --videos 6
     """
+    if videos and not video_available():
+        raise click.ClickException(f"--videos needs PyAV: {VIDEO_INSTALL}")
     from datasette_imgsearch.images.toytext import fonts, write_text_world
     from datasette_imgsearch.images.toyworld import write_world
 
@@ -464,3 +474,9 @@ def toy_world_command(folder: str, count: int, seed: int, size: int | None, word
     else:
         written = write_world(Path(folder), count=count, seed=seed, size=size or 128)
     click.echo(f"wrote {len(written)} images to {folder}")
+    if videos:
+        from datasette_imgsearch.images.toyvideo import write_videos
+
+        for video in write_videos(Path(folder), count=videos, seed=seed):
+            scenes = ", ".join(f"{scene.colour} {scene.shape} @ {clock(scene.start)}" for scene in video.scenes)
+            click.echo(f"wrote {video.path.name}: {scenes}")

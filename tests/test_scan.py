@@ -21,11 +21,12 @@ def touch(path: Path) -> Path:
     "name,found",
     [
         ("a.jpg", True), ("b.JPEG", True), ("c.Png", True), ("d.webp", True), ("e.gif", True), ("f.BMP", True),
-        ("g.tif", True), ("h.TIFF", True), ("notes.txt", False), ("noextension", False), ("movie.mp4", False),
+        ("g.tif", True), ("h.TIFF", True), ("notes.txt", False), ("noextension", False),
+        ("movie.mp4", True), ("clip.MOV", True), ("song.mp3", False),  # videos with the video extra (installed here)
         ("archive.jpg.zip", False),
     ],
 )
-def test_images_are_found_by_extension_in_any_case(tmp_path: Path, name: str, found: bool) -> None:
+def test_images_and_videos_are_found_by_extension_in_any_case(tmp_path: Path, name: str, found: bool) -> None:
     touch(tmp_path / name)
     assert [f.path for f in scan(tmp_path).files] == ([name] if found else [])
 

@@ -270,3 +270,23 @@ async def test_videos_in_the_table_can_be_filtered_and_faceted(library: tuple[Pa
     facets = data["facet_results"].get("results", data["facet_results"])  # 1.0 nests them under "results"
     counts = {item["value"]: item["count"] for item in facets["media"]["results"]}
     assert counts["video"] == 6 and counts["image"] == 12 and counts["frame"] >= 6 * 2  # a scene's moment is the video's
+
+
+def test_without_the_video_extra_videos_are_left_alone_with_a_note(
+    tmp_path: Path, toy_model: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from datasette_imgsearch.images import scan
+
+    monkeypatch.setattr(scan, "video_available", lambda: False)
+    folder = tmp_path / "media"
+    write_videos(folder, count=2, seed=1)
+    write_world(folder, count=3, seed=1)
+    summary = build(tmp_path / "v.db", folder, BuildOptions(ModelChoice(model=toy_model), ocr=False))
+    assert summary.added == 3 and summary.failed == 0
+    assert summary.notes == ["2 video files were not catalogued: pip install 'datasette-imgsearch[video]'"]
+
+
+def test_toy_world_writes_videos_with_their_scenes(tmp_path: Path) -> None:
+    printed = run_cli("toy-world", tmp_path / "clips", "--count", "2", "--videos", "2")
+    assert "wrote 2 images" in printed and printed.count("@ 0:00.0") == 2
+    assert sorted(p.name for p in (tmp_path / "clips").glob("*.mp4")) == ["video-000.mp4", "video-001.mp4"]

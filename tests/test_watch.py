@@ -20,6 +20,7 @@ from datasette_imgsearch.build.watch import RelevantChanges, WatchTiming, wait_u
 from datasette_imgsearch.errors import CatalogError
 from datasette_imgsearch.images.toyworld import write_world
 from datasette_imgsearch.models.choice import ModelChoice
+from tests.conftest import run_cli
 
 QUICK = WatchTiming(gather_ms=400, settle_seconds=0.4, settle_limit_seconds=20)
 
@@ -159,21 +160,45 @@ def test_waiting_for_a_file_to_keep_still(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_the_command_line_watches_until_ctrl_c(catalog: Path, images: Path, toy_model: str, tmp_path: Path) -> None:
-    command = [sys.executable, "-m", "datasette_imgsearch", "build", str(catalog), str(images), "--model", toy_model,
+    command = [sys.executable, "-u", "-m", "datasette_imgsearch", "build", str(catalog), str(images), "--model", toy_model,
                "--watch", "--silent", "--no-ocr"]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    printed: list[str] = []
+    reader = threading.Thread(target=lambda: printed.extend(iter(process.stdout.readline, "")), daemon=True)  # type: ignore[union-attr]
+    reader.start()
     try:
         eventually(lambda: process.poll() is not None or _watching(process), 120)
         write_world(tmp_path / "one", count=1, seed=11)
         shutil.copy(next((tmp_path / "one").glob("*.jpg")), images / "arrived.jpg")
-        eventually(lambda: "arrived.jpg" in rows(catalog))
+        eventually(lambda: any("1 added" in line for line in printed))  # the pass has ended
     finally:
         process.send_signal(signal.SIGINT)
-        out, err = process.communicate(timeout=60)
+        _, err = process.communicate(timeout=60)
+    reader.join(10)
     assert process.returncode == 0, err
-    assert "60 images: 0 added" in out
-    assert "1 added" in out.splitlines()[-1]
+    assert "60 images: 0 added" in printed[0] and "arrived.jpg" in rows(catalog)
     assert "Stopped watching" in err
+
+
+@pytest.mark.slow
+def test_ctrl_c_during_a_pass_stops_the_watch_and_keeps_what_was_committed(
+    catalog: Path, images: Path, toy_model: str, tmp_path: Path
+) -> None:
+    command = [sys.executable, "-u", "-m", "datasette_imgsearch", "build", str(catalog), str(images), "--model", toy_model,
+               "--watch", "--silent", "--no-ocr", "--batch-size", "1"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        eventually(lambda: process.poll() is not None or _watching(process), 120)
+        write_world(tmp_path / "many", count=200, seed=12)
+        os.rename(tmp_path / "many", images / "many")  # one change: one pass, of 200 commits
+        eventually(lambda: any(path.startswith("many/") for path in rows(catalog)))  # the pass is under way
+    finally:
+        process.send_signal(signal.SIGINT)
+        _, err = process.communicate(timeout=60)
+    assert process.returncode == 0, err
+    assert "Stopped watching" in err and "kept" in err
+    assert 0 < sum(path.startswith("many/") for path in rows(catalog))
+    assert run_cli("build", catalog, "--model", toy_model, "--silent", "--no-ocr").startswith("260 images")
 
 
 def _watching(process: subprocess.Popen[str]) -> bool:

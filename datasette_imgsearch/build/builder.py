@@ -26,6 +26,7 @@ from datasette_imgsearch.catalog.writing import exclusive, settle
 from datasette_imgsearch.duplicates.stage import update_groups
 from datasette_imgsearch.errors import CatalogError
 from datasette_imgsearch.images.scan import FoundFile, ScanResult, scan
+from datasette_imgsearch.images.video import VIDEO_INSTALL
 from datasette_imgsearch.models.cache import MODELS, ModelCache
 from datasette_imgsearch.text.reader import OCR_INSTALL, ocr_available, shared_reader
 from datasette_imgsearch.text.stage import unread_count, update_text
@@ -83,6 +84,8 @@ class Builder:
         with exclusive(self.catalog):
             self.catalog.set_meta(**self.catalog.folder_facts(self.folder), **self.model.first_facts())
             found = scan(self.folder, skip=catalog_files(self.catalog.path))
+            if found.videos_skipped:
+                self.summary.notes.append(f"{found.videos_skipped} video files were not catalogued: {VIDEO_INSTALL}")
             reembedded = self._reembed(found) if self.model.reembed else set()
             self._update(found, reembedded)
             self.summary.runtime = self.model.runtime_line()

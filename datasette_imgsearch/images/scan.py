@@ -70,6 +70,8 @@ class ScanResult:
     bad_names: list[str] = field(default_factory=list)
     # Image files that could not even be examined (a symlink loop, say): relative path → reason.
     unreadable_files: dict[str, str] = field(default_factory=dict)
+    # Video files left alone because the video extra is not installed.
+    videos_skipped: int = 0
 
     def covers(self, path: str) -> bool:
         """Whether ``path`` lies under a folder the scan could not read."""
@@ -128,6 +130,8 @@ class _Walker:
                     stack.append((iter(self.list(Path(entry.path), child)), child))
             elif self.is_image_name(entry.name):
                 self.add_file(entry, child)
+            elif is_video(entry.name):
+                self.result.videos_skipped += 1
 
     def list(self, directory: Path, relative: str) -> list[os.DirEntry[str]]:
         """The folder's entries in name order; none if it was walked already or cannot be read."""

@@ -48,9 +48,11 @@ def write_videos(folder: str | Path, count: int = 4, seed: int = 0, scenes: int 
 
 
 def write_video(path: Path, shown: list[tuple[str, str]], rng: random.Random, size: int = 128, fps: int = 10,
-                width: int | None = None, height: int | None = None) -> tuple[Scene, ...]:
+                width: int | None = None, height: int | None = None, encoder: dict[str, str] | None = None,
+                ) -> tuple[Scene, ...]:
     """One video of the (colour, shape) scenes in ``shown``, one after the other; scaled to ``width`` x
-    ``height`` when given. Returns the scenes with their times."""
+    ``height`` when given, encoded with the ``encoder`` options (x264's ``preset``, say). Returns the
+    scenes with their times."""
     timeline: list[tuple[Image.Image, float]] = []
     scenes = []
     clock = 0.0
@@ -59,11 +61,12 @@ def write_video(path: Path, shown: list[tuple[str, str]], rng: random.Random, si
         timeline.append((draw_image(colour, shape, rng, size), length))
         scenes.append(Scene(colour, shape, clock, clock + length))
         clock += length
-    _encode(path, timeline, fps, width or size, height or size)
+    _encode(path, timeline, fps, width or size, height or size, encoder or {})
     return tuple(scenes)
 
 
-def _encode(path: Path, timeline: list[tuple[Image.Image, float]], fps: int, width: int, height: int) -> None:
+def _encode(path: Path, timeline: list[tuple[Image.Image, float]], fps: int, width: int, height: int,
+            encoder: dict[str, str]) -> None:
     import av
 
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -71,12 +74,14 @@ def _encode(path: Path, timeline: list[tuple[Image.Image, float]], fps: int, wid
         stream = container.add_stream("libx264" if path.suffix != ".webm" else "libvpx-vp9", rate=fps)
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
         stream.time_base = Fraction(1, fps)
+        stream.options = encoder
         index = 0
         for picture, seconds in timeline:
+            scaled = picture.resize((width, height))
             for step in range(round(seconds * fps)):
-                drift = picture.transform(picture.size, Image.Transform.AFFINE, (1, 0, step % 3 - 1, 0, 1, 0),
-                                          fillcolor=picture.getpixel((0, 0)))
-                frame = av.VideoFrame.from_ndarray(np.asarray(drift.resize((width, height))), format="rgb24")
+                drift = scaled.transform(scaled.size, Image.Transform.AFFINE, (1, 0, step % 3 - 1, 0, 1, 0),
+                                         fillcolor=scaled.getpixel((0, 0)))
+                frame = av.VideoFrame.from_ndarray(np.asarray(drift), format="rgb24")
                 frame.pts = index
                 index += 1
                 container.mux(stream.encode(frame))

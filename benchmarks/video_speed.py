@@ -1,0 +1,72 @@
+"""What cataloguing a video costs: a 60-second 1080p H.264 video (30 frames a second, a new scene every
+two to three and a half seconds, as toyvideo.py draws them), built with the toy model.
+
+    python benchmarks/video_speed.py          # about two minutes on two cores, the video made once
+
+Reports the whole build's time beside the target (10 s on two cores), and its shares: decoding and
+sampling the frames (images/video.py), and embedding them. Prints a Markdown table and writes
+benchmarks/results/video_speed.json.
+"""
+
+from __future__ import annotations
+
+import platform
+import random
+import tempfile
+import time
+from pathlib import Path
+
+from common import CACHE, TOY_MODEL, save_results, table
+
+from datasette_imgsearch.build.builder import build
+from datasette_imgsearch.build.options import BuildOptions
+from datasette_imgsearch.images.toyvideo import write_video
+from datasette_imgsearch.images.toyworld import sample_classes
+from datasette_imgsearch.images.video import read_video
+from datasette_imgsearch.models.choice import ModelChoice
+from datasette_imgsearch.models.embedder import Embedder
+
+TARGET_SECONDS = 10.0
+
+
+def video_1080p(seconds: float = 60.0) -> Path:
+    """The benchmark's video, made once into the cache (x264 at its 'medium' preset, as phones' encoders go)."""
+    path = CACHE / "video-60s-1080p.mp4"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        rng = random.Random(60)
+        write_video(path, sample_classes(int(seconds / 2.75), rng), rng, size=256, fps=30, width=1920, height=1080)
+    return path
+
+
+def main() -> None:
+    path = video_1080p()
+    side = max(Embedder(str(TOY_MODEL), "cpu").shrink_to(256))
+    started = time.perf_counter()
+    sampled = read_video(path, side)
+    decoding = time.perf_counter() - started
+    embedder = Embedder(str(TOY_MODEL), "cpu")
+    started = time.perf_counter()
+    embedder.encode_images([frame.image for frame in sampled.frames])
+    embedding = time.perf_counter() - started
+    with tempfile.TemporaryDirectory() as folder:
+        (Path(folder) / "media").mkdir()
+        (Path(folder) / "media" / path.name).symlink_to(path)
+        started = time.perf_counter()
+        build(Path(folder) / "v.db", Path(folder) / "media", BuildOptions(ModelChoice(model=str(TOY_MODEL)), ocr=False))
+        whole = time.perf_counter() - started
+    facts = sampled.facts
+    results = {
+        "cpu": platform.processor() or platform.machine(), "video": f"{facts['duration']:.0f} s, {facts['width']}x"
+        f"{facts['height']}, {facts['frame_rate']:g} fps, {facts['codec']}", "frames_kept": len(sampled.frames),
+        "build_seconds": round(whole, 2), "decode_seconds": round(decoding, 2), "embed_seconds": round(embedding, 3),
+    }
+    save_results("video_speed", results)
+    table("Cataloguing one video (toy model, two cores)", ["video", "frames kept", "build", "decode and sample",
+                                                             "embed", "target"],
+                [[results["video"], len(sampled.frames), f"{whole:.1f} s", f"{decoding:.1f} s ({decoding / whole:.0%})",
+                  f"{embedding:.2f} s ({embedding / whole:.0%})", f"≤ {TARGET_SECONDS:.0f} s"]])
+
+
+if __name__ == "__main__":
+    main()
