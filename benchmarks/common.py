@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import platform
 import socket
 import statistics
 import subprocess
@@ -126,6 +127,17 @@ def photo_folder(count: int, width: int, height: int, name: str | None = None, q
                                                       (side - width) // 2 + width, (side - height) // 2 + height))
         picture.save(folder / f"{colour}-{shape}-{number:05d}.jpg", quality=quality)
     return folder
+
+
+def cpu_name() -> str:
+    """The CPU as the figures name it: its model, and whether it has AVX-512 and native bfloat16, which
+    decide which engine and precision are fastest (docs/onnx.md)."""
+    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    model = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), None)
+    flags = set(next((line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags")), []))
+    vector = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "no AVX2"
+    bf16 = "native bf16" if flags & {"avx512_bf16", "amx_bf16"} else "no native bf16"
+    return f"{model or platform.processor() or 'unknown CPU'}, {os.cpu_count()} cores ({vector}, {bf16})"
 
 
 def load_results(name: str) -> dict:

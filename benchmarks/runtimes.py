@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from common import CACHE, photo_folder, save_results, table, vit_b32
+from common import CACHE, cpu_name, photo_folder, save_results, table, vit_b32
 
 os.environ.setdefault("IMGSEARCH_CACHE", str(CACHE / "runtimes-cache"))
 
@@ -26,15 +26,7 @@ from datasette_imgsearch.build.builder import build  # noqa: E402
 from datasette_imgsearch.build.options import BuildOptions  # noqa: E402
 from datasette_imgsearch.models.choice import ModelChoice  # noqa: E402
 from datasette_imgsearch.models.embedder import Embedder  # noqa: E402
-from datasette_imgsearch.models.hardware import cpu_computes_bf16  # noqa: E402
 from datasette_imgsearch.models.onnxclip import export, find_export  # noqa: E402
-
-
-def cpu_name() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return "unknown CPU"
 
 
 def towers(model: str, rounds: int) -> dict[str, dict[str, float]]:
@@ -83,7 +75,7 @@ def main() -> None:
     if find_export(model) is None:
         export(model)
     facts = json.loads((find_export(model) / "export.json").read_text())
-    cpu = f"{cpu_name()}, {os.cpu_count()} cores, native bf16: {'yes' if cpu_computes_bf16() else 'no'}"
+    cpu = cpu_name()
     speeds = towers(model, args.rounds)
     table(f"Towers of a ViT-B/32 (random weights), batch of 32 images and one text at a time ({cpu})",
           ["way", "images/s", "texts/s", "images vs torch fp32"],

@@ -17,14 +17,13 @@ Prints Markdown tables and writes benchmarks/results/text_speed.json.
 from __future__ import annotations
 
 import argparse
-import platform
 import random
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
-from common import CACHE, load_results, percentiles, save_results, table, vit_b32
+from common import CACHE, cpu_name, load_results, percentiles, save_results, table, vit_b32
 from PIL import Image
 
 from datasette_imgsearch.build.builder import build
@@ -37,13 +36,6 @@ from datasette_imgsearch.images.toytext import CHINESE, ENGLISH, write_text_worl
 from datasette_imgsearch.models.choice import ModelChoice
 from datasette_imgsearch.text.matching import TextQuery
 from datasette_imgsearch.text.reader import READ_SIDE, TextReader
-
-
-def cpu_name() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown CPU"
 
 
 def reading(results: dict) -> None:

@@ -4,19 +4,18 @@ two to three and a half seconds, as toyvideo.py draws them), built with the toy 
     python benchmarks/video_speed.py          # about two minutes on two cores, the video made once
 
 Reports the whole build's time beside the target (10 s on two cores), and its shares: decoding and
-sampling the frames (images/video.py), and embedding them. Prints a Markdown table and writes
-benchmarks/results/video_speed.json.
+sampling the frames (images/video.py), and embedding them; best of three interleaved rounds each.
+Prints a Markdown table and writes benchmarks/results/video_speed.json.
 """
 
 from __future__ import annotations
 
-import platform
 import random
 import tempfile
 import time
 from pathlib import Path
 
-from common import CACHE, TOY_MODEL, save_results, table
+from common import CACHE, TOY_MODEL, cpu_name, save_results, table
 
 from datasette_imgsearch.build.builder import build
 from datasette_imgsearch.build.options import BuildOptions
@@ -27,6 +26,7 @@ from datasette_imgsearch.models.choice import ModelChoice
 from datasette_imgsearch.models.embedder import Embedder
 
 TARGET_SECONDS = 10.0
+ROUNDS = 3
 
 
 def video_1080p(seconds: float = 60.0) -> Path:
@@ -41,31 +41,34 @@ def video_1080p(seconds: float = 60.0) -> Path:
 
 def main() -> None:
     path = video_1080p()
-    side = max(Embedder(str(TOY_MODEL), "cpu").shrink_to(256))
-    started = time.perf_counter()
-    sampled = read_video(path, side)
-    decoding = time.perf_counter() - started
     embedder = Embedder(str(TOY_MODEL), "cpu")
-    started = time.perf_counter()
-    embedder.encode_images([frame.image for frame in sampled.frames])
-    embedding = time.perf_counter() - started
-    with tempfile.TemporaryDirectory() as folder:
-        (Path(folder) / "media").mkdir()
-        (Path(folder) / "media" / path.name).symlink_to(path)
+    side = max(embedder.shrink_to(256))
+    decoding, embedding, whole = [], [], []
+    for _ in range(ROUNDS):  # interleaved, best of each: the shared cores' speed drifts
         started = time.perf_counter()
-        build(Path(folder) / "v.db", Path(folder) / "media", BuildOptions(ModelChoice(model=str(TOY_MODEL)), ocr=False))
-        whole = time.perf_counter() - started
+        sampled = read_video(path, side)
+        decoding.append(time.perf_counter() - started)
+        started = time.perf_counter()
+        embedder.encode_images([frame.image for frame in sampled.frames])
+        embedding.append(time.perf_counter() - started)
+        with tempfile.TemporaryDirectory() as folder:
+            (Path(folder) / "media").mkdir()
+            (Path(folder) / "media" / path.name).symlink_to(path)
+            started = time.perf_counter()
+            build(Path(folder) / "v.db", Path(folder) / "media", BuildOptions(ModelChoice(model=str(TOY_MODEL)), ocr=False))
+            whole.append(time.perf_counter() - started)
+    decoding, embedding, whole = min(decoding), min(embedding), min(whole)  # type: ignore[assignment]
     facts = sampled.facts
     results = {
-        "cpu": platform.processor() or platform.machine(), "video": f"{facts['duration']:.0f} s, {facts['width']}x"
+        "cpu": cpu_name(), "video": f"{facts['duration']:.0f} s, {facts['width']}x"
         f"{facts['height']}, {facts['frame_rate']:g} fps, {facts['codec']}", "frames_kept": len(sampled.frames),
         "build_seconds": round(whole, 2), "decode_seconds": round(decoding, 2), "embed_seconds": round(embedding, 3),
     }
     save_results("video_speed", results)
-    table("Cataloguing one video (toy model, two cores)", ["video", "frames kept", "build", "decode and sample",
-                                                             "embed", "target"],
-                [[results["video"], len(sampled.frames), f"{whole:.1f} s", f"{decoding:.1f} s ({decoding / whole:.0%})",
-                  f"{embedding:.2f} s ({embedding / whole:.0%})", f"≤ {TARGET_SECONDS:.0f} s"]])
+    table(f"Cataloguing one video (toy model, {cpu_name()})", ["video", "frames kept", "build", "decoding and sampling alone",
+                                                             "embedding alone", "target"],
+                [[results["video"], len(sampled.frames), f"{whole:.1f} s", f"{decoding:.1f} s",
+                  f"{embedding:.2f} s", f"≤ {TARGET_SECONDS:.0f} s"]])
 
 
 if __name__ == "__main__":

@@ -9,14 +9,15 @@ from __future__ import annotations
 import importlib.metadata
 from typing import Any
 
-from datasette_imgsearch.catalog.catalog import Catalog
+from datasette_imgsearch.catalog.catalog import Catalog, image_columns
 from datasette_imgsearch.catalog.migrations import schema_version
+from datasette_imgsearch.catalog.schema import TABLE
 from datasette_imgsearch.models.languages import multilingual_model
 from datasette_imgsearch.text.stage import text_line
 from datasette_imgsearch.vectors.index import index_state
 
 PACKAGES = ("datasette-imgsearch", "datasette", "sqlite-utils", "sentence-transformers", "torch", "faiss-cpu",
-            "pillow", "pillow-heif", "pysqlite3-binary", "rapidocr-onnxruntime")
+            "pillow", "pillow-heif", "pysqlite3-binary", "rapidocr-onnxruntime", "onnxruntime", "av")
 
 
 def versions() -> dict[str, str | None]:
@@ -48,9 +49,20 @@ def catalog_status(catalog: Catalog) -> dict[str, Any]:
         "index_type": meta.get("index_type"),
         "index_fresh": state.fresh,
         "text": text_line(catalog),
+        "videos": video_line(catalog),
         "last_build": meta.get("last_build"),
         "reembedding": meta.get("reembedding"),
         "schema_version": meta.get("schema_version"),
         "schema_version_written": schema_version(),
         "package_version": versions()["datasette-imgsearch"],
     }
+
+
+def video_line(catalog: Catalog) -> str | None:
+    """``6 videos, 24 moments``; None for a catalog without videos."""
+    if "media" not in image_columns(catalog.db.conn):
+        return None
+    videos, moments = catalog.db.execute(
+        f"select count(*) filter (where media = 'video'), count(*) filter (where media in ('video', 'frame')) from [{TABLE}]"
+    ).fetchone()
+    return f"{videos:,} video{'s' * (videos != 1)}, {moments:,} moments" if videos else None

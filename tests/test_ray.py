@@ -19,6 +19,7 @@ from datasette_imgsearch.build.options import BuildOptions
 from datasette_imgsearch.catalog.catalog import Catalog
 from datasette_imgsearch.catalog.schema import index_path
 from datasette_imgsearch.errors import CatalogError
+from datasette_imgsearch.images.toyvideo import write_videos
 from datasette_imgsearch.images.toyworld import write_world
 from datasette_imgsearch.models.choice import ModelChoice
 from datasette_imgsearch.vectors.index import index_state, read_index
@@ -91,9 +92,10 @@ def options(toy_model: str, engine: str, **more: object) -> BuildOptions:
 
 def test_a_ray_build_gives_the_catalog_a_local_build_gives(tmp_path: Path, world: Path, toy_model: str) -> None:
     folder = hostile_folder(tmp_path / "images", world)
+    write_videos(folder, count=1, seed=3)  # a video's frames travel as one stacked batch and come back apart
     local = build(tmp_path / "local.db", folder, options(toy_model, "local"))
     distributed = build(tmp_path / "ray.db", folder, options(toy_model, "ray"))
-    assert distributed.line() == local.line() == "64 images: 61 added, 0 moved, 0 updated, 0 removed, 3 failed, 0 unchanged"
+    assert distributed.line() == local.line() == "65 images: 62 added, 0 moved, 0 updated, 0 removed, 3 failed, 0 unchanged"
     assert_same_catalog(tmp_path / "local.db", tmp_path / "ray.db")
     assert {error for _, error, _ in errors(tmp_path / "ray.db")} == {"not-an-image", "empty", "corrupt"}
 

@@ -158,7 +158,7 @@ def test_an_uploaded_still_finds_the_moment(library: tuple[Path, list[ToyVideo]]
     assert scene.start - MOMENT_TOLERANCE <= hits[0]["frame_time"] <= scene.end
 
 
-@pytest.mark.parametrize("time,shown", [(0, "0:00.0"), (12.5, "0:12.5"), (61.25, "1:01.2"), (3725, "1:02:05.0")])
+@pytest.mark.parametrize("time,shown", [(0, "0:00.0"), (12.5, "0:12.5"), (59.96, "1:00.0"), (3725, "1:02:05.0")])
 def test_moments_read_as_people_read_them(time: float, shown: str) -> None:
     assert clock(time) == shown
     assert at_moment(frame_path("a b/clip.mp4", time), time) == f"a b/clip.mp4 @ {shown}"
@@ -257,7 +257,7 @@ def test_an_audio_only_file_is_not_a_video(tmp_path: Path, toy_model: str) -> No
 def test_a_long_video_is_sampled_by_seeking_with_a_bounded_number_of_frames(tmp_path: Path) -> None:
     path = tmp_path / "long.mp4"
     write_video(path, [("red", "circle")] * 3, random.Random(5), size=64, fps=2)
-    sampled = read_video(path, 64, interval=0.5, max_frames=4)
+    sampled = read_video(path, 64, max_frames=4, seek_after=1)
     assert 1 <= len(sampled.frames) <= 4
     times = [frame.time for frame in sampled.frames]
     assert times == sorted(times) and times[-1] > times[0]
@@ -290,3 +290,16 @@ def test_toy_world_writes_videos_with_their_scenes(tmp_path: Path) -> None:
     printed = run_cli("toy-world", tmp_path / "clips", "--count", "2", "--videos", "2")
     assert "wrote 2 images" in printed and printed.count("@ 0:00.0") == 2
     assert sorted(p.name for p in (tmp_path / "clips").glob("*.mp4")) == ["video-000.mp4", "video-001.mp4"]
+
+
+@pytest.mark.asyncio
+async def test_a_video_s_row_page_plays_it_from_the_moment_and_a_picture_s_shows_it(
+    library: tuple[Path, list[ToyVideo]]
+) -> None:
+    db, videos = library
+    frame = rows(db, "media = 'frame'")[0]
+    picture = rows(db, "media = 'image'")[0]
+    ds = Datasette([str(db)])
+    frame_page = (await ds.client.get(f"/library/images/{frame['id']}")).text
+    assert f'"moment": {frame["frame_time"]}' in frame_page and "<video controls" in frame_page
+    assert '"moment": null' in (await ds.client.get(f"/library/images/{picture['id']}")).text

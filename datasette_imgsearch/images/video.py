@@ -1,11 +1,12 @@
 """Reading a video (the ``video`` extra, PyAV with FFmpeg inside its wheel): its facts and the frames
 that stand for it, each with its time.
 
-A short video is decoded from start to end at two threads, and a frame is kept when the picture changed
-since the last one kept (a scene change) or when ``interval`` seconds passed, never two within
-``MIN_GAP`` seconds: every moment that looks different gets a frame, a still scene gets one every few
-seconds. A long one (more frames than ``max_frames`` at that pace) is sampled by seeking to evenly spaced
-keyframes instead, so a ten-hour file costs ``max_frames`` seeks, not ten hours of decoding. Only the
+A video is decoded from start to end at two threads, and a frame is kept when the picture changed
+since the last one kept (a scene change) or when ``interval`` seconds passed (longer where
+``max_frames`` would not cover the video at that pace), never two within ``MIN_GAP`` seconds: every
+moment that looks different gets a frame, a still scene gets one every few seconds. A video longer than
+``SEEK_AFTER_SECONDS`` is sampled by seeking to evenly spaced keyframes instead, so a ten-hour file
+costs ``max_frames`` seeks, not ten hours of decoding. Only the
 kept frames are held, at the size the model and the thumbnail need, so memory is bounded whatever the
 file. Every failure is an :class:`ImageError` with the kind that ``imgsearch_errors`` records.
 """
@@ -26,6 +27,7 @@ VIDEO_INSTALL = "pip install 'datasette-imgsearch[video]'"
 DEFAULT_INTERVAL = 4.0  # seconds: a still scene still gets a frame this often
 DEFAULT_MAX_FRAMES = 120  # frames kept per video, at most
 MIN_GAP = 0.5  # seconds between two kept frames, at least
+SEEK_AFTER_SECONDS = 30 * 60  # longer videos are sampled by seeking (decoding half an hour of 1080p takes minutes)
 SCENE_CHANGE = 0.05  # mean absolute difference (0 to 1) of two frames at 32x32 in RGB that makes a new scene
 CHECKS_PER_SECOND = 4  # frames compared for scene changes per second of video (the others are only decoded)
 MOMENT = re.compile(r"#t=(\d+(?:\.\d+)?)$")
@@ -61,14 +63,16 @@ def at_moment(path: str, time: float | None) -> str:
 
 def clock(seconds: float) -> str:
     """12.5 → ``0:12.5``; 3725 → ``1:02:05.0``: how people read a moment."""
-    minutes, rest = divmod(seconds, 60)
+    minutes, rest = divmod(round(seconds, 1), 60)
     hours, minutes = divmod(int(minutes), 60)
     return f"{hours}:{minutes:02d}:{rest:04.1f}" if hours else f"{minutes}:{rest:04.1f}"
 
 
-def read_video(path: Path, side: int, interval: float = DEFAULT_INTERVAL, max_frames: int = DEFAULT_MAX_FRAMES) -> Video:
+def read_video(path: Path, side: int, interval: float = DEFAULT_INTERVAL, max_frames: int = DEFAULT_MAX_FRAMES,
+               seek_after: float = SEEK_AFTER_SECONDS) -> Video:
     """The facts and the sampled frames of the video at ``path``; frames are scaled to ``side`` on their
-    long side. Raises :class:`ImageError` for anything that is not a video with pictures in it."""
+    long side; a video longer than ``seek_after`` seconds is sampled by seeking. Raises
+    :class:`ImageError` for anything that is not a video with pictures in it."""
     import av
 
     try:
@@ -82,9 +86,9 @@ def read_video(path: Path, side: int, interval: float = DEFAULT_INTERVAL, max_fr
         stream.thread_type = "AUTO"
         video = Video(_facts(container, stream))
         duration = video.facts.get("duration") or 0.0
-        spacing = max(interval, duration / max_frames) if duration else interval
-        frames = _seeking(container, stream, duration, max_frames) if duration / spacing > max_frames * 0.9 and \
-            spacing > interval * 4 else _decoding(container, stream, spacing, max_frames)
+        spacing = max(interval, duration / max_frames)
+        frames = _seeking(container, stream, duration, max_frames) if duration > seek_after else \
+            _decoding(container, stream, spacing, max_frames)
         video.frames = [Frame(time, _scaled(frame, side)) for time, frame in frames]
     except av.error.FFmpegError as error:
         raise ImageError("corrupt", f"the video cannot be decoded: {_reason(error)}") from None

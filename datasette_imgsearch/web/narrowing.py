@@ -29,7 +29,7 @@ FACET_SIZE = 30  # values shown per facet, as Datasette's own facets show
 SEARCH_FIELDS = ("q", "k", "min_score", "collapse")
 FORM_FIELDS = SEARCH_FIELDS + ("image", "csrftoken")  # the search's own fields, never column filters
 YEAR = "year"
-SUGGESTED_FACETS = ("format", "camera_model", YEAR, "folder")
+SUGGESTED_FACETS = ("media", "format", "camera_model", YEAR, "folder")
 
 
 @dataclass
@@ -132,6 +132,8 @@ def label_of(facet: str, value: Any) -> str:
 def suggested_facets(narrowing: Narrowing, results: list[dict[str, Any]]) -> list[str]:
     """The facets worth suggesting: not asked for yet, and with a value among the results."""
     def has_values(name: str) -> bool:
+        if name == "media":  # worth it only where videos are among the pictures
+            return any(row.get("media") in ("video", "frame") for row in results)
         column = "taken" if name == YEAR else name
         return any(row.get(column) is not None and (row.get(column) != "" or name == "folder") for row in results)
 
