@@ -303,3 +303,30 @@ async def test_a_video_s_row_page_plays_it_from_the_moment_and_a_picture_s_shows
     frame_page = (await ds.client.get(f"/library/images/{frame['id']}")).text
     assert f'"moment": {frame["frame_time"]}' in frame_page and "<video controls" in frame_page
     assert '"moment": null' in (await ds.client.get(f"/library/images/{picture['id']}")).text
+
+
+def test_variable_frame_rate_moments_are_the_frames_own_times(tmp_path: Path) -> None:
+    """Times come from each frame's timestamp, never from its number: a phone's variable frame rate."""
+    from fractions import Fraction
+
+    import av
+    import numpy as np
+
+    from datasette_imgsearch.images.toyworld import draw_image
+
+    rng = random.Random(9)
+    path = tmp_path / "vfr.mkv"
+    scenes = [(draw_image("red", "circle", rng), 0.0, 2.0, 4), (draw_image("blue", "square", rng), 2.0, 5.0, 25)]
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=25)
+        stream.width = stream.height = 128
+        stream.pix_fmt, stream.time_base = "yuv420p", Fraction(1, 1000)
+        stream.codec_context.time_base = Fraction(1, 1000)
+        for picture, start, end, fps in scenes:  # 4 frames a second, then 25
+            for number in range(round((end - start) * fps)):
+                frame = av.VideoFrame.from_ndarray(np.asarray(picture), format="rgb24")
+                frame.pts, frame.time_base = round((start + number / fps) * 1000), Fraction(1, 1000)
+                container.mux(stream.encode(frame))
+        container.mux(stream.encode(None))
+    times = [frame.time for frame in read_video(path, 128).frames]
+    assert times[0] == 0.0 and any(abs(time - 2.0) <= 0.3 for time in times), times

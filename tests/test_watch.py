@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import signal
@@ -97,6 +98,29 @@ def test_a_burst_of_files_is_a_few_passes_not_one_per_file(
     eventually(lambda: sum(summary.added for summary in watcher.passes) == 120)
     assert sum(path.startswith("burst/") for path in rows(catalog)) == 120
     assert len(watcher.passes) <= 3
+
+
+@pytest.mark.asyncio
+async def test_a_running_datasette_finds_what_the_watch_adds_within_seconds(
+    watcher: Watcher, catalog: Path, images: Path, tmp_path: Path
+) -> None:
+    from datasette.app import Datasette
+
+    ds = Datasette([str(catalog)])
+    page = f"/{catalog.stem}/images/-/imgsearch.json"
+
+    async def found() -> set[str]:
+        response = await ds.client.get(page, params={"q": "something blue", "k": 100, "collapse": 0})
+        return {row["path"] for row in response.json()["results"]}
+
+    assert not any(path.startswith("new-") for path in await found())  # the searcher has loaded the catalog
+    write_world(tmp_path / "more", count=4, seed=41)
+    for picture in (tmp_path / "more").glob("*.jpg"):
+        shutil.copy(picture, images / f"new-{picture.name}")
+    deadline = time.monotonic() + 60
+    while not sum(path.startswith("new-") for path in await found()) == 4:
+        assert time.monotonic() < deadline, "the server did not catch up with the watch"
+        await asyncio.sleep(0.5)
 
 
 def test_a_file_still_being_written_is_read_once_it_is_whole(
