@@ -90,14 +90,15 @@ def test_new_moved_and_removed_files_reach_the_catalog_with_their_ids(
     assert watcher.raised is None
 
 
-def test_a_burst_of_files_is_a_few_passes_not_one_per_file(
+def test_an_import_of_500_files_is_a_few_passes_and_a_handful_of_commits(
     watcher: Watcher, catalog: Path, images: Path, tmp_path: Path
 ) -> None:
-    write_world(tmp_path / "burst", count=120, seed=5)
+    write_world(tmp_path / "burst", count=500, seed=5, size=64)
     shutil.copytree(tmp_path / "burst", images / "burst")
-    eventually(lambda: sum(summary.added for summary in watcher.passes) == 120)
-    assert sum(path.startswith("burst/") for path in rows(catalog)) == 120
+    eventually(lambda: sum(summary.added for summary in watcher.passes) == 500, 120)
+    assert sum(path.startswith("burst/") for path in rows(catalog)) == 500
     assert len(watcher.passes) <= 3
+    assert sum(summary.commits for summary in watcher.passes) <= 6  # 16 at the build's default of 32 a batch
 
 
 @pytest.mark.asyncio

@@ -90,6 +90,7 @@ class Builder:
             self._update(found, reembedded)
             self.summary.runtime = self.model.runtime_line()
             self.summary.folder = self.folder
+            self.summary.commits = self.committed_batches
             self.summary.index = self._refresh_index()  # first: a large catalog's groups ask it for neighbours
             self.summary.duplicates = update_groups(self.catalog).line()
             self.summary.text = self._read_text()
@@ -117,7 +118,7 @@ class Builder:
         for result in self._results(todo, reusable=set()):
             if result.vector is not None:
                 changes += _staged(self.catalog, stored[result.found.path].id, result)
-            if len(changes) >= self.options.batch_size:
+            if len(changes) >= self.options.commit_size:
                 self._write(changes)
                 changes = []
         self._write(changes)
@@ -137,7 +138,7 @@ class Builder:
         changes: list[Change] = list(plan.failures)
         for result in self._results(plan.to_read, reusable=set(rows.sources)):
             changes += rows.of(result)
-            if len(changes) >= self.options.batch_size:
+            if len(changes) >= self.options.commit_size:
                 self._commit(changes)
                 changes = []
         self._commit(changes)

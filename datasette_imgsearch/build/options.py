@@ -27,6 +27,11 @@ class BuildOptions:
     engine: str = "local"  # a name in engines.ENGINES
     ray: RayOptions = field(default_factory=RayOptions)
     ocr: bool | None = None  # read the words in the pictures; None: when the ocr extra is installed
+    commit_every: int | None = None  # files per committed transaction; None: batch_size
+
+    @property
+    def commit_size(self) -> int:
+        return self.commit_every or self.batch_size
 
 
 @dataclass
@@ -42,6 +47,7 @@ class Summary:
     text: str = ""
     runtime: str = ""  # what ran the image model, when one ran
     folder: Path | None = None  # the folder it catalogued
+    commits: int = 0  # transactions that wrote files' rows
     notes: list[str] = field(default_factory=list)
 
     @property

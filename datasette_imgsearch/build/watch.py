@@ -5,10 +5,13 @@ so everything a build guarantees holds here too: a moved file keeps its id, a cr
 committed, a running Datasette catches up on the commits. watchfiles (inotify, FSEvents or
 ReadDirectoryChangesW, or polling where none works) gathers a burst of changes into one batch, and a
 batch waits until the files it names stop growing, so a file still being copied is not read half-way.
+A pass commits every ``commit_every`` files rather than every model batch, so an import of 500 files is
+a few transactions.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import threading
 import time
@@ -30,6 +33,7 @@ class WatchTiming:
     gather_ms: int = 1600  # a burst (an import of hundreds of files) within this becomes one batch
     settle_seconds: float = 1.0  # a file whose size or modification time changed within this is still being written
     settle_limit_seconds: float = 120.0  # a file still growing after this is read anyway (a later pass reads it again)
+    commit_every: int = 256  # files per transaction in a pass: an import of 500 files is a few commits, not dozens
 
 
 class RelevantChanges:
@@ -88,6 +92,7 @@ def watch(
     import watchfiles  # only a watching build needs it
 
     relevant = RelevantChanges(folder, db_path)
+    options = dataclasses.replace(options, commit_every=max(options.commit_size, timing.commit_every))
     catching_up = True  # the first, empty batch: the watcher is live; a pass catches what changed before it was
     try:
         for batch in watchfiles.watch(folder, watch_filter=relevant, debounce=timing.gather_ms, stop_event=stop,
