@@ -36,8 +36,9 @@ def catalog_status(catalog: Catalog) -> dict[str, Any]:
     meta = catalog.all_meta()
     state = index_state(catalog)
     folder = catalog.image_folder()
+    videos, frames = video_counts(catalog)
     return {
-        "images": catalog.count(),
+        "images": catalog.count() - frames,  # files, as a build counts them: a video's moments are rows of its own
         "errors": catalog.error_count(),
         "model": meta.get("model"),
         "text_model": meta.get("text_model"),
@@ -49,7 +50,7 @@ def catalog_status(catalog: Catalog) -> dict[str, Any]:
         "index_type": meta.get("index_type"),
         "index_fresh": state.fresh,
         "text": text_line(catalog),
-        "videos": video_line(catalog),
+        "videos": f"{videos:,} video{'s' * (videos != 1)}, {videos + frames:,} moments" if videos else None,
         "last_build": meta.get("last_build"),
         "reembedding": meta.get("reembedding"),
         "schema_version": meta.get("schema_version"),
@@ -58,11 +59,11 @@ def catalog_status(catalog: Catalog) -> dict[str, Any]:
     }
 
 
-def video_line(catalog: Catalog) -> str | None:
-    """``6 videos, 24 moments``; None for a catalog without videos."""
+def video_counts(catalog: Catalog) -> tuple[int, int]:
+    """(videos, their frames' rows after each first moment): none in a catalog of an earlier schema."""
     if "media" not in image_columns(catalog.db.conn):
-        return None
-    videos, moments = catalog.db.execute(
-        f"select count(*) filter (where media = 'video'), count(*) filter (where media in ('video', 'frame')) from [{TABLE}]"
+        return 0, 0
+    videos, frames = catalog.db.execute(
+        f"select count(*) filter (where media = 'video'), count(*) filter (where media = 'frame') from [{TABLE}]"
     ).fetchone()
-    return f"{videos:,} video{'s' * (videos != 1)}, {moments:,} moments" if videos else None
+    return int(videos), int(frames)

@@ -330,3 +330,10 @@ def test_variable_frame_rate_moments_are_the_frames_own_times(tmp_path: Path) ->
         container.mux(stream.encode(None))
     times = [frame.time for frame in read_video(path, 128).frames]
     assert times[0] == 0.0 and any(abs(time - 2.0) <= 0.3 for time in times), times
+
+
+def test_info_counts_files_as_a_build_does_and_says_how_many_moments(library: tuple[Path, list[ToyVideo]]) -> None:
+    db, _ = library
+    facts = json.loads(run_cli("info", db, "--json"))
+    moments = len(rows(db, "media in ('video', 'frame')"))
+    assert facts["images"] == 18 and facts["videos"] == f"6 videos, {moments} moments"
