@@ -337,3 +337,5 @@ def test_info_counts_files_as_a_build_does_and_says_how_many_moments(library: tu
     facts = json.loads(run_cli("info", db, "--json"))
     moments = len(rows(db, "media in ('video', 'frame')"))
     assert facts["images"] == 18 and facts["videos"] == f"6 videos, {moments} moments"
+    # the library was built without OCR: its 12 pictures wait to be read, and videos are not read at all
+    assert facts["text"] == "read in 0 pictures, 0 with words; 12 not read yet (a build with OCR reads them)"

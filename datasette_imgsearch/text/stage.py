@@ -45,10 +45,12 @@ def unread_count(catalog: Catalog) -> int:
 def text_line(catalog: Catalog) -> str | None:
     """How far the words of a catalog's pictures are read, for ``info`` and the status page; None for a
     catalog from before words were read (schema 5 and earlier)."""
-    if "text" not in image_columns(catalog.db.conn):
+    columns = image_columns(catalog.db.conn)
+    if "text" not in columns:
         return None
+    pictures = "where media is not 'video' and media is not 'frame'" if "media" in columns else ""  # videos are not read
     read, with_words, unread = catalog.db.execute(
-        f"select count(text), count(nullif(text, '')), count(*) - count(text) from [{TABLE}]").fetchone()
+        f"select count(text), count(nullif(text, '')), count(*) - count(text) from [{TABLE}] {pictures}").fetchone()
     waiting = f"; {unread:,} not read yet (a build with OCR reads them)" if unread else ""
     return f"read in {read:,} pictures, {with_words:,} with words{waiting}"
 
