@@ -49,7 +49,7 @@ class RowChanges:
         values.update(frames[0], embedding=to_blob(item.vector[0]), text="")  # the first frame is the video's picture
         frame_rows = [{**values, **frame, "media": "frame", "embedding": to_blob(vector),
                        "path": frame_path(values["path"], frame["frame_time"]),
-                       "hash": frame_path(item.hash, frame["frame_time"])}
+                       "hash": frame_path(item.hash, frame["frame_time"])}  # the video's bytes at a moment: never a file's
                       for frame, vector in zip(frames[1:], item.vector[1:])]
         return [Upsert(values, known.id if known else None), ReplaceFrames(values["path"], frame_rows)]
 
