@@ -50,6 +50,7 @@ def prepare_connection(conn: Any, database: str, datasette: "Datasette") -> None
     if found and is_catalog(conn):
         _catalogs.setdefault(datasette, set()).add(database)
         path, immutable = found
+        binding.claim(path)  # this connection was opened already: the catalog's next ones get readable errors
         register_functions(conn, path, Settings.for_database(datasette, database), immutable)
 
 
@@ -59,11 +60,11 @@ def startup(datasette: "Datasette") -> None:
     Datasette answers its first request as soon as it would without this plugin."""
     from datasette_imgsearch.web.target import catalog_file
 
-    binding.install()  # before Datasette opens its connections, so imgsearch()'s errors can say what is wrong
     csrf.register_skip_hook(sys.modules[__name__])
     for name in list(datasette.databases):
         found = catalog_file(datasette, name)
         if found and has_embeddings(*found):
+            binding.claim(found[0])  # before Datasette opens its connections, so imgsearch()'s errors can say what is wrong
             settings = Settings.for_database(datasette, name)
             timer = threading.Timer(LOAD_AFTER_SECONDS, _load, args=(found[0], settings.models, found[1]))
             timer.daemon = True

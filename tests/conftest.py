@@ -27,6 +27,35 @@ TOY_MODEL = Path(__file__).parent / "fixtures" / "toy-clip"
 TOY_MULTILINGUAL = Path(__file__).parent / "fixtures" / "toy-multilingual"
 
 
+# Modules whose tests (apart from those marked ``datasette`` one by one) never start Datasette: building,
+# embedding, the index, the engines, the command line. CI runs them once per sqlite3 module rather than
+# once per Datasette line too (``pytest -m datasette`` on the second line; the README says so).
+WITHOUT_DATASETTE = {
+    "test_architecture", "test_build", "test_catalog", "test_catch_up", "test_embed", "test_fastclip",
+    "test_index", "test_onnx", "test_pixels", "test_query", "test_ray", "test_scan", "test_watch",
+}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark ``datasette`` every test outside :data:`WITHOUT_DATASETTE`."""
+    for item in items:
+        if item.module is not None and item.module.__name__.rsplit(".", 1)[-1] not in WITHOUT_DATASETTE:
+            item.add_marker(pytest.mark.datasette)
+
+
+@pytest.fixture(autouse=True)
+def _datasette_only_where_marked(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A test not marked ``datasette`` that starts one fails, so the mark (and CI's choice of what to run
+    on every Datasette line) cannot go stale."""
+    if request.node.get_closest_marker("datasette") is None:
+        from datasette.app import Datasette
+
+        def refused(*args: object, **kwargs: object) -> None:
+            raise AssertionError(f"{request.node.nodeid} starts Datasette: mark it @pytest.mark.datasette")
+
+        monkeypatch.setattr(Datasette, "__init__", refused)
+
+
 @pytest.fixture(scope="session")
 def toy_model() -> str:
     return str(TOY_MODEL)

@@ -344,6 +344,7 @@ def test_catalog_error_is_raised_by_the_library_too(tmp_path: Path) -> None:
         build(tmp_path / "new.db", None)
 
 
+@pytest.mark.datasette
 def test_the_same_commands_run_as_datasette_imgsearch(catalog: Path) -> None:
     from click.testing import CliRunner
     from datasette.cli import cli as datasette_cli

@@ -173,25 +173,44 @@ def failing(*arguments: object) -> None:
     raise ValueError(f"bad arguments {arguments!r}")
 
 
-def test_a_standard_library_connection_gets_readable_errors() -> None:
-    binding.install()
-    conn = sqlite3.connect(":memory:")
+def test_a_standard_library_connection_to_a_claimed_file_gets_readable_errors(tmp_path: Path) -> None:
+    binding.claim(str(tmp_path / "claimed.db"))
+    conn = sqlite3.connect(tmp_path / "claimed.db")
     assert binding.create_function(conn, "f", -1, failing) is True
     with pytest.raises(sqlite3.OperationalError, match=r"f\(\): bad arguments \(1, 'x'\)"):
         conn.execute("select f(1, 'x')").fetchone()
 
 
-def test_connections_never_looked_up_are_remembered_within_a_bound() -> None:
-    binding.install()
-    for _ in range(binding.MAX_REMEMBERED_CONNECTIONS + 50):
-        sqlite3.connect(":memory:").close()
-    assert len(binding._handles) <= binding.MAX_REMEMBERED_CONNECTIONS
+@pytest.mark.parametrize("opened", ["other.db", ":memory:"])
+def test_connections_to_other_files_are_left_exactly_as_they_were(tmp_path: Path, opened: str) -> None:
+    """Nothing process-wide: only the catalogs' connections get the token function."""
+    binding.claim(str(tmp_path / "claimed.db"))
+    conn = sqlite3.connect(opened if opened == ":memory:" else tmp_path / opened)
+    with pytest.raises(sqlite3.OperationalError, match="no such function"):
+        conn.execute(f"select {binding.TOKEN_FUNCTION}()")
+    assert binding.create_function(conn, "f", -1, failing) is False
+
+
+def test_nothing_is_kept_per_connection(tmp_path: Path) -> None:
+    """However many connections come and go, one callback per function is all that stays."""
+    def function(*arguments: object) -> int:
+        return len(arguments)
+
+    binding.claim(str(tmp_path / "claimed.db"))
+    before = len(binding._callbacks)
+    for _ in range(200):
+        conn = sqlite3.connect(tmp_path / "claimed.db")
+        assert binding.create_function(conn, "f", -1, function) is True
+        assert conn.execute("select f(1, 2)").fetchone() == (2,)
+        conn.close()
+    assert len(binding._callbacks) == before + 1
 
 
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
-def test_a_connection_the_library_did_not_open_falls_back_safely() -> None:
-    conn = sqlite3.connect(":memory:")
-    conn.create_function(binding.TOKEN_FUNCTION, 0, lambda: 12345)  # a token SQLite never handed out
+@pytest.mark.parametrize("forged", [12345, "_sqlite3:12345:0000", "_sqlite3:12345", "nothing"])
+def test_a_forged_token_falls_back_safely(tmp_path: Path, forged: object) -> None:
+    conn = sqlite3.connect(tmp_path / "unclaimed.db")
+    conn.create_function(binding.TOKEN_FUNCTION, 0, lambda: forged)  # a token no auto-extension signed
     assert binding.create_function(conn, "f", -1, failing) is False
     assert binding.create_function(conn, "g", -1, lambda *a: len(a)) is False
     assert conn.execute("select g(1, 2, 3)").fetchone() == (3,)
@@ -199,10 +218,10 @@ def test_a_connection_the_library_did_not_open_falls_back_safely() -> None:
         conn.execute("select f()").fetchone()
 
 
-def test_a_pysqlite3_connection_gets_readable_errors_from_its_own_library() -> None:
+def test_a_pysqlite3_connection_gets_readable_errors_from_its_own_library(tmp_path: Path) -> None:
     dbapi2 = pytest.importorskip("pysqlite3.dbapi2", reason="pysqlite3-binary is installed in CI's second run")
-    binding.install()
-    conn = dbapi2.connect(":memory:")
+    binding.claim(str(tmp_path / "claimed.db"))
+    conn = dbapi2.connect(str(tmp_path / "claimed.db"))
     assert binding.create_function(conn, "f", -1, failing) is True
     with pytest.raises(dbapi2.OperationalError, match=r"f\(\): bad arguments \(2,\)"):
         conn.execute("select f(2)").fetchone()

@@ -148,6 +148,7 @@ def test_the_command_exports_a_catalogs_models(shared_catalog: Path, tmp_path: P
     run_cli("export-onnx", expect=2)
 
 
+@pytest.mark.datasette
 @pytest.mark.asyncio
 async def test_the_plugin_answers_on_onnx_runtime_when_told_to(exported: Path, shared_catalog: Path, toy_model: str) -> None:
     from datasette.app import Datasette

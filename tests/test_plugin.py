@@ -121,14 +121,16 @@ async def test_imgsearch_score_errors_fail_the_query(ds: Datasette, query: str) 
 
 
 @pytest.mark.asyncio
-async def test_functions_exist_only_on_catalog_databases(tmp_path: Path) -> None:
+@pytest.mark.parametrize("function", ["imgsearch('x')", "imgsearch_connection_token()"])
+async def test_functions_exist_only_on_catalog_databases(tmp_path: Path, catalog: Path, function: str) -> None:
+    """A catalog served beside other databases adds nothing to their connections."""
     import sqlite3
 
     plain = tmp_path / "plain.db"
     sqlite3.connect(plain).execute("create table t (x)").connection.close()
-    ds = Datasette([str(plain)])
-    response = await ds.client.get("/plain.json", params={"sql": "select imgsearch('x')"}, follow_redirects=True)
-    assert "no such function: imgsearch" in response.json()["error"]
+    ds = Datasette([str(plain), str(catalog)])
+    response = await ds.client.get("/plain.json", params={"sql": f"select {function}"}, follow_redirects=True)
+    assert "no such function" in response.json()["error"]
 
 
 # The page and the JSON API ---------------------------------------------------------------------------

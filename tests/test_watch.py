@@ -101,6 +101,7 @@ def test_an_import_of_500_files_is_a_few_passes_and_a_handful_of_commits(
     assert sum(summary.commits for summary in watcher.passes) <= 6  # 16 at the build's default of 32 a batch
 
 
+@pytest.mark.datasette
 @pytest.mark.asyncio
 async def test_a_running_datasette_finds_what_the_watch_adds_within_seconds(
     watcher: Watcher, catalog: Path, images: Path, tmp_path: Path

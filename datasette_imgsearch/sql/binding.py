@@ -10,40 +10,54 @@ That needs the connection's ``sqlite3*`` handle, which Python does not expose, a
 with the very SQLite library that opened the connection. Neither is guessed: for each sqlite3 module
 present (the standard library's ``_sqlite3``, and ``pysqlite3``'s when installed), ctypes loads the
 extension, and only if it exports the SQLite API and reports the module's own ``sqlite_version`` is
-an SQLite *auto-extension* (a public C API) installed in it. That gives every connection the library
-opens afterwards a function returning a random token, and remembers the handle SQLite passed in under
-that token, with the library it belongs to, until the connection is looked up (once, when its functions
-are registered) or a bounded number of newer connections push it out. A connection answers with a token
-only if one of those libraries opened it after :func:`install` ran (the plugin's ``startup`` runs it);
-any other (sqlean, a module loaded later, a statically linked build without exported symbols) gets
-Python's ``create_function`` instead: the function works, only its messages are generic. No SQLite
-destructor calls back into Python: connections closed while the interpreter shuts down would call into
-code already torn down.
+an SQLite *auto-extension* (a public C API, the only one that hands over a new connection's handle)
+installed in it. It acts only on connections to the files :func:`claim` named (the catalogs Datasette
+serves): each gets a function returning its own handle, signed with a secret of this process so that
+no other code can forge one. Every other connection, by any library, is left exactly as it was, and
+nothing is remembered per connection, so nothing outlives one. A connection that has no such token
+(a file not claimed, a module loaded later, sqlean, a statically linked build) gets Python's
+``create_function`` instead: the function works, only its messages are generic. No SQLite destructor
+calls back into Python: connections closed while the interpreter shuts down would call into code
+already torn down; the callbacks SQLite points at are kept instead, one per function, not per connection.
 """
 
 from __future__ import annotations
 
 import ctypes
+import hashlib
+import hmac
 import importlib
+import os
 import secrets
 import threading
-from collections import OrderedDict
 from typing import Any, Callable
 
 SQLITE_UTF8 = 1
 SQLITE_INTEGER, SQLITE_FLOAT, SQLITE_TEXT, SQLITE_BLOB, SQLITE_NULL = 1, 2, 3, 4, 5
 SQLITE_TRANSIENT = ctypes.c_void_p(-1)
 TOKEN_FUNCTION = "imgsearch_connection_token"
-MAX_REMEMBERED_CONNECTIONS = 1_000  # connections opened but not (yet) looked up; older ones fall back to create_function
 # (extension module holding the C library, Python module whose sqlite_version it must report)
 MODULES = (("_sqlite3", "sqlite3"), ("pysqlite3._sqlite3", "pysqlite3"))
 
 _CALLBACK = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_int, ctypes.POINTER(ctypes.c_void_p))
 _ENTRY_POINT = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p)
-# SQLite holds raw pointers to these callbacks for its connections' lifetimes: they are never freed.
-_keep_alive: list[Any] = []
-_handles: OrderedDict[int, tuple["Library", int]] = OrderedDict()  # token → (library, sqlite3*)
+_SECRET = secrets.token_bytes(32)  # signs the tokens, so a token no auto-extension made is refused
+# SQLite holds raw pointers to these callbacks for its connections' lifetimes: they are never freed,
+# and there is one per (library, name, function), however many connections share it.
+_callbacks: dict[tuple["Library", str, Callable[..., Any]], Any] = {}
+_claimed: set[str] = set()  # the files (as given and resolved) whose new connections get a token
+_claimed_names: set[str] = set()  # their base names, which rule out almost every other file at once
 _lock = threading.Lock()
+
+
+def _signature(library: str, handle: int) -> str:
+    return hmac.new(_SECRET, f"{library}:{handle}".encode(), hashlib.sha256).hexdigest()[:32]
+
+
+def _is_claimed(filename: str) -> bool:
+    return os.path.basename(filename) in _claimed_names and (
+        filename in _claimed or os.path.realpath(filename) in _claimed
+    )
 
 
 class Library:
@@ -51,11 +65,14 @@ class Library:
 
     def __init__(self, extension: str, module: str) -> None:
         c = ctypes
+        self.name = extension
         self.api = api = ctypes.CDLL(importlib.import_module(extension).__file__)
         api.sqlite3_libversion.restype = c.c_char_p
         if api.sqlite3_libversion().decode() != importlib.import_module(module).sqlite_version:
             raise ImportError(f"{extension} does not export the SQLite that {module} reports")
         api.sqlite3_auto_extension.argtypes = [c.c_void_p]
+        api.sqlite3_db_filename.argtypes = [c.c_void_p, c.c_char_p]
+        api.sqlite3_db_filename.restype = c.c_char_p
         api.sqlite3_create_function_v2.argtypes = [
             c.c_void_p, c.c_char_p, c.c_int, c.c_int, c.c_void_p, _CALLBACK, c.c_void_p, c.c_void_p, c.c_void_p,
         ]
@@ -84,20 +101,18 @@ class Library:
             raise ImportError(f"{extension} refused the auto-extension")
 
     def _return_token(self, context: int, count: int, values: Any) -> None:
-        self.api.sqlite3_result_int64(context, self.api.sqlite3_user_data(context) or 0)
+        handle = self.api.sqlite3_user_data(context) or 0
+        self.set_result(context, f"{self.name}:{handle}:{_signature(self.name, handle)}")
 
     def _on_open(self, db: int, error_message: int, routines: int) -> int:
-        """SQLite calls this for each new connection it opens: remember the handle under a token."""
+        """SQLite calls this for each new connection it opens: a connection to a claimed file gets a
+        function that returns its own handle, signed; any other is left alone."""
         try:
-            token = secrets.randbits(62) + 1
-            status = self.api.sqlite3_create_function_v2(
-                db, TOKEN_FUNCTION.encode(), 0, SQLITE_UTF8, ctypes.c_void_p(token), self._token_callback, None, None, None
-            )
-            if status == 0:
-                with _lock:
-                    _handles[token] = (self, db)
-                    while len(_handles) > MAX_REMEMBERED_CONNECTIONS:
-                        _handles.popitem(last=False)
+            filename = self.api.sqlite3_db_filename(db, b"main")
+            if filename and _is_claimed(filename.decode("utf-8", "surrogateescape")):
+                self.api.sqlite3_create_function_v2(
+                    db, TOKEN_FUNCTION.encode(), 0, SQLITE_UTF8, ctypes.c_void_p(db), self._token_callback, None, None, None
+                )
         except Exception:  # never let a failure here break the opening of a connection
             pass
         return 0
@@ -151,24 +166,32 @@ def _load_libraries() -> list[Library]:
 _libraries: list[Library] | None = None
 
 
-def install() -> list[Library]:
-    """Reach the SQLite libraries and install the auto-extension in each, once: connections opened from
-    then on can have functions with readable errors."""
+def claim(path: str) -> list[Library]:
+    """Reach the SQLite libraries and install the auto-extension in each (once), and have the
+    connections opened to ``path`` from now on carry their handle, so functions registered on them can
+    return readable errors."""
     global _libraries
     with _lock:
         if _libraries is None:
             _libraries = _load_libraries()
+        for name in {os.path.abspath(path), os.path.realpath(path)}:
+            _claimed.add(name)
+            _claimed_names.add(os.path.basename(name))
         return _libraries
 
 
 def connection_handle(conn: Any) -> tuple[Library, int] | None:
-    """The library and ``sqlite3*`` of ``conn``, only when one of the installed libraries opened it."""
+    """The library and ``sqlite3*`` of ``conn``, only when it carries a token one of them signed."""
     try:
         token = conn.execute(f"select {TOKEN_FUNCTION}()").fetchone()[0]
-    except Exception:  # opened by a library we do not reach (its own error classes), or before install()
+    except Exception:  # not a claimed file, a library we do not reach (its own error classes), or before claim()
         return None
-    with _lock:
-        return _handles.get(token) if isinstance(token, int) else None
+    name, _, rest = token.partition(":") if isinstance(token, str) else ("", "", "")
+    handle, _, signature = rest.partition(":")
+    library = next((library for library in _libraries or [] if library.name == name), None)
+    if library is None or not handle.isdigit() or not hmac.compare_digest(signature, _signature(name, int(handle))):
+        return None
+    return library, int(handle)
 
 
 def create_function(
@@ -180,28 +203,35 @@ def create_function(
     Exceptions of the ``expected`` types are shown as they are; anything else is shown with its type,
     since it is a bug rather than a bad query.
     """
-    install()
     found = connection_handle(conn)
     if found is None:
         conn.create_function(name, arguments, function)
         return False
     library, handle = found
 
-    def call(context: int, count: int, values: Any) -> None:
-        try:
-            library.set_result(context, function(*[library.argument(values[i]) for i in range(count)]))
-        except expected as error:
-            library.set_error(context, f"{name}(): {error}")
-        except Exception as error:  # a bug: still say what happened rather than crash the query
-            library.set_error(context, f"{name}() failed: {type(error).__name__}: {error}")
-
-    callback = _CALLBACK(call)
+    callback = _callback(library, name, function, expected)
     status = library.api.sqlite3_create_function_v2(
         handle, name.encode(), arguments, SQLITE_UTF8, None, callback, None, None, None
     )
     if status != 0:
         conn.create_function(name, arguments, function)
         return False
-    with _lock:
-        _keep_alive.append(callback)
     return True
+
+
+def _callback(library: Library, name: str, function: Callable[..., Any], expected: tuple[type[Exception], ...]) -> Any:
+    """The C callback for ``function``, made once and shared by every connection it is registered on."""
+    with _lock:
+        found = _callbacks.get((library, name, function))
+        if found is None:
+
+            def call(context: int, count: int, values: Any) -> None:
+                try:
+                    library.set_result(context, function(*[library.argument(values[i]) for i in range(count)]))
+                except expected as error:
+                    library.set_error(context, f"{name}(): {error}")
+                except Exception as error:  # a bug: still say what happened rather than crash the query
+                    library.set_error(context, f"{name}() failed: {type(error).__name__}: {error}")
+
+            found = _callbacks[(library, name, function)] = _CALLBACK(call)
+        return found
