@@ -9,6 +9,7 @@ import shutil
 import sqlite3
 from pathlib import Path
 
+import numpy as np
 import pytest
 from datasette.app import Datasette
 
@@ -252,6 +253,42 @@ def test_an_audio_only_file_is_not_a_video(tmp_path: Path, toy_model: str) -> No
     build(tmp_path / "v.db", folder, BuildOptions(ModelChoice(model=toy_model), ocr=False))
     error = sqlite3.connect(tmp_path / "v.db").execute("select error, message from imgsearch_errors").fetchone()
     assert error == ("not-a-video", "the file has no video stream (audio only?)")
+
+
+@pytest.mark.parametrize("seeking", [False, True], ids=["decoded whole", "sampled by seeking"])
+@pytest.mark.parametrize("turn", [90, 180, 270])
+def test_a_phone_s_turned_video_is_read_upright_with_its_size_as_shown(tmp_path: Path, turn: int, seeking: bool) -> None:
+    """A phone stores a portrait video as landscape frames and a display matrix that turns them: frames,
+    thumbnails and vectors are of the picture as shown, and so are the width and height."""
+    av = pytest.importorskip("av")
+    if not hasattr(av.video.stream.VideoStream, "set_display_rotation"):
+        pytest.skip("this PyAV cannot write a display matrix")
+    scenes = [("red", "triangle"), ("blue", "square")]
+    upright, turned = tmp_path / "upright.mp4", tmp_path / "turned.mp4"
+    write_video(upright, scenes, random.Random(3), width=96, height=64)
+    write_video(turned, scenes, random.Random(3), width=96, height=64, turn=turn)
+    limits = {"max_frames": 4, "seek_after": 1} if seeking else {}
+    expected, found = read_video(upright, 96, **limits), read_video(turned, 96, **limits)
+    assert (found.facts["width"], found.facts["height"]) == (96, 64)
+    assert len(found.frames) == len(expected.frames) >= 2
+    for shown, read in zip(expected.frames, found.frames):
+        assert read.image.size == shown.image.size == (96, 64)
+        assert np.abs(np.asarray(read.image, float) - np.asarray(shown.image, float)).mean() < 6
+
+
+@pytest.mark.parametrize("max_frames", [2, 3, 5])
+def test_a_video_with_more_scenes_than_frames_kept_keeps_them_spread_from_start_to_end(
+    tmp_path: Path, max_frames: int
+) -> None:
+    path = tmp_path / "many-scenes.mp4"
+    scenes = write_video(path, [("red", "circle"), ("blue", "square"), ("green", "triangle"), ("yellow", "circle")] * 3,
+                         random.Random(4), size=64)
+    every = [frame.time for frame in read_video(path, 64).frames]
+    kept = [frame.time for frame in read_video(path, 64, max_frames=max_frames).frames]
+    assert len(every) >= len(scenes) > max_frames
+    assert max_frames // 2 < len(kept) <= max_frames
+    assert set(kept) <= set(every) and kept[0] == every[0]
+    assert kept[-1] >= scenes[-1].end / 2  # not the first scenes only
 
 
 def test_a_long_video_is_sampled_by_seeking_with_a_bounded_number_of_frames(tmp_path: Path) -> None:

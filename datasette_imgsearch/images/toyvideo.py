@@ -16,6 +16,7 @@ import numpy as np
 from PIL import Image
 
 from datasette_imgsearch.images.toyworld import draw_image, sample_classes
+from datasette_imgsearch.images.video import QUARTER_TURNS
 
 
 @dataclass(frozen=True)
@@ -49,10 +50,11 @@ def write_videos(folder: str | Path, count: int = 4, seed: int = 0, scenes: int 
 
 def write_video(path: Path, shown: list[tuple[str, str]], rng: random.Random, size: int = 128, fps: int = 10,
                 width: int | None = None, height: int | None = None, encoder: dict[str, str] | None = None,
-                ) -> tuple[Scene, ...]:
+                turn: int = 0) -> tuple[Scene, ...]:
     """One video of the (colour, shape) scenes in ``shown``, one after the other; scaled to ``width`` x
-    ``height`` when given, encoded with the ``encoder`` options (x264's ``preset``, say). Returns the
-    scenes with their times."""
+    ``height`` when given, encoded with the ``encoder`` options (x264's ``preset``, say). With ``turn``
+    (90, 180 or 270) the frames are stored turned back and the container says to turn them by that many
+    degrees counterclockwise, as a phone stores a portrait video. Returns the scenes with their times."""
     timeline: list[tuple[Image.Image, float]] = []
     scenes = []
     clock = 0.0
@@ -61,23 +63,28 @@ def write_video(path: Path, shown: list[tuple[str, str]], rng: random.Random, si
         timeline.append((draw_image(colour, shape, rng, size), length))
         scenes.append(Scene(colour, shape, clock, clock + length))
         clock += length
-    _encode(path, timeline, fps, width or size, height or size, encoder or {})
+    _encode(path, timeline, fps, width or size, height or size, encoder or {}, turn)
     return tuple(scenes)
 
 
 def _encode(path: Path, timeline: list[tuple[Image.Image, float]], fps: int, width: int, height: int,
-            encoder: dict[str, str]) -> None:
+            encoder: dict[str, str], turn: int = 0) -> None:
     import av
 
     path.parent.mkdir(parents=True, exist_ok=True)
     with av.open(str(path), "w") as container:
         stream = container.add_stream("libx264" if path.suffix != ".webm" else "libvpx-vp9", rate=fps)
-        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        stream.width, stream.height = (height, width) if turn % 180 else (width, height)
+        stream.pix_fmt = "yuv420p"
         stream.time_base = Fraction(1, fps)
         stream.options = encoder
+        if turn:
+            stream.set_display_rotation(turn)
         index = 0
         for picture, seconds in timeline:
             scaled = picture.resize((width, height))
+            if turn:
+                scaled = scaled.transpose(QUARTER_TURNS[360 - turn])  # stored turned back
             for step in range(round(seconds * fps)):
                 drift = scaled.transform(scaled.size, Image.Transform.AFFINE, (1, 0, step % 3 - 1, 0, 1, 0),
                                          fillcolor=scaled.getpixel((0, 0)))

@@ -6,9 +6,11 @@ since the last one kept (a scene change) or when ``interval`` seconds passed (lo
 ``max_frames`` would not cover the video at that pace), never two within ``MIN_GAP`` seconds: every
 moment that looks different gets a frame, a still scene gets one every few seconds. A video longer than
 ``SEEK_AFTER_SECONDS`` is sampled by seeking to evenly spaced keyframes instead, so a ten-hour file
-costs ``max_frames`` seeks, not ten hours of decoding. Only the
-kept frames are held, at the size the model and the thumbnail need, so memory is bounded whatever the
-file. Every failure is an :class:`ImageError` with the kind that ``imgsearch_errors`` records.
+costs ``max_frames`` seeks, not ten hours of decoding. A video with more scenes than ``max_frames``
+keeps an evenly spread share of them. Frames are turned as the file's display matrix says (a phone's
+portrait video). Only the kept frames are held, at the size the model and the thumbnail need, so memory
+is bounded whatever the file. Every failure is an :class:`ImageError` with the kind that
+``imgsearch_errors`` records.
 """
 
 from __future__ import annotations
@@ -31,12 +33,16 @@ SEEK_AFTER_SECONDS = 30 * 60  # longer videos are sampled by seeking (decoding h
 SCENE_CHANGE = 0.05  # mean absolute difference (0 to 1) of two frames at 32x32 in RGB that makes a new scene
 CHECKS_PER_SECOND = 4  # frames compared for scene changes per second of video (the others are only decoded)
 MOMENT = re.compile(r"#t=(\d+(?:\.\d+)?)$")
+# A phone stores a portrait video as landscape frames plus a display matrix that turns them; FFmpeg gives
+# that turn as degrees counterclockwise, as Pillow's transposes are named.
+QUARTER_TURNS = {90: Image.Transpose.ROTATE_90, 180: Image.Transpose.ROTATE_180, 270: Image.Transpose.ROTATE_270}
 
 
 @dataclass
 class Frame:
     time: float  # seconds from the start
-    image: Image.Image  # RGB, at most ``side`` pixels on its long side
+    image: Image.Image  # RGB, as shown, at most ``side`` pixels on its long side
+    turn: int = 0  # degrees counterclockwise the display matrix turned the stored frame to show it
 
 
 @dataclass
@@ -88,8 +94,10 @@ def read_video(path: Path, side: int, interval: float = DEFAULT_INTERVAL, max_fr
         duration = video.facts.get("duration") or 0.0
         spacing = max(interval, duration / max_frames)
         frames = _seeking(container, stream, duration, max_frames) if duration > seek_after else \
-            _decoding(container, stream, spacing, max_frames)
-        video.frames = [Frame(time, _scaled(frame, side)) for time, frame in frames]
+            _decoding(container, stream, spacing)
+        video.frames = _spread(frames, side, max_frames)
+        if video.frames and video.frames[0].turn % 180:  # the size as shown, not as stored
+            video.facts["width"], video.facts["height"] = video.facts["height"], video.facts["width"]
     except av.error.FFmpegError as error:
         raise ImageError("corrupt", f"the video cannot be decoded: {_reason(error)}") from None
     finally:
@@ -99,7 +107,24 @@ def read_video(path: Path, side: int, interval: float = DEFAULT_INTERVAL, max_fr
     return video
 
 
-def _decoding(container: Any, stream: Any, spacing: float, max_frames: int) -> Iterator[tuple[float, Any]]:
+def _spread(frames: Iterator[tuple[float, Any]], side: int, max_frames: int) -> list[Frame]:
+    """At most ``max_frames`` of the ``frames`` offered, spread over them all: each time more are offered,
+    every other one kept is let go and only every other one still to come is taken, so a video of 500
+    scenes keeps one in eight of them, from start to end, rather than its first 120. Only the kept ones
+    are converted, so memory holds ``max_frames`` small pictures whatever the video."""
+    kept: list[Frame] = []
+    stride = 1
+    for number, (time, frame) in enumerate(frames):
+        if number % stride:
+            continue
+        turn = _quarter_turn(frame)
+        kept.append(Frame(time, _scaled(frame, side, turn), turn))
+        if len(kept) > max_frames:
+            kept, stride = kept[::2], stride * 2
+    return kept
+
+
+def _decoding(container: Any, stream: Any, spacing: float) -> Iterator[tuple[float, Any]]:
     """Frames from a decode of the whole stream: scene changes, and one every ``spacing`` seconds."""
     kept_at, kept_look, next_check = None, None, 0.0
     decoded = container.decode(stream)
@@ -125,9 +150,6 @@ def _decoding(container: Any, stream: Any, spacing: float, max_frames: int) -> I
                 continue
         kept_at, kept_look = time, look
         yield time, frame
-        max_frames -= 1
-        if not max_frames:
-            return
 
 
 def _seeking(container: Any, stream: Any, duration: float, max_frames: int) -> Iterator[tuple[float, Any]]:
@@ -149,11 +171,17 @@ def _time(frame: Any, stream: Any) -> float | None:
     return max(0.0, float((frame.pts - (stream.start_time or 0)) * stream.time_base))
 
 
-def _scaled(frame: Any, side: int) -> Image.Image:
-    """The frame as RGB, at most ``side`` on its long side."""
+def _quarter_turn(frame: Any) -> int:
+    """How the display matrix turns the frame, to the nearest quarter: 0, 90, 180 or 270 degrees counterclockwise."""
+    return round((frame.rotation or 0) / 90) % 4 * 90
+
+
+def _scaled(frame: Any, side: int, turn: int) -> Image.Image:
+    """The frame as RGB and as shown (turned by ``turn``), at most ``side`` on its long side."""
     width, height = frame.width, frame.height
     scale = min(1.0, side / max(width, height))
-    return frame.to_image(width=max(1, round(width * scale)), height=max(1, round(height * scale)))
+    image = frame.to_image(width=max(1, round(width * scale)), height=max(1, round(height * scale)))
+    return image.transpose(QUARTER_TURNS[turn]) if turn else image
 
 
 def _facts(container: Any, stream: Any) -> dict[str, Any]:
