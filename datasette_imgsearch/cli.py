@@ -18,7 +18,7 @@ from datasette_imgsearch.build.engines import ENGINES
 from datasette_imgsearch.build.options import BuildOptions, RayOptions, Summary
 from datasette_imgsearch.build.watch import watch as watch_folder
 from datasette_imgsearch.catalog.catalog import Catalog
-from datasette_imgsearch.duplicates.collapse import Collapsed, collapsed, group_facts, has_groups
+from datasette_imgsearch.duplicates.collapse import Collapsed, collapsed, group_facts, has_groups, uncollapsed
 from datasette_imgsearch.duplicates.listing import MEMBER_COLUMNS, duplicate_groups
 from datasette_imgsearch.errors import ImgsearchError
 from datasette_imgsearch.images import pixels
@@ -283,12 +283,16 @@ def search_command(
             if multilingual and not as_json:
                 click.echo(f"read by {multilingual[0].model}: {', '.join(r.text or '' for r in multilingual)}", err=True)
         with Catalog(database) as catalog:
-            if every_copy or not has_groups(catalog.db.conn):
-                results = [Collapsed(hit, None, 0) for hit in ranking(count)]
+            facts_of = functools.partial(group_facts, catalog.db.conn)
+            if not has_groups(catalog.db.conn):  # a catalog of an earlier schema: no groups, no videos
+                results = uncollapsed(ranking(count), {})
+            elif every_copy:
+                hits = ranking(count)
+                results = uncollapsed(hits, facts_of([hit.id for hit in hits]))
             else:
-                results, _ = collapsed(ranking, functools.partial(group_facts, catalog.db.conn), count, MAX_K)
+                results, _ = collapsed(ranking, facts_of, count, MAX_K)
             paths = catalog.paths([result.hit.id for result in results])
-            moments = catalog.moments([hit.id for result in results for hit in [result.hit, *result.moments]])
+            moments = {id_: time for result in results for id_, time in result.times.items()}
             matched = [result.hit.id for result in results if result.hit.text_match]
             why = explanations(catalog.db.conn, matched, text_query_of(query or "")) if matched else {}
     if as_json:

@@ -86,6 +86,9 @@ def test_frames_of_one_video_are_one_result_with_its_other_moments(library: tupl
     every = json.loads(run_cli("search", db, "something red", "-k", "30", "--json", "--all"))
     assert len({moment_of(str(hit["path"]))[0] for hit in every}) < len(every), "--all shows every moment"
     assert any(hit.get("moments") for hit in hits)
+    frames = [hit for hit in every if "#t=" in hit["path"]]
+    assert frames and all(hit["frame_time"] == pytest.approx(moment_of(hit["path"])[1], abs=1e-3) for hit in frames)
+    assert all(moment["frame_time"] is not None for hit in hits for moment in hit.get("moments", []))
 
 
 def test_the_command_line_prints_the_moment(library: tuple[Path, list[ToyVideo]]) -> None:
@@ -117,6 +120,9 @@ async def test_the_json_and_the_page_link_to_the_moment_and_the_video_seeks(libr
     hit = next(r for r in data["results"] if moment_of(r["path"])[0] == videos[3].path.name)
     assert abs(hit["frame_time"] - scene.start) <= MOMENT_TOLERANCE
     assert hit["moment_url"].endswith(f"#t={hit['frame_time']:g}") and "moments" in hit
+    broad = (await ds.client.get(f"{page}.json", params={"q": "something red", "k": 30})).json()["results"]
+    moments = [moment for result in broad for moment in result.get("moments", [])]
+    assert moments and all(moment["frame_time"] is not None for moment in moments)
     html = (await ds.client.get(page, params={"q": f"a {scene.colour} {scene.shape}", "k": 5})).text
     assert f'▶ {clock(hit["frame_time"])}' in html
     original = hit["moment_url"].split("#")[0]

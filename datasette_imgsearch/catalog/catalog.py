@@ -222,14 +222,6 @@ class Catalog:
         placeholders = ", ".join("?" for _ in ids)
         return dict(self.db.execute(f"select id, path from [{TABLE}] where id in ({placeholders})", ids).fetchall())
 
-    def moments(self, ids: list[int]) -> dict[int, float]:
-        """id → the time in its video of each row of ``ids`` that is a video or one of its frames."""
-        if not ids or "frame_time" not in image_columns(self.db.conn):
-            return {}
-        placeholders = ", ".join("?" for _ in ids)
-        return dict(self.db.execute(
-            f"select id, frame_time from [{TABLE}] where id in ({placeholders}) and frame_time is not null", ids).fetchall())
-
     def embedding(self, id_: int) -> np.ndarray | None:
         row = self.db.execute(f"select embedding from [{TABLE}] where id = ?", [id_]).fetchone()
         return None if row is None else from_blob(row[0])

@@ -24,17 +24,19 @@ class GroupFact:
     group: int | None
     size: int  # pictures in the group, 1 when it is alone
     video: int | None = None  # the video a frame (or a video's own row) shows a moment of
+    time: float | None = None  # and that moment, in seconds from the video's start
 
 
 @dataclass(frozen=True)
 class Collapsed:
     """A kept hit, its group and how many other pictures that group holds; for a video's best moment,
-    the other moments of that video that ranked below it, in order."""
+    the other moments of that video that ranked below it, in order, and the time of each (by id)."""
 
     hit: Hit
     group: int | None
     near_copies: int
     moments: list[Hit] = field(default_factory=list)
+    times: dict[int, float] = field(default_factory=dict)
 
 
 def has_groups(conn: Any) -> bool:
@@ -43,9 +45,10 @@ def has_groups(conn: Any) -> bool:
 
 
 def group_facts(conn: Any, ids: list[int]) -> dict[int, GroupFact]:
-    """id → its group, the group's size and its video, for the rows of ``ids`` of a catalog that
+    """id → its group, the group's size, its video and moment, for the rows of ``ids`` of a catalog that
     :func:`has_groups` (one of an earlier schema has no videos)."""
-    video = "case when media = 'video' then id else video_id end" if "video_id" in image_columns(conn) else "null"
+    video = "case when media = 'video' then id else video_id end, frame_time" if "video_id" in image_columns(conn) \
+        else "null, null"
     facts: dict[int, GroupFact] = {}
     for start in range(0, len(ids), 10_000):  # SQLite caps the number of parameters
         chunk = ids[start:start + 10_000]
@@ -55,8 +58,18 @@ def group_facts(conn: Any, ids: list[int]) -> dict[int, GroupFact]:
             f"where id in ({', '.join('?' for _ in chunk)})",
             chunk,
         ).fetchall()
-        facts.update({id_: GroupFact(group, size if group is not None else 1, video) for id_, group, size, video in rows})
+        facts.update({id_: GroupFact(group, size if group is not None else 1, video, time)
+                      for id_, group, size, video, time in rows})
     return facts
+
+
+def uncollapsed(hits: list[Hit], facts: dict[int, GroupFact]) -> list[Collapsed]:
+    """Every hit as a result of its own, with its moment where it is a video's."""
+    return [Collapsed(hit, None, 0, times=_time_of(hit, facts.get(hit.id))) for hit in hits]
+
+
+def _time_of(hit: Hit, fact: GroupFact | None) -> dict[int, float]:
+    return {hit.id: fact.time} if fact is not None and fact.time is not None else {}
 
 
 def collapse(hits: list[Hit], facts: dict[int, GroupFact]) -> list[Collapsed]:
@@ -70,12 +83,13 @@ def collapse(hits: list[Hit], facts: dict[int, GroupFact]) -> list[Collapsed]:
         if fact.video is not None:
             if fact.video in videos:
                 videos[fact.video].moments.append(hit)
+                videos[fact.video].times.update(_time_of(hit, fact))
                 continue
         elif fact.group is not None:
             if fact.group in seen:
                 continue
             seen.add(fact.group)
-        kept.append(Collapsed(hit, fact.group, fact.size - 1))
+        kept.append(Collapsed(hit, fact.group, fact.size - 1, times=_time_of(hit, fact)))
         if fact.video is not None:
             videos[fact.video] = kept[-1]
     return kept

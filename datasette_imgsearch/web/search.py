@@ -20,7 +20,7 @@ from sqlite_utils.utils import sqlite3
 
 from datasette_imgsearch.catalog.catalog import read_only_uri
 from datasette_imgsearch.catalog.schema import TABLE
-from datasette_imgsearch.duplicates.collapse import Collapsed, collapsed, group_facts
+from datasette_imgsearch.duplicates.collapse import Collapsed, collapsed, group_facts, uncollapsed
 from datasette_imgsearch.errors import ImgsearchError, QueryError, RequestError, web_message
 from datasette_imgsearch.images import pixels
 from datasette_imgsearch.images.video import clock
@@ -114,7 +114,7 @@ def run_ranking(
     most = target.settings.max_k
     if not (search.collapse and "duplicate_group" in target.row_columns):
         hits = ranking(min(search.k + offset + 1, most))[offset:]  # one more than asked: is there a next page?
-        return [Collapsed(hit, None, 0) for hit in hits[:search.k]], len(hits) > search.k, readings, strong_score
+        return uncollapsed(hits[:search.k], {}), len(hits) > search.k, readings, strong_score
     conn = sqlite3.connect(read_only_uri(target.path, target.immutable), uri=True, check_same_thread=False)
     try:
         kept, more = collapsed(ranking, lambda ids: group_facts(conn, ids), offset + search.k, most)
@@ -202,7 +202,6 @@ async def rows_for(
     )
     rows = {row["id"]: dict(zip(columns, row)) for row in result.rows}
     text_query = text_query_of(query) if query and any(result.hit.text_match for result in kept) else None
-    times = await _frame_times(db, [hit.id for each in kept for hit in each.moments])
     found = []
     for each in kept:
         row = rows.get(each.hit.id)
@@ -210,18 +209,10 @@ async def rows_for(
             continue  # a row removed since: gone
         lines = row.pop("text_lines", None)
         why = explanation(row.get("text"), lines, text_query) if text_query and each.hit.text_match else {}
-        moments = [{"id": hit.id, "frame_time": times.get(hit.id), "score": round(hit.score, 6)} for hit in each.moments]
+        moments = [{"id": hit.id, "frame_time": each.times.get(hit.id), "score": round(hit.score, 6)} for hit in each.moments]
         found.append({**linked(datasette, target, row, each.hit, k, each.near_copies), **why,
                       **({"moments": moments} if row.get("frame_time") is not None else {})})
     return found
-
-
-async def _frame_times(db: Any, ids: list[int]) -> dict[int, float]:
-    """id → frame_time of the other moments of the videos shown (none in a catalog without videos)."""
-    if not ids:
-        return {}
-    result = await db.execute(f"select id, frame_time from [{TABLE}] where id in ({', '.join('?' for _ in ids)})", ids)
-    return {row[0]: row[1] for row in result.rows}
 
 
 def linked(
