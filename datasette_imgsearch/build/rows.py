@@ -43,9 +43,9 @@ class RowChanges:
             self.summary.updated += 1
         else:
             self.summary.added += 1
+        assert item.vector is not None  # only embedded items come here
         if frames is None:
             return [Upsert({**values, "embedding": to_blob(item.vector)}, known.id if known else None)]
-        assert item.vector is not None
         values.update(frames[0], embedding=to_blob(item.vector[0]), text="")  # the first frame is the video's picture
         frame_rows = [{**values, **frame, "media": "frame", "embedding": to_blob(vector),
                        "path": frame_path(values["path"], frame["frame_time"]),

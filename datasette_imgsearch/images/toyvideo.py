@@ -77,7 +77,7 @@ def _encode(path: Path, timeline: list[tuple[Image.Image, float]], fps: int, wid
         stream.width, stream.height = (height, width) if turn % 180 else (width, height)
         stream.pix_fmt = "yuv420p"
         stream.time_base = Fraction(1, fps)
-        stream.options = encoder
+        stream.options = dict[str, object](encoder)
         if turn:
             stream.set_display_rotation(turn)
         index = 0

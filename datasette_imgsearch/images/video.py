@@ -126,7 +126,8 @@ def _spread(frames: Iterator[tuple[float, Any]], side: int, max_frames: int) -> 
 
 def _decoding(container: Any, stream: Any, spacing: float) -> Iterator[tuple[float, Any]]:
     """Frames from a decode of the whole stream: scene changes, and one every ``spacing`` seconds."""
-    kept_at, kept_look, next_check = None, None, 0.0
+    kept: tuple[float, np.ndarray] | None = None  # the time and the look of the last frame kept
+    next_check = 0.0
     decoded = container.decode(stream)
     while True:
         try:
@@ -134,7 +135,7 @@ def _decoding(container: Any, stream: Any, spacing: float) -> Iterator[tuple[flo
         except StopIteration:
             return
         except Exception:  # a damaged packet mid-stream (a truncated file): what came before it stands
-            if kept_at is None:
+            if kept is None:
                 raise
             return
         time = _time(frame, stream)
@@ -142,13 +143,14 @@ def _decoding(container: Any, stream: Any, spacing: float) -> Iterator[tuple[flo
             continue
         next_check = time + 1 / CHECKS_PER_SECOND
         look = np.asarray(frame.reformat(width=32, height=32, format="rgb24").to_ndarray(), dtype=np.float32) / 255
-        if kept_at is not None:
+        if kept is not None:
+            kept_at, kept_look = kept
             if time - kept_at < MIN_GAP:
                 continue
             changed = float(np.abs(look - kept_look).mean()) >= SCENE_CHANGE
             if not changed and time - kept_at < spacing:
                 continue
-        kept_at, kept_look = time, look
+        kept = time, look
         yield time, frame
 
 

@@ -114,7 +114,8 @@ def text_tokenizer(folder: Path, max_length: int) -> Any:
     elif (folder / "vocab.json").is_file() and (folder / "merges.txt").is_file():
         vocab = json.loads((folder / "vocab.json").read_text(encoding="utf-8"))
         lines = (folder / "merges.txt").read_text(encoding="utf-8").splitlines()
-        merges = [tuple(line.split()) for line in lines if line and not line.startswith("#version")]
+        merges = [(first, second) for first, second in
+                  (line.split() for line in lines if line and not line.startswith("#version"))]
         tokenizer = Tokenizer(BPE(vocab=vocab, merges=merges, dropout=None, continuing_subword_prefix="",
                                   end_of_word_suffix="</w>", fuse_unk=False, unk_token=unk))
         tokenizer.normalizer = normalizers.Sequence(
@@ -125,9 +126,10 @@ def text_tokenizer(folder: Path, max_length: int) -> Any:
             pre_tokenizers.ByteLevel(add_prefix_space=False),
         ])
         tokenizer.decoder = decoders.ByteLevel()
-        tokenizer.post_processor = processors.RobertaProcessing(
-            (eos, tokenizer.token_to_id(eos)), (bos, tokenizer.token_to_id(bos)), False, False
-        )
+        eos_id, bos_id = tokenizer.token_to_id(eos), tokenizer.token_to_id(bos)
+        if eos_id is None or bos_id is None:
+            return None  # not CLIP's vocabulary: transformers' own tokenizer reads it
+        tokenizer.post_processor = processors.RobertaProcessing((eos, eos_id), (bos, bos_id), False, False)
     else:
         return None
     pad_id = tokenizer.token_to_id(pad)

@@ -6,14 +6,14 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from typing import Any, Literal, Union
+from typing import Any, Final, Literal, Union
 
 import numpy as np
 
 from datasette_imgsearch.errors import QueryError
 from datasette_imgsearch.search.parse import MAX_ROW_ID
 
-STRONG_ONLY = "strong"
+STRONG_ONLY: Final = "strong"
 
 
 def check_k(k: Any, limit: int) -> int:

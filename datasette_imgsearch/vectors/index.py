@@ -23,7 +23,7 @@ from datasette_imgsearch.vectors.kinds import DEFAULT_KIND, IndexKind, kind_of
 CHUNK_ROWS = 50_000  # the embeddings an index write holds in memory at once
 
 
-def inner_index(index):  # index: faiss.Index -> faiss.Index
+def inner_index(index: Any) -> Any:  # faiss.Index -> faiss.Index (faiss is imported when first needed)
     """The index that holds the vectors, typed: the one an ``IDMap2`` wraps, or ``index`` itself."""
     import faiss
 
@@ -39,7 +39,7 @@ class Restriction:
     keep: tuple[Any, ...]
 
 
-def restricted_to(index, kind: IndexKind, ids: np.ndarray, share: float) -> Restriction | None:  # index: faiss.Index
+def restricted_to(index: Any, kind: IndexKind, ids: np.ndarray, share: float) -> Restriction | None:  # index: faiss.Index
     """Parameters that keep a search of ``index`` to the rows ``ids`` (unique, ``share`` of its rows); None
     where this FAISS has no search-time selectors. A bitmap over the ids costs a bit per possible id,
     1.25 MB at ten million rows.
@@ -58,7 +58,7 @@ def restricted_to(index, kind: IndexKind, ids: np.ndarray, share: float) -> Rest
     return Restriction(kind.widened(inner_index(index), selector, 1 / max(share, 1e-9)), (selector, bitmap))
 
 
-def hiding(index, kind: IndexKind, hidden: np.ndarray, share: float) -> Restriction | None:  # index: faiss.Index
+def hiding(index: Any, kind: IndexKind, hidden: np.ndarray, share: float) -> Restriction | None:  # index: faiss.Index
     """Parameters that keep a search of ``index`` off the rows ``hidden`` (changed or removed since it was
     written; ``share`` of its rows remain), widened as :func:`restricted_to` widens; None where this FAISS
     has no search-time selectors. Without them a search fetches k + len(hidden) rows and skips the hidden
@@ -74,7 +74,7 @@ def hiding(index, kind: IndexKind, hidden: np.ndarray, share: float) -> Restrict
     return Restriction(kind.widened(inner_index(index), selector, 1 / max(share, 1e-9)), (selector, batch))
 
 
-def flat_vectors(index) -> tuple[np.ndarray, np.ndarray] | None:
+def flat_vectors(index: Any) -> tuple[np.ndarray, np.ndarray] | None:  # index: faiss.Index
     """(ids, matrix) of an exact flat index, for the numpy fast path; ``None`` for other types."""
     import faiss
 
@@ -117,7 +117,7 @@ def sha256_once(path: Path) -> str:
 def filled_index(
     kind: IndexKind, dimension: int, count: int, sample: Callable[[int], np.ndarray],
     chunks: Iterable[tuple[np.ndarray, np.ndarray]],
-):  # -> faiss.Index
+) -> Any:  # faiss.Index
     """An index of ``kind`` holding ``count`` vectors: trained on ``sample(n)`` (the n vectors it asks
     for), then filled with the (ids, matrix) ``chunks``."""
     index = kind.make(dimension, count)
@@ -184,7 +184,7 @@ def index_state(catalog: Catalog) -> IndexState:
     return IndexState(True, f"fresh: {catalog.meta('index_type')} index of {catalog.meta('index_count')} vectors", True)
 
 
-def read_index(path: Path, kind: str | None = None):  # -> faiss.Index
+def read_index(path: Path, kind: str | None = None) -> Any:  # -> faiss.Index
     """The index file, memory-mapped where FAISS can map it, else read in full: the inverted lists of the
     IVF types, and the codes of the others (``IO_FLAG_MMAP_IFC``: an ``sq8`` or ``hnsw`` index then costs
     pages the OS can share between servers and drop, not each server's memory). ``kind`` sets its

@@ -58,7 +58,8 @@ def _ivfpq(dimension: int, count: int) -> Any:
 
     bits = max(1, min(8, int(math.log2(max(count, 2)))))  # k-means needs a point per centroid at least
     index = faiss.index_factory(dimension, f"{_coarse_cells(count)},PQ{pq_codes(dimension)}x{bits}", faiss.METRIC_INNER_PRODUCT)
-    index.do_polysemous_training = False  # a Hamming pre-filter this index never uses; most of the training time
+    index.do_polysemous_training = False  # type: ignore[attr-defined]  # (an IndexIVFPQ's, which faiss's stubs type as Index)
+    # a Hamming pre-filter this index never uses: most of the training time
     return index
 
 
@@ -100,19 +101,23 @@ def _hnsw_tune(inner: Any) -> None:
 def _selected(inner: Any, selector: Any, widen: float) -> Any:
     import faiss
 
-    return faiss.SearchParameters(sel=selector)
+    return faiss.SearchParameters(sel=selector)  # type: ignore[call-arg]  # faiss's stubs lack SWIG's keywords
 
 
 def _ivf_widened(inner: Any, selector: Any, widen: float) -> Any:
     import faiss
 
-    return faiss.SearchParametersIVF(sel=selector, nprobe=min(inner.nlist, math.ceil(inner.nprobe * widen)))
+    return faiss.SearchParametersIVF(  # type: ignore[call-arg]  # faiss's stubs lack SWIG's keywords
+        sel=selector, nprobe=min(inner.nlist, math.ceil(inner.nprobe * widen))
+    )
 
 
 def _hnsw_widened(inner: Any, selector: Any, widen: float) -> Any:
     import faiss
 
-    return faiss.SearchParametersHNSW(sel=selector, efSearch=min(HNSW_RESTRICTED_EF, math.ceil(inner.hnsw.efSearch * widen)))
+    return faiss.SearchParametersHNSW(  # type: ignore[attr-defined]  # missing from faiss's stubs
+        sel=selector, efSearch=min(HNSW_RESTRICTED_EF, math.ceil(inner.hnsw.efSearch * widen))
+    )
 
 
 @dataclass(frozen=True)

@@ -116,6 +116,7 @@ class VectorStore:
         """The top k of the matrix, or of its rows at ``positions``, from a pass over every row that
         concurrent queries share: a bfloat16 first pass re-scored exactly where the store keeps one, else
         float32."""
+        assert base.matrix is not None  # a base searched without an index holds its matrix
         first_pass = base.first_pass(self.first_pass_rows)
         scores = self._exact_batcher((vector, base.matrix, first_pass))
         scores[hidden_positions] = -np.inf
@@ -226,8 +227,8 @@ class VectorStore:
 
     def _best_in_base(self, base: Base, vectors: np.ndarray) -> np.ndarray:
         if base.faiss is not None:
-            _, scores = self._from_index(base, vectors, 1, RERANK_CANDIDATES_FOR_BEST)
-            return np.array([row.max() if len(row) else -1.0 for row in scores], dtype=np.float32)
+            _, found = self._from_index(base, vectors, 1, RERANK_CANDIDATES_FOR_BEST)
+            return np.array([row.max() if len(row) else -1.0 for row in found], dtype=np.float32)
         best = np.full(len(vectors), -1.0, dtype=np.float32)
         if base.matrix is None:
             return best
