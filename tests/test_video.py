@@ -282,6 +282,22 @@ def test_a_phone_s_turned_video_is_read_upright_with_its_size_as_shown(tmp_path:
         assert np.abs(np.asarray(read.image, float) - np.asarray(shown.image, float)).mean() < 6
 
 
+def test_a_video_whose_display_matrix_is_nonsense_is_read_as_stored(tmp_path: Path) -> None:
+    av = pytest.importorskip("av")
+    if not hasattr(av.video.stream.VideoStream, "set_display_matrix"):
+        pytest.skip("this PyAV cannot write a display matrix")
+    path = tmp_path / "singular.mp4"
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=10)
+        stream.width, stream.height, stream.pix_fmt = 96, 64, "yuv420p"
+        stream.set_display_matrix([0] * 9)
+        for _ in range(5):
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(np.zeros((64, 96, 3), np.uint8), format="rgb24")))
+        container.mux(stream.encode(None))
+    video = read_video(path, 96)
+    assert (video.facts["width"], video.facts["height"]) == (96, 64) and video.frames[0].image.size == (96, 64)
+
+
 @pytest.mark.parametrize("max_frames", [2, 3, 5])
 def test_a_video_with_more_scenes_than_frames_kept_keeps_them_spread_from_start_to_end(
     tmp_path: Path, max_frames: int

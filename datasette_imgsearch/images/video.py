@@ -174,8 +174,12 @@ def _time(frame: Any, stream: Any) -> float | None:
 
 
 def _quarter_turn(frame: Any) -> int:
-    """How the display matrix turns the frame, to the nearest quarter: 0, 90, 180 or 270 degrees counterclockwise."""
-    return round((frame.rotation or 0) / 90) % 4 * 90
+    """How the display matrix turns the frame, to the nearest quarter: 0, 90, 180 or 270 degrees
+    counterclockwise (a mirroring it also asks for is left out: the picture CLIP sees is the same)."""
+    rotation = frame.rotation or 0
+    if not -180 <= rotation <= 180:  # a singular matrix has no rotation: FFmpeg's NaN reads as INT_MIN
+        return 0
+    return round(rotation / 90) % 4 * 90
 
 
 def _scaled(frame: Any, side: int, turn: int) -> Image.Image:
