@@ -205,6 +205,23 @@ def test_moving_copying_and_removing_a_video_carries_its_frames(tmp_path: Path, 
     assert all(r["path"].startswith("back.mp4") for r in back)
 
 
+def test_near_copies_of_a_video_are_videos_of_its_length_not_videos_that_open_alike(tmp_path: Path, toy_model: str) -> None:
+    """A video is compared by its first frame: a re-encoded copy is grouped with it, but another video with
+    the same opening scene is not, nor is a still of that frame (Immich #11699)."""
+    folder = tmp_path / "media"
+    write_video(folder / "trip.mp4", [("red", "circle"), ("blue", "square")], random.Random(1))
+    write_video(folder / "trip-small.mp4", [("red", "circle"), ("blue", "square")], random.Random(1),
+                width=96, height=96, encoder={"crf": "32"})
+    write_video(folder / "other-trip.mp4", [("red", "circle"), ("green", "triangle"), ("yellow", "square")],
+                random.Random(1))
+    read_video(folder / "trip.mp4", 128).frames[0].image.save(folder / "poster.jpg", quality=95)
+    db = tmp_path / "v.db"
+    build(db, folder, BuildOptions(ModelChoice(model=toy_model), ocr=False))
+    group = {r["path"]: r["duplicate_group"] for r in rows(db, "media is not 'frame'")}
+    assert group["trip.mp4"] is not None and group["trip.mp4"] == group["trip-small.mp4"]
+    assert group["other-trip.mp4"] is None and group["poster.jpg"] is None
+
+
 def _truncated(path: Path) -> None:
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2])

@@ -38,6 +38,10 @@ EXACT_NEIGHBOUR_ROWS = 50_000  # beyond this, neighbours come from an approximat
 NEIGHBOUR_INDEX = "ivfsq8"  # the kind made for that when the catalog's own index is exact or stale
 NEIGHBOUR_PROBES = 2  # IVF cells looked in: a near-copy (cosine ≥ 0.85) lies in its picture's cell or the next
 SIGNATURES_KEPT = 512  # thumbnails' signatures kept while comparing: about 0.3 MB each
+# Two videos are compared (by their first frames) only when their lengths differ by at most this many
+# seconds or this share of the longer: a re-encoded copy keeps its length, another video that opens alike does not.
+DURATION_SLACK_SECONDS = 1.0
+DURATION_SLACK_SHARE = 0.02
 
 
 @dataclass
@@ -79,6 +83,8 @@ def update_groups(catalog: Catalog) -> GroupSummary:
         for a, b in _neighbours(catalog, todo, len(live)):
             if a not in frames and b not in frames:
                 proposed.setdefault((min(a, b), max(a, b)), None)
+        videos = dict(catalog.db.execute(f"select id, duration from [{TABLE}] where media = 'video'").fetchall())
+        proposed = {pair: bits for pair, bits in proposed.items() if _comparable(*pair, videos)}
         signatures: LRU[Signatures | bool] = LRU(SIGNATURES_KEPT)
         pairs = confirmed(proposed, lambda id_: _signatures(catalog, signatures, id_), dict(zip(ids.tolist(), codes.tolist())))
     else:
@@ -91,6 +97,20 @@ def update_groups(catalog: Catalog) -> GroupSummary:
     summary.groups = len(set(groups.values()))
     summary.copies = sum(1 for id_, keeper in groups.items() if id_ != keeper)
     return summary
+
+
+def _comparable(a: int, b: int, videos: dict[int, float | None]) -> bool:
+    """Whether two rows may be near-copies: two pictures, or two videos of about the same length. A video
+    is compared by its first frame alone, and two videos that open alike (a black fade, a studio's intro)
+    are not copies, nor is a picture of a video's first frame."""
+    if (a in videos) != (b in videos):
+        return False
+    if a not in videos:
+        return True
+    first, second = videos[a], videos[b]
+    if first is None or second is None:
+        return first is None and second is None
+    return abs(first - second) <= max(DURATION_SLACK_SECONDS, DURATION_SLACK_SHARE * max(first, second))
 
 
 def _regroup(catalog: Catalog, current: dict[int, int], todo: set[int],
