@@ -28,7 +28,7 @@ from datasette_imgsearch.search.registry import searcher_for
 from datasette_imgsearch.search.searcher import Searcher
 from datasette_imgsearch.text import stage
 from datasette_imgsearch.text.matching import split_query
-from datasette_imgsearch.text.reader import TextReader
+from datasette_imgsearch.text.reader import TextReader, shared_reader
 from datasette_imgsearch.vectors.ranking import Hit
 
 from .conftest import candidates_of, run_cli
@@ -100,6 +100,13 @@ def test_a_large_photo_is_read_at_its_words_size_not_shrunk_away(tmp_path: Path)
     written = draw_words(picture, ("PHARMACY",), random.Random(2))
     lines = TextReader().read(written)
     assert "PHARMACY" in " ".join(line.text for line in lines)
+
+
+@pytest.mark.parametrize("turn", [90, 180, 270])
+def test_a_sign_photographed_sideways_or_upside_down_is_read(turn: int) -> None:
+    picture = draw_words(draw_image("blue", "circle", random.Random(4), 480), ("BAKERY",), random.Random(5))
+    lines = shared_reader().read(picture.rotate(turn, expand=True))
+    assert "BAKERY" in " ".join(line.text for line in lines)
 
 
 @pytest.mark.parametrize("size", [(1, 1), (3, 900), (2000, 2)])

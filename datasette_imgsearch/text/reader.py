@@ -4,8 +4,10 @@ Out of the box RapidOCR enlarges every picture to 736 pixels on its shortest sid
 text, and reads each candidate box whatever it holds: about 0.9 s a picture on two cores. Here the
 detector sees the picture shrunk to ``DETECT_SIDE`` on its longest side (the smallest size that kept
 recall on the toy text world, see docs/text.md), and the recogniser reads each box it found cut from the
-picture at up to ``READ_SIDE``, so small words stay sharp. One engine, with its ONNX sessions, serves a
-whole build. The direction classifier is left out: upside-down text is not read.
+picture at up to ``READ_SIDE``, so small words stay sharp, after the direction classifier turned it the
+right way up: a sign photographed sideways or upside down is read too (the classifier runs only on the
+boxes found, so a picture without words never pays for it). One engine, with its ONNX sessions, serves
+a whole build.
 """
 
 from __future__ import annotations
@@ -65,7 +67,7 @@ class TextReader:
             raise CatalogError(f"reading text needs the OCR model: {OCR_INSTALL} (or build with --no-ocr): {error}") from None
         threads_option = {"intra_op_num_threads": threads} if threads else {}
         # limit_type "min" with a small side: the detector takes the picture at the size it is handed.
-        self._engine = RapidOCR(det_limit_type="min", det_limit_side_len=32, use_cls=False, **threads_option)
+        self._engine = RapidOCR(det_limit_type="min", det_limit_side_len=32, use_cls=True, **threads_option)
         self.detect_side = detect_side
 
     def read(self, image: Image.Image) -> list[Line]:
@@ -95,7 +97,7 @@ class TextReader:
             crop = _cut(source, [(x * reading_scale, y * reading_scale) for x, y in corners])
             if crop is None:
                 continue
-            found, _ = self._engine(_bgr(crop), use_det=False, use_cls=False, use_rec=True)
+            found, _ = self._engine(_bgr(crop), use_det=False, use_cls=True, use_rec=True)
             text, confidence = (found[0][0], float(found[0][1])) if found else ("", 0.0)
             if text.strip() and confidence >= MIN_CONFIDENCE:
                 box_ints = tuple((round(x), round(y)) for x, y in corners)
@@ -115,8 +117,9 @@ def _bgr(image: Image.Image) -> np.ndarray:
 
 
 def _cut(image: Image.Image, corners: list[tuple[float, float]]) -> Image.Image | None:
-    """The quadrilateral ``corners`` (clockwise from the top left) straightened into an upright strip;
-    a strip much taller than wide is turned, since the recogniser reads left to right."""
+    """The quadrilateral ``corners`` (clockwise from the top left) straightened into a strip; a strip much
+    taller than wide is turned a quarter, since the recogniser reads left to right (the direction
+    classifier turns it the rest of the way where that left it upside down)."""
     (x0, y0), (x1, y1), (x2, y2), (x3, y3) = corners
     width = round(max(math.dist((x0, y0), (x1, y1)), math.dist((x3, y3), (x2, y2))))
     height = round(max(math.dist((x0, y0), (x3, y3)), math.dist((x1, y1), (x2, y2))))
