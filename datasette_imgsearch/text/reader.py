@@ -4,10 +4,11 @@ Out of the box RapidOCR enlarges every picture to 736 pixels on its shortest sid
 text, and reads each candidate box whatever it holds: about 0.9 s a picture on two cores. Here the
 detector sees the picture shrunk to ``DETECT_SIDE`` on its longest side (the smallest size that kept
 recall on the toy text world, see docs/text.md), and the recogniser reads each box it found cut from the
-picture at up to ``READ_SIDE``, so small words stay sharp, after the direction classifier turned it the
-right way up: a sign photographed sideways or upside down is read too (the classifier runs only on the
-boxes found, so a picture without words never pays for it). One engine, with its ONNX sessions, serves
-a whole build.
+picture at up to ``READ_SIDE``, so small words stay sharp. A box read with less than ``READ_AGAIN_BELOW``
+confidence is read again after the direction classifier turned it the right way up, so a sign
+photographed sideways or upside down is read too, while most upright words never pay for the classifier
+(which, run on every box, added 40 ms a picture). One engine, with its
+ONNX sessions, serves a whole build.
 """
 
 from __future__ import annotations
@@ -27,6 +28,9 @@ from datasette_imgsearch.errors import CatalogError
 DETECT_SIDE = 320
 READ_SIDE = 2048
 MIN_CONFIDENCE = 0.6
+# A box read with less confidence is read again after the direction classifier turned it the right way up
+# (upside-down words are often read as confident nonsense, so this is above MIN_CONFIDENCE; docs/text.md).
+READ_AGAIN_BELOW = 0.9
 OCR_INSTALL = "pip install 'datasette-imgsearch[ocr]'"
 
 Corner = tuple[int, int]
@@ -97,12 +101,20 @@ class TextReader:
             crop = _cut(source, [(x * reading_scale, y * reading_scale) for x, y in corners])
             if crop is None:
                 continue
-            found, _ = self._engine(_bgr(crop), use_det=False, use_cls=True, use_rec=True)
-            text, confidence = (found[0][0], float(found[0][1])) if found else ("", 0.0)
+            text, confidence = self._recognised(crop, turned=False)
+            if confidence < READ_AGAIN_BELOW:  # perhaps upside down: turned the right way up, read again
+                text, confidence = max((text, confidence), self._recognised(crop, turned=True), key=lambda read: read[1])
             if text.strip() and confidence >= MIN_CONFIDENCE:
                 box_ints = tuple((round(x), round(y)) for x, y in corners)
                 lines.append(Line(text.strip(), box_ints, confidence))  # type: ignore[arg-type]
         return lines
+
+
+    def _recognised(self, crop: Image.Image, turned: bool) -> tuple[str, float]:
+        """What a box says and how sure the recogniser is; ``turned``: after the direction classifier
+        turned it the right way up."""
+        found, _ = self._engine(_bgr(crop), use_det=False, use_cls=turned, use_rec=True)
+        return (found[0][0], float(found[0][1])) if found else ("", 0.0)
 
 
 @functools.lru_cache(maxsize=2)
