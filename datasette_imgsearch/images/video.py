@@ -175,7 +175,7 @@ def _time(frame: Any, stream: Any) -> float | None:
 
 def _quarter_turn(frame: Any) -> int:
     """How the display matrix turns the frame, to the nearest quarter: 0, 90, 180 or 270 degrees
-    counterclockwise (a mirroring it also asks for is left out: the picture CLIP sees is the same)."""
+    counterclockwise (a mirroring it also asks for is left out: CLIP reads a mirrored picture alike)."""
     rotation = frame.rotation or 0
     if not -180 <= rotation <= 180:  # a singular matrix has no rotation: FFmpeg's NaN reads as INT_MIN
         return 0
