@@ -18,7 +18,7 @@ from datasette_imgsearch.catalog.catalog import Catalog
 from datasette_imgsearch.duplicates.grouping import PIXEL_LIKENESS, PIXEL_LIKENESS_BUT_A_CORNER
 from datasette_imgsearch.duplicates.links import LinkGraph
 from datasette_imgsearch.duplicates.listing import groups_by_path
-from datasette_imgsearch.duplicates.stage import update_groups
+from datasette_imgsearch.duplicates.stage import comparable, update_groups
 from datasette_imgsearch.images.likeness import TURNS, Signatures, distance, likeness_hash, pixel_likeness, turned
 from datasette_imgsearch.images.pixels import thumbnail
 from datasette_imgsearch.images.toycopies import TRANSFORMS, score_groups, write_copies
@@ -81,6 +81,20 @@ def test_another_picture_of_the_same_colour_and_shape_does_not(picture: Image.Im
 
 
 # Groups from pairs -------------------------------------------------------------------------------------
+@pytest.mark.parametrize("a,b,compared", [
+    (1, 2, True),  # two pictures
+    (1, 10, False),  # a picture and a video (a still of its first frame, say)
+    (10, 11, True),  # two videos of 60 s and 60.8 s: within a second
+    (12, 13, True),  # 600 s and 610 s: within 2%
+    (10, 12, False),  # 60 s and 600 s: another video that opens alike
+    (14, 15, True),  # two videos of unknown length
+    (10, 14, False),  # one of unknown length
+])
+def test_videos_are_compared_only_with_videos_of_about_their_length(a: int, b: int, compared: bool) -> None:
+    videos = {10: 60.0, 11: 60.8, 12: 600.0, 13: 610.0, 14: None, 15: None}
+    assert comparable(a, b, videos) is compared
+
+
 def test_a_lone_mistaken_pair_between_two_groups_is_cut_and_a_lone_copy_is_kept() -> None:
     graph = LinkGraph(is_picture=lambda node: node >= 0)
     for a, b in [(1, 2), (2, 3), (1, 3), (4, 5), (5, 6)]:

@@ -84,7 +84,7 @@ def update_groups(catalog: Catalog) -> GroupSummary:
             if a not in frames and b not in frames:
                 proposed.setdefault((min(a, b), max(a, b)), None)
         videos = dict(catalog.db.execute(f"select id, duration from [{TABLE}] where media = 'video'").fetchall())
-        proposed = {pair: bits for pair, bits in proposed.items() if _comparable(*pair, videos)}
+        proposed = {pair: bits for pair, bits in proposed.items() if comparable(*pair, videos)}
         signatures: LRU[Signatures | bool] = LRU(SIGNATURES_KEPT)
         pairs = confirmed(proposed, lambda id_: _signatures(catalog, signatures, id_), dict(zip(ids.tolist(), codes.tolist())))
     else:
@@ -99,7 +99,7 @@ def update_groups(catalog: Catalog) -> GroupSummary:
     return summary
 
 
-def _comparable(a: int, b: int, videos: dict[int, float | None]) -> bool:
+def comparable(a: int, b: int, videos: dict[int, float | None]) -> bool:
     """Whether two rows may be near-copies: two pictures, or two videos of about the same length. A video
     is compared by its first frame alone, and two videos that open alike (a black fade, a studio's intro)
     are not copies, nor is a picture of a video's first frame."""
