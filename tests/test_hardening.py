@@ -96,6 +96,17 @@ async def test_sql_arguments_are_checked_with_a_readable_error(ds: Datasette, qu
         assert response.status_code == 400 and expected in response.text
 
 
+@pytest.mark.asyncio
+@pytest.mark.parametrize("immutable", [False, True], ids=["datasette", "datasette -i"])
+async def test_sql_errors_are_readable_however_the_catalog_is_served(shared_catalog: Path, immutable: bool) -> None:
+    """The catalog's connections carry their handle whether Datasette opens the file read-write or as
+    immutable (a ``file:…?immutable=1`` URI): the functions' errors say what is wrong either way."""
+    served = [str(shared_catalog)]
+    ds = Datasette([] if immutable else served, immutables=served if immutable else [])
+    response = await sql(ds, "select imgsearch('a red circle', 0) as h")
+    assert response.status_code == 400 and "imgsearch(): k must be between 1 and 1000, not 0" in response.text
+
+
 # Uploads -----------------------------------------------------------------------------------------
 @pytest.mark.asyncio
 async def test_an_upload_that_would_decode_to_too_many_pixels_is_refused_before_decoding(ds: Datasette) -> None:
