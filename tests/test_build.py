@@ -6,6 +6,7 @@ import contextlib
 import io
 import json
 import os
+import random
 import shutil
 import signal
 import sqlite3
@@ -178,7 +179,8 @@ BAD_FILES = {
     "zero.jpg": (lambda good: b"", "empty"),
     "notes.jpg": (lambda good: b"meeting notes, not a picture\n", "not-an-image"),
     "truncated.jpg": (lambda good: good[: len(good) // 3], "corrupt"),
-    "corrupt.png": (lambda good: b"\x89PNG\r\n\x1a\n" + os.urandom(200), "not-an-image"),
+    # Fixed bytes: one random tail in 250 makes Pillow read a chunk past the end ("corrupt" rather than this).
+    "corrupt.png": (lambda good: b"\x89PNG\r\n\x1a\n" + random.Random(181).randbytes(200), "not-an-image"),
     "bomb.png": (lambda good: bomb(), "too-large"),
 }
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import random
 
 import numpy as np
 import pytest
@@ -143,8 +144,10 @@ def jpeg(size=(64, 48)) -> bytes:
         (jpeg()[:300], "corrupt", "cannot"),
         (encode(Image.new("RGB", (64, 48)), "PNG")[:60], "corrupt", "cannot"),
         (b"\x89PNG\r\n\x1a\n" + b"\x00" * 40, "not-an-image", "not a recognised"),
+        # a chunk header whose length runs past the end of the file
+        (b"\x89PNG\r\n\x1a\n" + random.Random(344).randbytes(200), "corrupt", "cannot read the image header"),
     ],
-    ids=["zero-bytes", "text", "pdf", "truncated-jpeg", "truncated-png", "garbage-png"],
+    ids=["zero-bytes", "text", "pdf", "truncated-jpeg", "truncated-png", "garbage-png", "png-chunk-past-the-end"],
 )
 def test_bad_bytes_raise_a_clear_error(data: bytes, kind: str, message: str) -> None:
     with pytest.raises(pixels.ImageError) as raised:
