@@ -4,11 +4,11 @@ Out of the box RapidOCR enlarges every picture to 736 pixels on its shortest sid
 text, and reads each candidate box whatever it holds: about 0.9 s a picture on two cores. Here the
 detector sees the picture shrunk to ``DETECT_SIDE`` on its longest side (the smallest size that kept
 recall on the toy text world, see docs/text.md), and the recogniser reads each box it found cut from the
-picture at up to ``READ_SIDE``, so small words stay sharp. A box read with less than ``READ_AGAIN_BELOW``
-confidence is read again after the direction classifier turned it the right way up, so a sign
-photographed sideways or upside down is read too, while most upright words never pay for the classifier
-(which, run on every box, added 40 ms a picture). One engine, with its
-ONNX sessions, serves a whole build.
+picture at up to ``READ_SIDE``, so small words stay sharp. A box read with less than
+``READ_AGAIN_BELOW`` confidence is read again after the direction classifier turned it the right way
+up, so a sign photographed sideways or upside down is read too, while most upright words never pay for
+the classifier (which, run on every box, added 40 ms a picture). One engine, with its ONNX sessions,
+serves a whole build.
 """
 
 from __future__ import annotations
@@ -108,7 +108,6 @@ class TextReader:
                 box_ints = tuple((round(x), round(y)) for x, y in corners)
                 lines.append(Line(text.strip(), box_ints, confidence))  # type: ignore[arg-type]
         return lines
-
 
     def _recognised(self, crop: Image.Image, turned: bool) -> tuple[str, float]:
         """What a box says and how sure the recogniser is; ``turned``: after the direction classifier
