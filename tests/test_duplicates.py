@@ -89,10 +89,14 @@ def test_another_picture_of_the_same_colour_and_shape_does_not(picture: Image.Im
     (10, 12, False),  # 60 s and 600 s: another video that opens alike
     (14, 15, True),  # two videos of unknown length
     (10, 14, False),  # one of unknown length
+    (20, 21, False),  # two frames: moments of one file
+    (1, 20, False),  # a picture and a frame
+    (10, 20, False),  # a video and a frame
 ])
 def test_videos_are_compared_only_with_videos_of_about_their_length(a: int, b: int, compared: bool) -> None:
-    videos = {10: 60.0, 11: 60.8, 12: 600.0, 13: 610.0, 14: None, 15: None}
-    assert comparable(a, b, videos) is compared
+    lengths = {10: 60.0, 11: 60.8, 12: 600.0, 13: 610.0, 14: None, 15: None}
+    moving = {**{id_: ("video", length) for id_, length in lengths.items()}, 20: ("frame", 60.0), 21: ("frame", 60.0)}
+    assert comparable(a, b, moving) is compared
 
 
 def test_a_lone_mistaken_pair_between_two_groups_is_cut_and_a_lone_copy_is_kept() -> None:

@@ -79,12 +79,11 @@ def update_groups(catalog: Catalog) -> GroupSummary:
             pair = (min(a, b), max(a, b))
             closest[pair] = min(bits, closest.get(pair, bits))
         proposed: dict[tuple[int, int], int | None] = dict(closest)
-        frames = {row[0] for row in catalog.db.execute(f"select id from [{TABLE}] where media = 'frame'")}
         for a, b in _neighbours(catalog, todo, len(live)):
-            if a not in frames and b not in frames:
-                proposed.setdefault((min(a, b), max(a, b)), None)
-        videos = dict(catalog.db.execute(f"select id, duration from [{TABLE}] where media = 'video'").fetchall())
-        proposed = {pair: bits for pair, bits in proposed.items() if comparable(*pair, videos)}
+            proposed.setdefault((min(a, b), max(a, b)), None)
+        moving = {id_: (media, duration) for id_, media, duration in catalog.db.execute(
+            f"select id, media, duration from [{TABLE}] where media in ('video', 'frame')")}
+        proposed = {pair: bits for pair, bits in proposed.items() if comparable(*pair, moving)}
         signatures: LRU[Signatures | bool] = LRU(SIGNATURES_KEPT)
         pairs = confirmed(proposed, lambda id_: _signatures(catalog, signatures, id_), dict(zip(ids.tolist(), codes.tolist())))
     else:
@@ -99,18 +98,20 @@ def update_groups(catalog: Catalog) -> GroupSummary:
     return summary
 
 
-def comparable(a: int, b: int, videos: dict[int, float | None]) -> bool:
-    """Whether two rows may be near-copies: two pictures, or two videos of about the same length. A video
-    is compared by its first frame alone, and two videos that open alike (a black fade, a studio's intro)
-    are not copies, nor is a picture of a video's first frame."""
-    if (a in videos) != (b in videos):
-        return False
-    if a not in videos:
-        return True
-    first, second = videos[a], videos[b]
+def comparable(a: int, b: int, moving: dict[int, tuple[str, float | None]]) -> bool:
+    """Whether two rows may be near-copies, given ``moving``: id → (media, duration) of the videos' and
+    frames' rows. Two pictures may; so may two videos of about the same length. A video is compared by its
+    first frame alone, and two videos that open alike (a black fade, a studio's intro) are not copies, nor
+    is a picture of a video's first frame; a video's frames are moments of one file, never grouped."""
+    first, second = moving.get(a), moving.get(b)
     if first is None or second is None:
         return first is None and second is None
-    return abs(first - second) <= max(DURATION_SLACK_SECONDS, DURATION_SLACK_SHARE * max(first, second))
+    if first[0] != "video" or second[0] != "video":
+        return False
+    length, other = first[1], second[1]
+    if length is None or other is None:
+        return length is None and other is None
+    return abs(length - other) <= max(DURATION_SLACK_SECONDS, DURATION_SLACK_SHARE * max(length, other))
 
 
 def _regroup(catalog: Catalog, current: dict[int, int], todo: set[int],

@@ -25,9 +25,6 @@ SCORER_RECHECK_SECONDS = 1.0
 def register_functions(conn: Any, db_path: str, settings: Settings, immutable: bool = False) -> None:
     """Add imgsearch(query [, k [, min_score [, candidates]]]) and imgsearch_score(embedding, query) to a connection."""
 
-    def searcher() -> Searcher:
-        return _searcher(db_path, settings, immutable)
-
     # imgsearch_score runs once per row, so it keeps the scorer of the last query it saw and looks
     # again (at the catalog, for row: terms) only once a second.
     current_scorer: dict[str, Any] = {"query": None, "score": None, "checked": 0.0}
@@ -39,7 +36,7 @@ def register_functions(conn: Any, db_path: str, settings: Settings, immutable: b
             raise QueryError("imgsearch_score() takes the embedding BLOB column first, as in imgsearch_score(embedding, 'a dog')")
         now = time.monotonic()
         if query != current_scorer["query"] or now - current_scorer["checked"] > SCORER_RECHECK_SECONDS:
-            current_scorer.update(score=searcher().scorer(query), query=query, checked=now)
+            current_scorer.update(score=_searcher(db_path, settings, immutable).scorer(query), query=query, checked=now)
         score: Callable[[bytes], float] = current_scorer["score"]
         return score(embedding)
 
