@@ -26,7 +26,8 @@ GFLOP_PER_IMAGE = 8.7  # ViT-B/32 image tower, one 224x224 image
 # CLIP's own byte-pair vocabulary ships in open_clip's wheel; downloaded (never installed: it would pull
 # torchvision) from the package index, which the benchmark machines reach.
 CLIP_BPE_WHEEL = "open_clip_torch==3.3.0"
-CLIP_BPE_MEMBER = "open_clip/bpe_simple_vocab_16e6.txt.gz"
+CLIP_BPE_FILE = "bpe_simple_vocab_16e6.txt.gz"
+CLIP_BPE_MEMBER = f"open_clip/{CLIP_BPE_FILE}"
 CLIP_VOCABULARY = 49408
 
 
@@ -38,8 +39,9 @@ def clip_vocabulary(folder: Path = CACHE / "clip-bpe") -> Path | None:
     small vocabulary splits "client 3 query 17" into 16 tokens where CLIP's makes 7, which doubled the
     text tower's work in earlier runs. The conversion is the one transformers' CLIPTokenizer makes of
     OpenAI's file: the 256 byte characters, the same with an end-of-word mark, one token per merge, then
-    the two special tokens."""
-    if (folder / "merges.txt").exists():
+    the two special tokens. OpenAI's file itself is kept beside them as ``bpe_simple_vocab_16e6.txt.gz``
+    (rclip reads that one)."""
+    if (folder / "merges.txt").exists() and (folder / CLIP_BPE_FILE).exists():
         return folder
     import gzip
     import tempfile
@@ -56,7 +58,8 @@ def clip_vocabulary(folder: Path = CACHE / "clip-bpe") -> Path | None:
                   f"longer token sequences", file=sys.stderr)
             return None
         with zipfile.ZipFile(wheels[0]) as wheel:
-            lines = gzip.decompress(wheel.read(CLIP_BPE_MEMBER)).decode("utf-8").split("\n")
+            packed = wheel.read(CLIP_BPE_MEMBER)
+    lines = gzip.decompress(packed).decode("utf-8").split("\n")
     merges = [line.split() for line in lines[1:CLIP_VOCABULARY - 2 * 256 - 2 + 1]]
     printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
     others = [byte for byte in range(256) if byte not in printable]
@@ -67,11 +70,13 @@ def clip_vocabulary(folder: Path = CACHE / "clip-bpe") -> Path | None:
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "vocab.json").write_text(json.dumps({token: number for number, token in enumerate(tokens)}), encoding="utf-8")
     (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(" ".join(m) for m in merges) + "\n", encoding="utf-8")
+    (folder / CLIP_BPE_FILE).write_bytes(packed)
     return folder
 
 
-def vit_b32(folder: Path = CACHE / "vit-b32-random") -> Path:
-    """A full-size ViT-B/32 CLIP with random weights: the real model's cost, none of its meaning.
+def vit_b32(folder: Path = CACHE / "vit-b32-random", image_size: int = 224) -> Path:
+    """A full-size ViT-B/32 CLIP with random weights: the real model's cost, none of its meaning;
+    ``image_size`` 256 makes the shape of ViT-B-32-256, the model rclip runs.
 
     Built locally from ``CLIPConfig()`` defaults (the shapes of openai/clip-vit-base-patch32), with CLIP's
     own tokenizer vocabulary (see :func:`clip_vocabulary`; the toy model's when that cannot be had);
@@ -95,13 +100,15 @@ def vit_b32(folder: Path = CACHE / "vit-b32-random") -> Path:
     tokenizer = CLIPTokenizer(str(words / "vocab.json"), str(words / "merges.txt"))
     tokenizer.model_max_length = 77
     config = CLIPConfig()
+    config.vision_config.image_size = image_size
     config.text_config.bos_token_id = tokenizer.bos_token_id
     config.text_config.eos_token_id = tokenizer.eos_token_id
     config.text_config.pad_token_id = tokenizer.pad_token_id
     model = CLIPModel(config)
     folder.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(folder)
-    CLIPProcessor(image_processor=ImageProcessor(), tokenizer=tokenizer).save_pretrained(folder)
+    pixels = ImageProcessor(size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size})
+    CLIPProcessor(image_processor=pixels, tokenizer=tokenizer).save_pretrained(folder)
     return folder
 
 

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import importlib.util
+import os
 import shutil
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -225,3 +229,19 @@ def test_a_pysqlite3_connection_gets_readable_errors_from_its_own_library(tmp_pa
     assert binding.create_function(conn, "f", -1, failing) is True
     with pytest.raises(dbapi2.OperationalError, match=r"f\(\): bad arguments \(2,\)"):
         conn.execute("select f(2)").fetchone()
+
+
+@pytest.mark.skipif(importlib.util.find_spec("pandas") is None, reason="pandas is not installed (the ray extra brings it)")
+@pytest.mark.parametrize("first, pandas_in_sqlite_utils", [
+    ("", False),  # our command line: half a second less of every cold command
+    ("import pandas\n", True),  # a process that loaded pandas first keeps sqlite-utils as it is
+    ("import sqlite_utils\n", True),  # so does one that loaded sqlite-utils first (Datasette does)
+])
+def test_sqlite_utils_is_imported_without_pandas_unless_either_came_first(first: str, pandas_in_sqlite_utils: bool) -> None:
+    probe = (first + "import sys\nimport datasette_imgsearch.cli\nimport sqlite_utils.db\n"
+             "loaded_by_us = 'pandas' in sys.modules\nimport pandas\n"  # hidden only while sqlite-utils was imported
+             "print(loaded_by_us, sqlite_utils.db.pd is not None, pandas.DataFrame is not None)")
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == [str(pandas_in_sqlite_utils), str(pandas_in_sqlite_utils), "True"]

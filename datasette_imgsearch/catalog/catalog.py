@@ -17,10 +17,9 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 import numpy as np
-import sqlite_utils
-from sqlite_utils.utils import sqlite3  # pysqlite3 where sqlite-utils picked it, so its errors are the ones raised
 
 from datasette_imgsearch.catalog.changes import Change, ForgetChanges, SetMeta
+from datasette_imgsearch.catalog.database import sqlite3, sqlite_utils
 from datasette_imgsearch.catalog.migrations import migrate, schema_version
 from datasette_imgsearch.catalog.schema import (
     CHANGES_TABLE,

@@ -6,8 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from sqlite_utils.utils import sqlite3
-
+from datasette_imgsearch.catalog.database import sqlite3
 from datasette_imgsearch.catalog.schema import (
     CHANGES_TABLE,
     COLUMNS,

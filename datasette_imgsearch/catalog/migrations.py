@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Callable
 
-from sqlite_utils.utils import sqlite3  # pysqlite3 where sqlite-utils picked it, so its errors are the ones raised
+from datasette_imgsearch.catalog.database import sqlite3
 
 Migration = Callable[[sqlite3.Connection], None]
 MIGRATIONS: list[Migration] = []

@@ -8,9 +8,8 @@ import tempfile
 from pathlib import Path
 from typing import Iterator
 
-from sqlite_utils.utils import sqlite3
-
 from datasette_imgsearch.catalog.catalog import Catalog
+from datasette_imgsearch.catalog.database import sqlite3
 from datasette_imgsearch.errors import CatalogError
 
 

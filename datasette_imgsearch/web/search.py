@@ -16,9 +16,9 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Callable
 
 from datasette.utils.asgi import Response
-from sqlite_utils.utils import sqlite3
 
 from datasette_imgsearch.catalog.catalog import read_only_uri
+from datasette_imgsearch.catalog.database import sqlite3
 from datasette_imgsearch.catalog.schema import TABLE
 from datasette_imgsearch.duplicates.collapse import Collapsed, collapsed, group_facts, uncollapsed
 from datasette_imgsearch.errors import ImgsearchError, QueryError, RequestError, web_message
