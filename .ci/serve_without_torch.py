@@ -23,6 +23,9 @@ async def main() -> None:
     name = catalog.stem
     data = (await ds.client.get(f"/{name}/images/-/imgsearch.json", params={"q": "a red circle", "k": "2"})).json()
     assert data["ok"] and all(row["name"].startswith("red-circle") for row in data["results"]), data  # two of each
+    chinese = (await ds.client.get(f"/{name}/images/-/imgsearch.json", params={"q": "一个红色的圆", "k": "2"})).json()
+    assert chinese["ok"] and chinese["terms"][0]["reader"] == "multilingual", chinese
+    assert all(row["name"].startswith("red-circle") for row in chinese["results"]), chinese
     picture = sorted(images.iterdir())[0]
     uploaded = await ds.client.post(f"/{name}/images/-/imgsearch.json", files={"image": (picture.name, picture.read_bytes())})
     upload = uploaded.json()
@@ -33,7 +36,7 @@ async def main() -> None:
     page = await ds.client.get(f"/{name}/images/-/imgsearch", params={"q": "something green"})
     assert page.status_code == 200 and 'class="thumb"' in page.text
     assert "torch" not in sys.modules
-    print(f"served without torch on Datasette {__version__}: text, upload, SQL and the page answered")
+    print(f"served without torch on Datasette {__version__}: text (English and Chinese), upload, SQL and the page answered")
 
 
 asyncio.run(main())

@@ -27,7 +27,7 @@ from datasette_imgsearch.images.video import VIDEO_INSTALL, at_moment, clock
 from datasette_imgsearch.models.choice import RUNTIMES, ModelChoice
 from datasette_imgsearch.models.embedder import Embedder
 from datasette_imgsearch.models.hardware import DEVICES, PRECISIONS
-from datasette_imgsearch.models.languages import MULTILINGUAL, ROUTES
+from datasette_imgsearch.models.languages import MULTILINGUAL, ROUTES, multilingual_model
 from datasette_imgsearch.models.names import DEFAULT_MODEL
 from datasette_imgsearch.search.arguments import check_k, check_min_score
 from datasette_imgsearch.search.fusion import text_query_of
@@ -414,33 +414,51 @@ def fetch_model_command(name: str, save_to: str | None) -> None:
 
 @cli.command(name="export-onnx")
 @click.argument("database", required=False, type=click.Path(exists=True, dir_okay=False))
-@click.option("--model", help="the model to export  [default: DATABASE's image and text models]")
-@click.option("--to", "to", type=click.Path(file_okay=False), help="the folder to write  [default: the cache's]")
+@click.option("--model", help="the model to export  [default: DATABASE's image, text and multilingual models]")
+@click.option("--to", "to", type=click.Path(file_okay=False),
+              help="the folder to write (a catalog's multilingual model goes in its 'multilingual' folder)  "
+                   "[default: the cache's]")
 def export_onnx_command(database: str | None, model: str | None, to: str | None) -> None:
-    """Export a CLIP model's towers to ONNX, so that searches run on ONNX Runtime without importing torch.
+    """Export a catalog's models to ONNX, so that searches run on ONNX Runtime without importing torch.
 
-    Searches use the export by themselves once it exists (found in the cache, or named with --onnx or
-    the onnx setting); each export is checked against torch (cosine >= 0.9999) before it is kept.
+    A CLIP model's two towers are exported, and a catalog's multilingual text model (which reads
+    non-English query terms) where it is on this machine. Searches use the exports by themselves once
+    they exist (found in the cache, or in the folder named with --onnx or the onnx setting); each is
+    checked against torch (cosine >= 0.9999) before it is kept.
 
     \b
         datasette-imgsearch export-onnx photos.db
+        datasette-imgsearch export-onnx photos.db --to /srv/clip-onnx
         datasette-imgsearch export-onnx --model ./my-clip --to /srv/clip-onnx
     """
-    from datasette_imgsearch.models.onnxclip import export
+    from datasette_imgsearch.models.onnxclip import TEXT_SUBFOLDER, export, model_folder
+    from datasette_imgsearch.models.onnxtext import export_text
 
     with user_errors():
-        names = [model] if model else catalog_models(database)
-        for name in names:
-            click.echo(f"{name}: exported to {export(name, Path(to) if to else None)}")
+        names = [(model, False)] if model else catalog_models(database)
+        for name, optional in names:
+            if model_folder(name) is not None:
+                click.echo(f"{name}: exported to {export(name, Path(to) if to else None)}")
+                continue
+            target = None if not to else Path(to) if model else Path(to) / TEXT_SUBFOLDER
+            try:
+                click.echo(f"{name}: exported to {export_text(name, target)}")
+            except ImgsearchError as error:
+                if not optional:
+                    raise
+                click.echo(f"{name}: not exported ({error}); terms it reads need torch", err=True)
 
 
-def catalog_models(database: str | None) -> list[str]:
-    """The image model and, where it differs, the text model a catalog records."""
+def catalog_models(database: str | None) -> list[tuple[str, bool]]:
+    """The image model, the text model where it differs, and the multilingual text model a catalog records
+    or has by default, each with whether it may be missing here (only the multilingual one may)."""
     if database is None:
         raise click.UsageError("name a catalog (DATABASE) or a model (--model)")
     with Catalog(database) as catalog:
-        found = [catalog.meta("model"), catalog.meta("text_model")]
-    return list(dict.fromkeys(name for name in found if name))
+        image_model, text_model, recorded = catalog.meta("model"), catalog.meta("text_model"), catalog.meta("multilingual_model")
+    found = [(name, False) for name in dict.fromkeys(name for name in (image_model, text_model) if name)]
+    multilingual = multilingual_model(image_model, recorded) if image_model else None
+    return found + ([(multilingual, True)] if multilingual else [])
 
 
 @cli.command(name="toy-world")

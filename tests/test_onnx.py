@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from click.testing import CliRunner
 from PIL import Image
 
 from datasette_imgsearch.build import model as build_model
@@ -20,10 +21,12 @@ from datasette_imgsearch.build.model import build_runtime
 from datasette_imgsearch.build.options import BuildOptions
 from datasette_imgsearch.catalog.catalog import Catalog
 from datasette_imgsearch.catalog.schema import from_blob
+from datasette_imgsearch.cli import cli
 from datasette_imgsearch.errors import ModelError
 from datasette_imgsearch.models.choice import ModelChoice
 from datasette_imgsearch.models.embedder import Embedder
-from datasette_imgsearch.models.onnxclip import FAITHFUL, digest, export, find_export
+from datasette_imgsearch.models.onnxclip import FAITHFUL, TEXT_SUBFOLDER, digest, export, find_export
+from datasette_imgsearch.models.onnxtext import OnnxText, export_text, find_text_export
 from datasette_imgsearch.search.searcher import Searcher
 from datasette_imgsearch.settings import Settings
 
@@ -146,6 +149,80 @@ def test_the_command_exports_a_catalogs_models(shared_catalog: Path, tmp_path: P
     output = run_cli("export-onnx", shared_catalog, "--to", tmp_path / "out")
     assert "exported to" in output and (tmp_path / "out" / "export.json").exists()
     run_cli("export-onnx", expect=2)
+
+
+# The multilingual text model (a sentence-transformers model, not CLIP) -----------------------------
+@pytest.fixture(scope="module")
+def text_exported(tmp_path_factory: pytest.TempPathFactory, toy_multilingual: str) -> Path:
+    return export_text(toy_multilingual, tmp_path_factory.mktemp("onnx-text") / "toy-multilingual")
+
+
+@pytest.fixture(scope="module")
+def ml_catalog(tmp_path_factory: pytest.TempPathFactory, world: Path, toy_model: str, toy_multilingual: str) -> Path:
+    """The toy world built with the toy multilingual model recorded beside the toy CLIP."""
+    folder = tmp_path_factory.mktemp("onnx-multilingual")
+    shutil.copytree(world, folder / "images")
+    build(folder / "photos.db", folder / "images",
+          BuildOptions(ModelChoice(model=toy_model, multilingual_model=toy_multilingual), batch_size=16))
+    return folder / "photos.db"
+
+
+def test_a_text_models_export_gives_sentence_transformers_vectors(text_exported: Path, toy_multilingual: str) -> None:
+    facts = json.loads((text_exported / "export.json").read_text())
+    assert facts["kind"] == "text" and facts["worst_cosine"] >= FAITHFUL
+    on_onnx = Embedder(toy_multilingual, "cpu", "fp32", runtime="onnx", onnx=str(text_exported))
+    on_torch = Embedder(toy_multilingual, "cpu", "fp32", runtime="torch")
+    assert isinstance(on_onnx.onnx, OnnxText) and on_onnx.modalities == ["text"] and on_torch.onnx is None
+    texts = ["一个红色的圆", "синий квадрат", "a red circle", "红" * 500]  # the last is cut where the model cuts it
+    assert np.min(np.sum(on_onnx.encode_texts(texts) * on_torch.encode_texts(texts), axis=1)) >= FAITHFUL
+    with pytest.raises(ModelError, match="cannot encode images"):
+        on_onnx.encode_images([Image.new("RGB", (8, 8))])
+
+
+def test_an_export_is_found_only_for_its_kind_of_model(
+    exported: Path, text_exported: Path, toy_model: str, toy_multilingual: str, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("IMGSEARCH_CACHE", str(tmp_path / "empty-cache"))
+    assert find_export(toy_model, text_exported) is None and find_text_export(toy_multilingual, exported) is None
+    beside = tmp_path / "clip-onnx"  # what export-onnx CATALOG --to writes: the text model in a subfolder
+    shutil.copytree(exported, beside)
+    shutil.copytree(text_exported, beside / TEXT_SUBFOLDER)
+    assert find_export(toy_model, beside) == beside
+    assert find_text_export(toy_multilingual, beside) == beside / TEXT_SUBFOLDER
+
+
+def test_a_damaged_text_export_falls_back_to_torch_or_says_so(text_exported: Path, toy_multilingual: str, tmp_path: Path) -> None:
+    damaged = tmp_path / "damaged"
+    shutil.copytree(text_exported, damaged)
+    (damaged / "tokenizer.json").write_text("{not json")
+    assert Embedder(toy_multilingual, "cpu", "fp32", runtime="auto", onnx=str(damaged)).onnx is None
+    with pytest.raises(ModelError, match="cannot be read"):
+        Embedder(toy_multilingual, "cpu", "fp32", runtime="onnx", onnx=str(damaged))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("query", ["一个红色的圆", "синий квадрат", "a red circle + 绿色"])
+def test_a_catalogs_exports_answer_other_languages_without_torch(ml_catalog: Path, tmp_path: Path, query: str) -> None:
+    output = run_cli("export-onnx", ml_catalog, "--to", tmp_path / "clip-onnx")
+    assert output.count("exported to") == 2 and (tmp_path / "clip-onnx" / TEXT_SUBFOLDER / "export.json").exists()
+    args = ["search", str(ml_catalog), query, "--onnx", str(tmp_path / "clip-onnx"), "--json"]
+    found = run_search(args, tmp_path / "empty-cache")
+    assert found.returncode == 0, found.stderr
+    assert found.stderr.strip().splitlines()[-1] == "False"  # torch never imported
+    on_torch = run_search([*args[:-1], "--runtime", "torch", "--json"], tmp_path / "empty-cache")
+    assert [hit["id"] for hit in json.loads(found.stdout)] == [hit["id"] for hit in json.loads(on_torch.stdout)]
+
+
+def test_a_multilingual_model_not_on_this_machine_leaves_the_clip_export_made(shared_catalog: Path, tmp_path: Path) -> None:
+    catalog = tmp_path / "photos.db"
+    shutil.copyfile(shared_catalog, catalog)
+    with Catalog(catalog, write=True) as opened:
+        opened.set_meta(multilingual_model=str(tmp_path / "no-such-model"))
+    result = CliRunner().invoke(cli, ["export-onnx", str(catalog), "--to", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    assert "no-such-model: not exported" in result.output and "terms it reads need torch" in result.output
+    assert (tmp_path / "out" / "export.json").exists() and not (tmp_path / "out" / TEXT_SUBFOLDER).exists()
 
 
 @pytest.mark.datasette

@@ -19,17 +19,17 @@ import numpy as np
 
 from datasette_imgsearch.errors import ModelError
 from datasette_imgsearch.images.pixels import DEFAULT_THUMBNAIL_SIZE
-from datasette_imgsearch.models import onnxclip
+from datasette_imgsearch.models import onnxclip, onnxtext
 from datasette_imgsearch.models.batcher import Batcher
 from datasette_imgsearch.models.hardware import PRECISIONS, best_precision, resolve_device
 from datasette_imgsearch.models.hub import load_sentence_transformer
 from datasette_imgsearch.models.names import looks_like_path, model_key
-from datasette_imgsearch.models.onnxclip import ONNX_INSTALL
+from datasette_imgsearch.models.onnxclip import ONNX_INSTALL, OnnxClip
+from datasette_imgsearch.models.onnxtext import OnnxText
 from datasette_imgsearch.models.preprocessing import ClipPixels, PixelsOnly, draft_sides, model_input_side
 
 if TYPE_CHECKING:
     from datasette_imgsearch.models.fastclip import FastClip
-    from datasette_imgsearch.models.onnxclip import OnnxClip
 
 
 class Embedder:
@@ -52,10 +52,13 @@ class Embedder:
         self.clip: FastClip | None = None
         self.modalities: list[str] = ["text", "image"]
         self._pixels: ClipPixels | None = None
-        self.onnx = _onnx_clip(name, device, precision, runtime, onnx) if plain and PLAIN_CLIP else None
+        self.onnx = _on_onnx_runtime(name, device, precision, runtime, onnx) if plain and PLAIN_CLIP else None
         if self.onnx is not None:
             self.device, self.precision, self.dimension = "cpu", "fp32", self.onnx.dimension
-            self._pixels = ClipPixels(self.onnx.image_processor)
+            if isinstance(self.onnx, OnnxText):
+                self.modalities = ["text"]
+            else:
+                self._pixels = ClipPixels(self.onnx.image_processor)
             return
         if runtime == "onnx":
             raise ModelError(f"{name} has no ONNX export here to run on ONNX Runtime: make one with "
@@ -155,7 +158,7 @@ class Embedder:
 
     def encode_preprocessed(self, batch: list[dict[str, Any]]) -> np.ndarray:
         """Run the network on preprocessed images; returns L2-normalised float32 rows."""
-        if self.onnx is not None:
+        if isinstance(self.onnx, OnnxClip):
             with self._lock:
                 return _normalise(self.onnx.encode_pixels(np.concatenate([item["pixel_values"] for item in batch])))
         import torch
@@ -228,19 +231,20 @@ def _plain_clip(name: str, device: str) -> tuple[FastClip, ClipPixels] | None:
         return None
 
 
-def _onnx_clip(name: str, device: str, precision: str, runtime: str, folder: str | None) -> "OnnxClip | None":
+def _on_onnx_runtime(name: str, device: str, precision: str, runtime: str, folder: str | None) -> "OnnxClip | OnnxText | None":
     """The model on ONNX Runtime, when the runtime allows it (``auto`` or ``onnx``; on the CPU, in fp32: bf16
-    asked for is torch's) and an export of exactly this model exists with ONNX Runtime installed; None
-    means torch."""
+    asked for is torch's) and an export of exactly this model exists with ONNX Runtime installed: a CLIP
+    model's two towers, or a text model's one graph (the multilingual model); None means torch."""
     if runtime == "onnx" and precision == "bf16":
         raise ModelError("ONNX Runtime runs the model in fp32: leave out precision bf16, or use runtime torch")
     if runtime == "torch" or precision == "bf16" or device not in ("auto", "cpu") or not onnxclip.runtime_available():
         return None
-    export = onnxclip.find_export(name, folder)
+    clip_export = onnxclip.find_export(name, folder)
+    export = clip_export or onnxtext.find_text_export(name, folder)
     if export is None:
         return None
     try:
-        return onnxclip.load_export(export)
+        return onnxclip.load_export(export) if clip_export else onnxtext.load_text_export(export)
     except Exception as error:  # a damaged export: torch answers, and says nothing is lost
         if runtime == "onnx":
             raise ModelError(f"the ONNX export in {export} cannot be read ({error}): make it again with export-onnx") from None

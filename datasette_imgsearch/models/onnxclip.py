@@ -28,7 +28,7 @@ import threading
 import warnings
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
@@ -37,6 +37,8 @@ from datasette_imgsearch.models import fastclip
 from datasette_imgsearch.models.names import cache_folder, looks_like_path
 
 EXPORT_FORMAT = 1
+TEXT_KIND = "text"  # export.json's kind for a text model's one graph (onnxtext.py); "clip" (or none) for two towers
+TEXT_SUBFOLDER = "multilingual"  # where export-onnx --to puts a catalog's multilingual text model, in its folder
 FAITHFUL = 0.9999  # the least cosine between an exported tower's vectors and torch's, in fp32
 ONNX_INSTALL = "pip install 'datasette-imgsearch[onnx]'"
 
@@ -60,13 +62,18 @@ def default_export_folder(folder: Path, folder_digest: str) -> Path:
     return cache_folder() / "onnx" / f"{slug}-{folder_digest}"
 
 
-def find_export(name: str, named: str | Path | None = None) -> Path | None:
-    """The export of model ``name`` to use, or None. Where the model's folder is here, an export of exactly
-    its files: the folder ``named``, else the cache's. Where it is not (a server given only the export),
-    the folder ``named`` when it was exported from a model of that name."""
-    folder = _model_folder_if_here(name)
+def find_export(name: str, named: str | Path | None = None, kind: str = "clip",
+                folder_of: Callable[[str], Path | None] | None = None) -> Path | None:
+    """The export of model ``name`` to use, or None. Where the model's folder is here (``folder_of``,
+    else :func:`model_folder`), an export of exactly its files: the folder ``named`` (or, for a text
+    model's export, its ``multilingual`` subfolder), else the cache's. Where it is not (a server given
+    only the export), such a folder when it was exported from a model of that name. ``kind`` is
+    ``clip`` (two towers) or ``text`` (onnxtext.py's one)."""
+    folder = _model_folder_if_here(name, folder_of or model_folder)
     wanted = digest(folder) if folder is not None else None
     candidates = [Path(named).expanduser()] if named else []
+    if named and kind == TEXT_KIND:
+        candidates.append(Path(named).expanduser() / TEXT_SUBFOLDER)
     if folder is not None and wanted is not None:
         candidates.append(default_export_folder(folder, wanted))
     for candidate in candidates:
@@ -74,18 +81,37 @@ def find_export(name: str, named: str | Path | None = None) -> Path | None:
             facts = json.loads((candidate / "export.json").read_text())
         except (OSError, ValueError):
             continue
-        if facts.get("format") != EXPORT_FORMAT:
+        if facts.get("format") != EXPORT_FORMAT or facts.get("kind", "clip") != kind:
             continue
         if (facts.get("model_digest") == wanted) if wanted is not None else facts.get("name") == name:
             return candidate
     return None
 
 
-def _model_folder_if_here(name: str) -> Path | None:
+def _model_folder_if_here(name: str, folder_of: Callable[[str], Path | None]) -> Path | None:
     try:
-        return model_folder(name)
+        return folder_of(name)
     except ImportError:  # a serving install without huggingface_hub cannot look in the hub's cache
         return None
+
+
+def open_session(path: Path, threads: int | None = None) -> Any:
+    """An ONNX Runtime session on an exported graph. The graphs were optimised when they were exported,
+    so opening one does no optimisation again."""
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_DISABLE_ALL
+    # ONNX Runtime's threads spin for a while after each run by default, taking the cores from the
+    # pass over the vectors (and from concurrent queries) that follows every encoding.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    if threads:
+        options.intra_op_num_threads = threads
+    try:
+        return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as error:  # ONNX Runtime's own exception types, for a damaged or foreign file
+        raise ModelError(f"the ONNX export in {path.parent} cannot be read ({error}): make it again "
+                         "with export-onnx") from None
 
 
 def runtime_available() -> bool:
@@ -119,25 +145,10 @@ class OnnxClip:
                 raise ModelError(f"{export} has no {tower}.onnx")
 
     def session(self, tower: str) -> Any:
-        """The tower's session, opened once. The export's graphs were optimised when it was made, so
-        opening one does no optimisation again."""
+        """The tower's session, opened once."""
         with self._lock:
             if tower not in self._sessions:
-                import onnxruntime
-
-                options = onnxruntime.SessionOptions()
-                options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_DISABLE_ALL
-                # ONNX Runtime's threads spin for a while after each run by default, taking the cores from the
-                # pass over the vectors (and from concurrent queries) that follows every encoding.
-                options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-                if self.threads:
-                    options.intra_op_num_threads = self.threads
-                try:
-                    self._sessions[tower] = onnxruntime.InferenceSession(
-                        str(self.folder / f"{tower}.onnx"), options, providers=["CPUExecutionProvider"])
-                except Exception as error:  # ONNX Runtime's own exception types, for a damaged or foreign file
-                    raise ModelError(f"the ONNX export in {self.folder} cannot be read ({error}): make it again "
-                                     "with export-onnx") from None
+                self._sessions[tower] = open_session(self.folder / f"{tower}.onnx", self.threads)
             return self._sessions[tower]
 
     def encode_texts(self, texts: list[str]) -> np.ndarray:
@@ -158,7 +169,7 @@ def load_export(export: Path, threads: int | None = None) -> OnnxClip:
     return OnnxClip(export, int(facts["dimension"]), int(facts["max_positions"]), threads)
 
 
-_EXPORTING = threading.Lock()
+EXPORTING = threading.Lock()
 
 
 def export(name: str, to: Path | None = None) -> Path:
@@ -171,18 +182,19 @@ def export(name: str, to: Path | None = None) -> Path:
                          "(its queries stay on torch)")
     folder_digest = digest(folder)
     target = Path(to).expanduser() if to else default_export_folder(folder, folder_digest)
-    with _EXPORTING:
+    with EXPORTING:
         target.mkdir(parents=True, exist_ok=True)
         (target / "export.json").unlink(missing_ok=True)  # until it is checked, this folder holds no export
         for file in COPIED_FILES:  # the tokenizer and the image processor: the export needs nothing else
             if (folder / file).is_file():
                 shutil.copyfile(folder / file, target / file)
         _write_towers(clip, target)
-        _optimise(target)
+        optimise(target)
         worst = _check(clip, OnnxClip(target, clip.towers.dimension, clip.towers.max_positions))
         if worst < FAITHFUL:
             raise ModelError(f"the ONNX export of {name} drifts from torch (cosine {worst:.6f} < {FAITHFUL}): not used")
-        facts = {"format": EXPORT_FORMAT, "name": name, "model": str(folder.resolve()), "model_digest": folder_digest,
+        facts = {"format": EXPORT_FORMAT, "kind": "clip", "name": name, "model": str(folder.resolve()),
+                 "model_digest": folder_digest,
                  "dimension": clip.towers.dimension, "max_positions": clip.towers.max_positions,
                  "worst_cosine": round(worst, 7),
                  "sizes": {f"{tower}.onnx": (target / f"{tower}.onnx").stat().st_size for tower in TOWERS}}
@@ -215,7 +227,7 @@ def _write_towers(clip: fastclip.FastClip, target: Path) -> None:
     pixels = torch.zeros(2, 3, side, side)
     batch, length = torch.export.Dim("batch", min=1, max=4096), torch.export.Dim("length", min=2, max=towers.max_positions)
     quiet = contextlib.redirect_stdout(io.StringIO())  # the exporter prints its progress, and logs what it skips
-    with torch.inference_mode(), quiet, warnings.catch_warnings(), _quiet_logger("torch.onnx"):
+    with torch.inference_mode(), quiet, warnings.catch_warnings(), quiet_logger("torch.onnx"):
         warnings.simplefilter("ignore")
         torch.onnx.export(Text(), (ids,), str(target / "text.onnx"), dynamo=True, external_data=False, verbose=False,
                           input_names=["input_ids"], output_names=["vectors"],
@@ -224,13 +236,13 @@ def _write_towers(clip: fastclip.FastClip, target: Path) -> None:
                           input_names=["pixel_values"], output_names=["vectors"], dynamic_shapes={"pixel_values": {0: batch}})
 
 
-def _optimise(target: Path) -> None:
+def optimise(target: Path, towers: tuple[str, ...] = ("text", "image")) -> None:
     """Each tower's graph optimised once, here, as ONNX Runtime would at every load (the fusions of its
     extended level, which hold on any CPU; not the layouts of the level above, which are tied to one), so
     a query process opens it without that work: about half a second less for ViT-B/32's two towers."""
     import onnxruntime
 
-    for tower in TOWERS:
+    for tower in towers:
         options = onnxruntime.SessionOptions()
         options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
         options.optimized_model_filepath = str(target / f"{tower}.optimised.onnx")
@@ -239,7 +251,7 @@ def _optimise(target: Path) -> None:
 
 
 @contextlib.contextmanager
-def _quiet_logger(name: str) -> Iterator[None]:
+def quiet_logger(name: str) -> Iterator[None]:
     logger = logging.getLogger(name)
     level = logger.level
     logger.setLevel(logging.ERROR)
@@ -259,9 +271,9 @@ def _check(clip: fastclip.FastClip, exported: OnnxClip) -> float:
         ids = torch.tensor([encoding.ids for encoding in clip.tokenizer.encode_batch(PROBE_TEXTS)])
         expected = [clip.towers.encode_text(ids).numpy(), clip.towers.encode_images(torch.from_numpy(pixels)).numpy()]
     found = [exported.encode_texts(PROBE_TEXTS), exported.encode_pixels(pixels)]
-    cosines = [np.sum(_unit(a) * _unit(b), axis=1) for a, b in zip(expected, found)]
+    cosines = [np.sum(unit(a) * unit(b), axis=1) for a, b in zip(expected, found)]
     return float(np.concatenate(cosines).min())
 
 
-def _unit(vectors: np.ndarray) -> np.ndarray:
+def unit(vectors: np.ndarray) -> np.ndarray:
     return vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)

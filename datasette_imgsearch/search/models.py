@@ -73,7 +73,7 @@ class QueryModels:
                                  snapshot)
         name = self.multilingual_model(snapshot)
         assert name is not None  # reader_of routes nothing to a missing multilingual model
-        embedder = self.models.load(name, device, precision, option="--multilingual-model", runtime=runtime)
+        embedder = self.models.load(name, device, precision, option="--multilingual-model", runtime=runtime, onnx=onnx)
         if not embedder.supports_text:
             raise ModelError(f"the multilingual model {name!r} cannot encode text")
         return self._checked(embedder, snapshot)

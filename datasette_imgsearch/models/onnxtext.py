@@ -1,0 +1,156 @@
+"""A sentence-transformers text model exported to ONNX and run on ONNX Runtime: the multilingual model
+that reads a query's non-English terms, answered without importing torch like CLIP's own towers.
+
+:func:`export_text` writes the model's whole forward pass (its transformer, pooling and dense layers, as
+sentence-transformers runs them) to one graph for any batch and length, checks it against
+sentence-transformers in fp32 (cosine ≥ ``FAITHFUL``) and copies ``tokenizer.json`` beside it.
+:class:`OnnxText` reads it back with ``tokenizers`` and numpy alone, cutting texts at the model's own
+``max_seq_length`` as sentence-transformers does. Exports are found as CLIP's are (onnxclip.py), with
+``kind`` ``text`` in ``export.json``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import shutil
+import threading
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from datasette_imgsearch.errors import ModelError
+from datasette_imgsearch.models import fastclip
+from datasette_imgsearch.models.names import looks_like_path
+from datasette_imgsearch.models.onnxclip import (
+    EXPORT_FORMAT,
+    EXPORTING,
+    FAITHFUL,
+    TEXT_KIND,
+    default_export_folder,
+    digest,
+    find_export,
+    open_session,
+    optimise,
+    quiet_logger,
+    unit,
+)
+
+GRAPH = "text.onnx"
+PROBE_TEXTS = ["一只红色的圆", "синий квадрат", "a red circle", "x", "ein sehr langer Satz über eine Straße bei Nacht " * 40]
+
+
+def text_model_folder(name: str) -> Path | None:
+    """The folder of a sentence-transformers text model with a fast tokenizer (``tokenizer.json``): a local
+    folder, or a hub name already in the cache; None for anything else, CLIP folders included."""
+    folder = Path(name).expanduser() if looks_like_path(name) else fastclip.hub_folder(name)
+    if folder is None or not (folder / "modules.json").is_file() or not (folder / "tokenizer.json").is_file():
+        return None
+    return None if fastclip.clip_folder(folder) is not None else folder
+
+
+def find_text_export(name: str, named: str | Path | None = None) -> Path | None:
+    """The export of text model ``name`` to use, or None (see :func:`onnxclip.find_export`)."""
+    return find_export(name, named, TEXT_KIND, text_model_folder)
+
+
+class OnnxText:
+    """A text model's one graph on ONNX Runtime, with its tokenizer; opened at its first query."""
+
+    image_processor = None
+
+    def __init__(self, export: Path, dimension: int, max_length: int, threads: int | None = None) -> None:
+        from tokenizers import Tokenizer
+
+        self.folder = export
+        self.dimension = dimension
+        self.threads = threads
+        try:
+            self.tokenizer = Tokenizer.from_file(str(export / "tokenizer.json"))
+        except Exception as error:  # tokenizers' own exception, for a damaged or foreign file
+            raise ModelError(f"{export / 'tokenizer.json'} cannot be read ({error}): make the export again") from None
+        self.tokenizer.no_padding()  # padded below, with an attention mask, to the longest text of a batch
+        self.tokenizer.enable_truncation(max_length)
+        self._session: Any = None
+        self._lock = threading.Lock()
+        if not (export / GRAPH).is_file():
+            raise ModelError(f"{export} has no {GRAPH}")
+
+    def encode_texts(self, texts: list[str]) -> np.ndarray:
+        encodings = self.tokenizer.encode_batch(texts)
+        length = max(len(encoding.ids) for encoding in encodings)
+        ids = np.zeros((len(texts), length), dtype=np.int64)
+        mask = np.zeros((len(texts), length), dtype=np.int64)
+        for row, encoding in enumerate(encodings):
+            ids[row, : len(encoding.ids)] = encoding.ids
+            mask[row, : len(encoding.ids)] = 1
+        with self._lock:
+            if self._session is None:
+                self._session = open_session(self.folder / GRAPH, self.threads)
+        return self._session.run(None, {"input_ids": ids, "attention_mask": mask})[0]
+
+
+def load_text_export(export: Path, threads: int | None = None) -> OnnxText:
+    """The text model's export in ``export`` (see :func:`find_text_export`)."""
+    facts = json.loads((export / "export.json").read_text())
+    size = facts.get("sizes", {}).get(GRAPH)
+    if not (export / GRAPH).is_file() or (export / GRAPH).stat().st_size != size:
+        raise ModelError(f"{export / GRAPH} is not the file that was exported (missing, or another size)")
+    return OnnxText(export, int(facts["dimension"]), int(facts["max_length"]), threads)
+
+
+def export_text(name: str, to: Path | None = None) -> Path:
+    """Export text model ``name`` to ONNX (``to``, else the cache), check it against sentence-transformers,
+    and return the folder. Needs torch, sentence-transformers, onnx and onnxscript, as a build has."""
+    from datasette_imgsearch.models.hub import load_sentence_transformer
+
+    folder = text_model_folder(name)
+    if folder is None:
+        raise ModelError(f"{name} is neither a CLIP model nor a sentence-transformers text model with a "
+                         "tokenizer.json on this machine: it cannot be exported (its queries stay on torch)")
+    model = load_sentence_transformer(str(folder), "cpu")
+    folder_digest = digest(folder)
+    target = Path(to).expanduser() if to else default_export_folder(folder, folder_digest)
+    with EXPORTING:
+        target.mkdir(parents=True, exist_ok=True)
+        (target / "export.json").unlink(missing_ok=True)  # until it is checked, this folder holds no export
+        shutil.copyfile(folder / "tokenizer.json", target / "tokenizer.json")
+        _write_graph(model, target / GRAPH)
+        optimise(target, ("text",))
+        dimension = int(model.encode(["x"]).shape[1])
+        exported = OnnxText(target, dimension, int(model.max_seq_length))
+        worst = float(np.sum(unit(model.encode(PROBE_TEXTS)) * unit(exported.encode_texts(PROBE_TEXTS)), axis=1).min())
+        if worst < FAITHFUL:
+            raise ModelError(f"the ONNX export of {name} drifts from torch (cosine {worst:.6f} < {FAITHFUL}): not used")
+        facts = {"format": EXPORT_FORMAT, "kind": TEXT_KIND, "name": name, "model": str(folder.resolve()),
+                 "model_digest": folder_digest, "dimension": dimension, "max_length": int(model.max_seq_length),
+                 "worst_cosine": round(worst, 7), "sizes": {GRAPH: (target / GRAPH).stat().st_size}}
+        (target / "export.json").write_text(json.dumps(facts, indent=2))
+    return target
+
+
+def _write_graph(model: Any, path: Path) -> None:
+    """The model's forward pass, ids and attention mask in, its sentence vectors out, for any batch and length."""
+    import torch
+
+    class Text(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = model
+
+        def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+            return self.model({"input_ids": input_ids, "attention_mask": attention_mask})["sentence_embedding"]
+
+    probe = model.tokenizer(PROBE_TEXTS[:2], padding=True, return_tensors="pt")
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    length = torch.export.Dim("length", min=2, max=int(model.max_seq_length))
+    quiet = contextlib.redirect_stdout(io.StringIO())  # the exporter prints its progress, and logs what it skips
+    with torch.inference_mode(), quiet, warnings.catch_warnings(), quiet_logger("torch.onnx"):
+        warnings.simplefilter("ignore")
+        torch.onnx.export(Text().eval(), (probe["input_ids"], probe["attention_mask"]), str(path), dynamo=True,
+                          external_data=False, verbose=False, input_names=["input_ids", "attention_mask"],
+                          output_names=["vectors"],
+                          dynamic_shapes={"input_ids": {0: batch, 1: length}, "attention_mask": {0: batch, 1: length}})
