@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import shutil
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -96,6 +98,24 @@ def test_a_device_that_is_not_there() -> None:
         pytest.skip("this machine has CUDA")
     with pytest.raises(ModelError, match="no CUDA GPU"):
         Embedder("unused", "cuda")
+
+
+@pytest.mark.parametrize("gpu_possible, imports_torch", [(False, False), (True, True)])
+def test_auto_is_the_cpu_without_importing_torch_where_no_gpu_can_be(gpu_possible: bool, imports_torch: bool) -> None:
+    """A build on ONNX Runtime never needs torch: where no GPU device node exists, ``auto`` is the CPU
+    without importing it (seconds of every such build); where one may, torch is asked."""
+    probe = ("import sys\nfrom datasette_imgsearch.models import hardware\n"
+             f"hardware.gpu_possible = lambda: {gpu_possible}\n"
+             "device = hardware.resolve_device('auto')\nprint(device, 'torch' in sys.modules)")
+    found = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, check=True)
+    device, torch_imported = found.stdout.split()
+    assert torch_imported == str(imports_torch) and (device == "cpu" or gpu_possible)
+
+
+def test_without_torch_a_model_with_no_export_says_what_to_do(toy_model: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "torch", None)  # import torch now raises ImportError, as in a serving install
+    with pytest.raises(ModelError, match="torch is not installed here and .* has no ONNX export"):
+        Embedder(toy_model, "auto", runtime="torch")
 
 
 def test_a_separate_text_model_is_recorded_and_used(tmp_path: Path, images: Path, toy_model: str) -> None:

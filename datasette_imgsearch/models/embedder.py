@@ -64,10 +64,11 @@ class Embedder:
             raise ModelError(f"{name} has no ONNX export here to run on ONNX Runtime: make one with "
                              f"'datasette-imgsearch export-onnx --model {name}' ({ONNX_INSTALL}), or use runtime auto")
         try:
-            self.device = resolve_device(device)
+            import torch  # noqa: F401  (everything below runs on it)
         except ImportError:
             raise ModelError(f"torch is not installed here and {name} has no ONNX export here: run 'datasette-imgsearch "
                              "export-onnx' where torch is, and name its folder with the onnx setting (docs/onnx.md)") from None
+        self.device = resolve_device(device)
         self.precision = best_precision(self.device) if precision == "auto" else precision
         plain_clip = _plain_clip(name, self.device) if plain and PLAIN_CLIP else None
         if plain_clip is not None:

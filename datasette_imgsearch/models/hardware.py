@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import sys
 from pathlib import Path
 
 from datasette_imgsearch.errors import ModelError
@@ -37,7 +38,20 @@ def cpu_computes_bf16() -> bool:
         return False
 
 
+# Device nodes through which torch could reach a GPU: NVIDIA's, AMD's (ROCm) and WSL's.
+GPU_NODES = ("/dev/nvidiactl", "/dev/nvidia0", "/proc/driver/nvidia", "/dev/kfd", "/dev/dxg")
+
+
+def gpu_possible() -> bool:
+    """Whether torch might find a GPU here: a Mac (Apple's MPS), Windows (no cheap way to tell), or one of
+    ``GPU_NODES``. Where none is, ``auto`` is the CPU, known without importing torch: seconds of every build
+    on ONNX Runtime, which otherwise never needs torch."""
+    return sys.platform in ("darwin", "win32") or any(Path(node).exists() for node in GPU_NODES)
+
+
 def resolve_device(device: str) -> str:
+    if device == "auto" and not gpu_possible():
+        return "cpu"
     import torch
 
     if device == "auto":
