@@ -8,7 +8,8 @@ model's cost is the same and only the two programs differ. rclip is installed in
 (benchmarks/.cache/rclip-venv) and never downloads: its data folder holds the model already.
 
 Each round, interleaved, each command a fresh process: a build of the photos (rclip indexes a folder
-at its first query, so its build is that first query), then cold text searches, with their peak memory.
+at its first query, so its build is that first query), then cold text searches, with their peak memory:
+this project's from the full install (torch and every extra present) and from a serving install.
 A build also reads the words in the pictures when the ``ocr`` extra is installed, which rclip does not
 do; the build without it (``--no-ocr``) is the same work as rclip's.
 
@@ -27,7 +28,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import CACHE, CLIP_BPE_FILE, clip_vocabulary, cpu_name, photo_folder, table, vit_b32
+from common import CACHE, CLIP_BPE_FILE, ROOT, clip_vocabulary, cpu_name, photo_folder, table, vit_b32
 
 RCLIP = "rclip==3.3.0"
 RCLIP_MODEL_FOLDER = "ViT-B-32-256-datacomp_s34b_b86k"  # where rclip looks for textual.onnx and visual.onnx
@@ -44,6 +45,19 @@ def rclip_venv(folder: Path = CACHE / "rclip-venv") -> Path:
         subprocess.run([sys.executable, "-m", "venv", "--clear", str(folder)], check=True)
         subprocess.run([str(folder / "bin" / "pip"), "install", "--quiet", RCLIP], check=True)
     return command
+
+
+def serving_venv(folder: Path = CACHE / "serving-venv") -> Path:
+    """The python of a serving install (requirements-serving.txt and this package without its
+    dependencies: no torch, no pandas), made once and refreshed with this checkout's package each run."""
+    python = folder / "bin" / "python"
+    if not python.exists():
+        subprocess.run([sys.executable, "-m", "venv", "--clear", str(folder)], check=True)
+        subprocess.run([str(python), "-m", "pip", "install", "--quiet", "-r", str(ROOT / "requirements-serving.txt")],
+                       check=True)
+    subprocess.run([str(python), "-m", "pip", "install", "--quiet", "--no-deps", "--force-reinstall", str(ROOT)],
+                   check=True, capture_output=True)
+    return python
 
 
 def renamed_input(source: Path, target: Path) -> None:
@@ -100,6 +114,7 @@ def main() -> None:
     os.environ["IMGSEARCH_CACHE"] = str(cache)
     exported = find_export(model) or export(model)
     rclip = str(rclip_venv())
+    serving = [str(serving_venv()), "-m", "datasette_imgsearch"]
     photos = photo_folder(args.photos, 640, 480)
     work = Path(tempfile.mkdtemp(prefix="rclip-side-by-side-"))
     times: dict[str, list[float]] = {}
@@ -121,6 +136,7 @@ def main() -> None:
         for _ in range(args.repeat):
             measure("import torch", [sys.executable, "-c", "import torch"], env)
             measure("search", CLI + ["search", str(db), QUERY, "--runtime", "onnx"], env)
+            measure("serving search", serving + ["search", str(db), QUERY, "--runtime", "onnx"], env)
             measure("rclip search", [rclip, "--no-indexing", QUERY], rclip_env, photos)
     shutil.rmtree(work, ignore_errors=True)
     torch_s = statistics.median(times["import torch"])
@@ -129,7 +145,8 @@ def main() -> None:
                         ("build", f"`datasette-imgsearch build --no-ocr` of {args.photos} photos, 640x480 (rclip's work)"),
                         ("build, words", "the same build, reading the words in the pictures too (the default with [ocr])"),
                         ("rclip build", f"rclip's first query in that folder (it indexes the {args.photos} photos)"),
-                        ("search", "cold `datasette-imgsearch search`, text, ONNX Runtime"),
+                        ("search", "cold `datasette-imgsearch search`, text, ONNX Runtime (full install)"),
+                        ("serving search", "the same search in a serving install (requirements-serving.txt, no torch)"),
                         ("rclip search", "cold `rclip --no-indexing`, text")):
         seconds = statistics.median(times[name])
         rows.append([label, f"{seconds:.2f}", f"{seconds / torch_s:.2f}x", f"{statistics.median(peaks[name]):.0f}"])
