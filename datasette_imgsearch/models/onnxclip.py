@@ -37,7 +37,7 @@ from datasette_imgsearch.models import fastclip
 from datasette_imgsearch.models.names import cache_folder, looks_like_path
 
 EXPORT_FORMAT = 1
-TEXT_KIND = "text"  # export.json's kind for a text model's one graph (onnxtext.py); "clip" (or none) for two towers
+CLIP_KIND, TEXT_KIND = "clip", "text"  # export.json's kind: two towers (older exports say none), or a text model's one graph
 TEXT_SUBFOLDER = "multilingual"  # where export-onnx --to puts a catalog's multilingual text model, in its folder
 FAITHFUL = 0.9999  # the least cosine between an exported tower's vectors and torch's, in fp32
 ONNX_INSTALL = "pip install 'datasette-imgsearch[onnx]'"
@@ -62,7 +62,7 @@ def default_export_folder(folder: Path, folder_digest: str) -> Path:
     return cache_folder() / "onnx" / f"{slug}-{folder_digest}"
 
 
-def find_export(name: str, named: str | Path | None = None, kind: str = "clip",
+def find_export(name: str, named: str | Path | None = None, kind: str = CLIP_KIND,
                 folder_of: Callable[[str], Path | None] | None = None) -> Path | None:
     """The export of model ``name`` to use, or None. Where the model's folder is here (``folder_of``,
     else :func:`model_folder`), an export of exactly its files: the folder ``named`` (or, for a text
@@ -81,7 +81,7 @@ def find_export(name: str, named: str | Path | None = None, kind: str = "clip",
             facts = json.loads((candidate / "export.json").read_text())
         except (OSError, ValueError):
             continue
-        if facts.get("format") != EXPORT_FORMAT or facts.get("kind", "clip") != kind:
+        if facts.get("format") != EXPORT_FORMAT or facts.get("kind", CLIP_KIND) != kind:
             continue
         if (facts.get("model_digest") == wanted) if wanted is not None else facts.get("name") == name:
             return candidate
@@ -193,7 +193,7 @@ def export(name: str, to: Path | None = None) -> Path:
         worst = _check(clip, OnnxClip(target, clip.towers.dimension, clip.towers.max_positions))
         if worst < FAITHFUL:
             raise ModelError(f"the ONNX export of {name} drifts from torch (cosine {worst:.6f} < {FAITHFUL}): not used")
-        facts = {"format": EXPORT_FORMAT, "kind": "clip", "name": name, "model": str(folder.resolve()),
+        facts = {"format": EXPORT_FORMAT, "kind": CLIP_KIND, "name": name, "model": str(folder.resolve()),
                  "model_digest": folder_digest,
                  "dimension": clip.towers.dimension, "max_positions": clip.towers.max_positions,
                  "worst_cosine": round(worst, 7),
@@ -236,7 +236,7 @@ def _write_towers(clip: fastclip.FastClip, target: Path) -> None:
                           input_names=["pixel_values"], output_names=["vectors"], dynamic_shapes={"pixel_values": {0: batch}})
 
 
-def optimise(target: Path, towers: tuple[str, ...] = ("text", "image")) -> None:
+def optimise(target: Path, towers: tuple[str, ...] = TOWERS) -> None:
     """Each tower's graph optimised once, here, as ONNX Runtime would at every load (the fusions of its
     extended level, which hold on any CPU; not the layouts of the level above, which are tied to one), so
     a query process opens it without that work: about half a second less for ViT-B/32's two towers."""
