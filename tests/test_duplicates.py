@@ -15,14 +15,25 @@ import pytest
 from PIL import Image
 
 from datasette_imgsearch.catalog.catalog import Catalog
-from datasette_imgsearch.duplicates.grouping import PIXEL_LIKENESS, PIXEL_LIKENESS_BUT_A_CORNER
+from datasette_imgsearch.duplicates.grouping import PIXEL_LIKENESS, PIXEL_LIKENESS_BUT_A_CORNER, alike
 from datasette_imgsearch.duplicates.links import LinkGraph
 from datasette_imgsearch.duplicates.listing import groups_by_path
 from datasette_imgsearch.duplicates.stage import comparable, update_groups
-from datasette_imgsearch.images.likeness import TURNS, Signatures, distance, likeness_hash, pixel_likeness, turned
+from datasette_imgsearch.images.likeness import (
+    _CORNER_BLOCKS,
+    TURNS,
+    Signatures,
+    _correlations_without_corners,
+    _unit,
+    corner_likeness,
+    distance,
+    likeness_hash,
+    pixel_likeness,
+    turned,
+)
 from datasette_imgsearch.images.pixels import thumbnail
 from datasette_imgsearch.images.toycopies import TRANSFORMS, score_groups, write_copies
-from datasette_imgsearch.images.toyworld import draw_image
+from datasette_imgsearch.images.toyworld import COLOURS, SHAPES, draw_image
 
 from .conftest import run_cli
 
@@ -62,8 +73,7 @@ def test_resizing_and_brightening_move_few_bits(picture: Image.Image, edit) -> N
 
 # The pixels --------------------------------------------------------------------------------------------
 def confirmed(first: Image.Image, second: Image.Image) -> bool:
-    whole, most = pixel_likeness(Signatures(thumbnail(first)), Signatures(thumbnail(second)))
-    return whole >= PIXEL_LIKENESS or most >= PIXEL_LIKENESS_BUT_A_CORNER
+    return alike(Signatures(thumbnail(first)), Signatures(thumbnail(second))) is not None
 
 
 @pytest.mark.parametrize("transform", sorted(TRANSFORMS))
@@ -78,6 +88,29 @@ def test_another_picture_of_the_same_colour_and_shape_does_not(picture: Image.Im
     import random
 
     assert not confirmed(picture, draw_image("blue", "triangle", random.Random(100 + seed), 128))
+
+
+@pytest.mark.parametrize("seed", [2, 7, 8, 13])  # pictures whose caption covers more than a twentieth of the cells
+@pytest.mark.parametrize("flip", [False, True])  # the caption in a bottom corner or, both pictures flipped, a top one
+def test_a_copy_with_a_caption_in_a_corner_looks_alike(seed: int, flip: bool) -> None:
+    import random
+
+    colour, shape = random.Random(seed).choice(list(COLOURS)), random.Random(seed).choice(SHAPES)
+    original = draw_image(colour, shape, random.Random(seed), 128)
+    pictures = [original, TRANSFORMS["with an overlay"](original, random.Random(seed))]
+    first, second = (Signatures(thumbnail(im.transpose(T.FLIP_TOP_BOTTOM) if flip else im)) for im in pictures)
+    whole, most = pixel_likeness(first, second)
+    assert whole < PIXEL_LIKENESS and most < PIXEL_LIKENESS_BUT_A_CORNER  # what confirmed pairs before corners
+    assert corner_likeness(first, second) >= PIXEL_LIKENESS_BUT_A_CORNER and alike(first, second) == whole
+
+
+@pytest.mark.parametrize("corner", range(4))
+def test_leaving_a_corner_out_is_the_correlation_of_the_rest(corner: int) -> None:
+    """The correlations come from sums over the corner alone; they equal those of the signatures without it."""
+    rows, columns = (_unit(np.random.default_rng(seed).standard_normal((n, 32 * 32 * 3))) for seed, n in ((0, 5), (1, 3)))
+    kept = np.setdiff1d(np.arange(rows.shape[1]), _CORNER_BLOCKS[corner])
+    expected = _unit(rows[:, kept]) @ _unit(columns[:, kept]).T
+    assert np.allclose(_correlations_without_corners(rows, columns)[corner], expected, atol=1e-9)
 
 
 # Groups from pairs -------------------------------------------------------------------------------------

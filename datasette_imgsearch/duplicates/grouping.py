@@ -17,13 +17,13 @@ import faiss
 import numpy as np
 
 from datasette_imgsearch.duplicates.links import STRONG
-from datasette_imgsearch.images.likeness import Signatures, distance, pixel_likeness, turned
+from datasette_imgsearch.images.likeness import Signatures, corner_likeness, distance, pixel_likeness, turned
 
 HASH_RADIUS = 8  # bits (of 63) within which a turn of one hash proposes a pair
 NEIGHBOURS = 32  # nearest embeddings looked at per picture
 NEIGHBOUR_SIMILARITY = 0.85  # and the least cosine similarity for them to propose a pair
-PIXEL_LIKENESS = 0.975  # the least correlation of the thumbnails' colours that confirms a pair
-PIXEL_LIKENESS_BUT_A_CORNER = 0.993  # or of all but the twentieth of them that differs most (an overlay)
+PIXEL_LIKENESS = 0.983  # the least correlation of the thumbnails' colours that confirms a pair
+PIXEL_LIKENESS_BUT_A_CORNER = 0.993  # or of all but the twentieth of them that differs most, or but one corner (an overlay)
 TURN_RADIUS = 8  # bits within which a turned hash lets the pixels be compared in that turn
 HASH_ONLY_RADIUS = 4  # without thumbnails, the bits within which hashes alone confirm a pair
 BLOCK_ROWS = 65_536  # catalog rows compared at once: bounds memory whatever the catalog's size
@@ -111,12 +111,23 @@ def confirmed(
     for (a, b), bits in sorted(proposed.items()):  # in id order: a picture's pairs meet its signatures while kept
         first, second = signatures_of(a), signatures_of(b)
         if first is not None and second is not None:
-            whole, most = pixel_likeness(first, second, _agreeing_turns(hashes.get(a), hashes.get(b)), enough=STRONG)
-            if whole >= PIXEL_LIKENESS or most >= PIXEL_LIKENESS_BUT_A_CORNER:
+            whole = alike(first, second, _agreeing_turns(hashes.get(a), hashes.get(b)))
+            if whole is not None:
                 pairs.append((a, b, whole))
         elif bits is not None and bits <= HASH_ONLY_RADIUS:
             pairs.append((a, b, 1.0))
     return pairs
+
+
+def alike(first: Signatures, second: Signatures, turns: Iterable[int] = range(8)) -> float | None:
+    """How alike two thumbnails look as a whole where the pixels confirm them as copies (compared in
+    ``turns`` of the second), else None: the whole pictures correlate at ``PIXEL_LIKENESS``, or at
+    ``PIXEL_LIKENESS_BUT_A_CORNER`` without the twentieth that differs most (a crop's edge) or without one
+    corner (a caption or a watermark), which is worked out only for the pairs the others leave."""
+    whole, most = pixel_likeness(first, second, turns, enough=STRONG)
+    if whole >= PIXEL_LIKENESS or most >= PIXEL_LIKENESS_BUT_A_CORNER:
+        return whole
+    return whole if corner_likeness(first, second, turns) >= PIXEL_LIKENESS_BUT_A_CORNER else None
 
 
 def _agreeing_turns(first: int | None, second: int | None) -> list[int]:

@@ -15,6 +15,7 @@ from SciPy, which this package does not otherwise need.
 The hash only proposes pairs. :func:`pixel_likeness` measures, from the two thumbnails: their colours
 at 32 × 32 after each is centred and scaled (so brightness and contrast edits do not count), compared in
 every turn and across the trims of up to a tenth that a person makes when cropping a picture.
+:func:`corner_likeness` measures the same with one corner left out, where a caption or a watermark goes.
 """
 
 from __future__ import annotations
@@ -154,6 +155,50 @@ def pixel_likeness(first: Signatures, second: Signatures, turns: Iterable[int] =
         window, turn = np.unravel_index(int(np.argmax(backward)), backward.shape)
         a, b = second.windows[window], first.turns[_INVERSE[allowed[turn]]]
     return float(a @ b), _correlation_leaving_out(a, b, 0.05)
+
+
+# A caption, a watermark or a logo sits in a corner, and covers up to about a third of the width and a sixth
+# of the height: more than the twentieth of cells that pixel_likeness leaves out, and in one block.
+CORNER_ACROSS, CORNER_DOWN = 12, 5  # cells of SIGNATURE_SIDE
+
+
+def _corner_block(top: bool, left: bool) -> np.ndarray:
+    """The positions, in a flattened signature, of one corner's block of cells (each cell's three colours)."""
+    block = np.zeros((SIGNATURE_SIDE, SIGNATURE_SIDE), dtype=bool)
+    rows = slice(0, CORNER_DOWN) if top else slice(SIGNATURE_SIDE - CORNER_DOWN, SIGNATURE_SIDE)
+    columns = slice(0, CORNER_ACROSS) if left else slice(SIGNATURE_SIDE - CORNER_ACROSS, SIGNATURE_SIDE)
+    block[rows, columns] = True
+    return np.flatnonzero(np.repeat(block.reshape(-1), 3))
+
+
+_CORNER_BLOCKS = np.stack([_corner_block(top, left) for top in (True, False) for left in (True, False)])  # (4, 180)
+
+
+def corner_likeness(first: Signatures, second: Signatures, turns: Iterable[int] = range(8)) -> float:
+    """How alike two pictures look with one corner left out, in the best of the ``turns`` of the second:
+    the correlation of their centred colours outside a ``CORNER_ACROSS`` × ``CORNER_DOWN`` block of cells
+    in any corner. So a picture with a caption or a watermark added still matches itself, however much the
+    block changed its colours; a different photo of the same scene does not gain from it, since its
+    differences are not all in one corner. Trims are not tried with it (they would triple the cost of
+    every pair left unconfirmed): a caption added to a cropped copy is not found this way."""
+    allowed = sorted(set(turns))
+    return float(_correlations_without_corners(first.turns[:1], second.turns[allowed]).max())
+
+
+def _correlations_without_corners(rows: np.ndarray, columns: np.ndarray) -> np.ndarray:
+    """The correlations of centred unit signatures ``rows`` and ``columns`` with each corner's block left
+    out, (corners, rows, columns), from sums over the blocks alone: a corner costs products of its 180
+    values, not a copy of every signature without it."""
+    kept = rows.shape[1] - _CORNER_BLOCKS.shape[1]
+    rows_block, columns_block = rows[:, _CORNER_BLOCKS], columns[:, _CORNER_BLOCKS]  # (n, corners, 180)
+    # Unit signatures sum to 0 and square-sum to 1, so what is kept sums to minus the block's sums.
+    rows_sum, columns_sum = -rows_block.sum(axis=2).T, -columns_block.sum(axis=2).T  # (corners, n)
+    rows_var = 1 - np.einsum("nck,nck->cn", rows_block, rows_block) - rows_sum ** 2 / kept
+    columns_var = 1 - np.einsum("nck,nck->cn", columns_block, columns_block) - columns_sum ** 2 / kept
+    blocks = rows_block.transpose(1, 0, 2) @ columns_block.transpose(1, 2, 0)  # (corners, n, m), as a batched product
+    products = ((rows @ columns.T)[None] - blocks
+                - rows_sum[:, :, None] * columns_sum[:, None, :] / kept)
+    return products / np.sqrt(np.maximum(rows_var[:, :, None] * columns_var[:, None, :], 1e-12))
 
 
 def _correlation_leaving_out(a: np.ndarray, b: np.ndarray, share: float) -> float:
