@@ -20,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import TOY_MODEL, free_port, table, vit_b32
+from common import TOY_MODEL, free_port, run_measured, table, vit_b32
 
 CLI = [sys.executable, "-m", "datasette_imgsearch"]
 
@@ -41,10 +41,7 @@ def seconds(command: list[str], repeat: int, plain: bool = True, cache: Path | N
 def peak_mb(command: list[str], cache: Path | None = None) -> float:
     """The peak resident memory of ``command`` in a fresh process, in MB."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", **({"IMGSEARCH_CACHE": str(cache)} if cache else {})}
-    probe = ("import resource, subprocess, sys; subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL, "
-             "stderr=subprocess.DEVNULL, check=True); print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)")
-    found = subprocess.run([sys.executable, "-c", probe, *command], env=env, capture_output=True, text=True, check=True)
-    return int(found.stdout.strip()) / 1024
+    return run_measured(command, env)[1]
 
 
 def onnx_rows(catalogs: dict[str, Path], picture: Path, repeat: int, torch_s: float) -> list[list[str]]:

@@ -194,6 +194,20 @@ def matmul_gflops(dtype: str = "fp32", size: int = 2048, repeat: int = 5) -> flo
     return 2 * size**3 / seconds / 1e9
 
 
+PEAK_PROBE = ("import resource, subprocess, sys; subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL, "
+              "stderr=subprocess.DEVNULL, check=True); print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)")
+
+
+def run_measured(command: list[str], env: dict[str, str], cwd: Path | None = None) -> tuple[float, float]:
+    """Wall seconds and peak resident MB of ``command`` in a fresh process (run under a small probe that
+    reads its children's peak memory)."""
+    started = time.perf_counter()
+    found = subprocess.run([sys.executable, "-c", PEAK_PROBE, *command], env=env, cwd=cwd, capture_output=True, text=True)
+    if found.returncode != 0:
+        raise SystemExit(f"{' '.join(command)} failed:\n{found.stderr[-2000:]}")
+    return time.perf_counter() - started, int(found.stdout.strip()) / 1024
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -25,17 +25,14 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-from common import CACHE, CLIP_BPE_FILE, ROOT, clip_vocabulary, cpu_name, photo_folder, table, vit_b32
+from common import CACHE, CLIP_BPE_FILE, ROOT, clip_vocabulary, cpu_name, photo_folder, run_measured, table, vit_b32
 
 RCLIP = "rclip==3.3.0"
 RCLIP_MODEL_FOLDER = "ViT-B-32-256-datacomp_s34b_b86k"  # where rclip looks for textual.onnx and visual.onnx
 CLI = [sys.executable, "-m", "datasette_imgsearch"]
 QUERY = "a red circle"
-PEAK_PROBE = ("import resource, subprocess, sys; subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL, "
-              "stderr=subprocess.DEVNULL, check=True); print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)")
 
 
 def rclip_venv(folder: Path = CACHE / "rclip-venv") -> Path:
@@ -90,16 +87,6 @@ def rclip_data(export: Path, folder: Path) -> Path:
     return folder
 
 
-def run(command: list[str], env: dict[str, str], cwd: Path | None = None) -> tuple[float, float]:
-    """Wall seconds and peak resident MB of ``command`` in a fresh process."""
-    started = time.perf_counter()
-    found = subprocess.run([sys.executable, "-c", PEAK_PROBE, *command], env=env, cwd=cwd, capture_output=True,
-                           text=True)
-    if found.returncode != 0:
-        raise SystemExit(f"{' '.join(command)} failed:\n{found.stderr[-2000:]}")
-    return time.perf_counter() - started, int(found.stdout.strip()) / 1024
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--photos", type=int, default=160, help="640x480 photos to build from")
@@ -121,7 +108,7 @@ def main() -> None:
     peaks: dict[str, list[float]] = {}
 
     def measure(name: str, command: list[str], where: dict[str, str], cwd: Path | None = None) -> None:
-        seconds, peak = run(command, where, cwd)
+        seconds, peak = run_measured(command, where, cwd)
         times.setdefault(name, []).append(seconds)
         peaks.setdefault(name, []).append(peak)
 

@@ -160,12 +160,25 @@ class OnnxClip:
         return self.session("image").run(None, {"pixel_values": pixels})[0]
 
 
-def load_export(export: Path, threads: int | None = None) -> OnnxClip:
-    """The export in ``export`` (see :func:`find_export`)."""
-    facts = json.loads((export / "export.json").read_text())
-    for name, size in facts.get("sizes", {}).items():  # a cut-off copy is found now, not at a query
+def read_facts(export: Path) -> dict[str, Any]:
+    """What ``export.json`` records of an export, once every graph it lists is there at its exported size:
+    a cut-off copy is found when the export is opened, not at a query."""
+    facts: dict[str, Any] = json.loads((export / "export.json").read_text())
+    for name, size in facts.get("sizes", {}).items():
         if not (export / name).is_file() or (export / name).stat().st_size != size:
             raise ModelError(f"{export / name} is not the file that was exported (missing, or another size)")
+    return facts
+
+
+def check_faithful(name: str, worst: float) -> None:
+    """Refuse an export whose vectors drift from torch's: ``worst`` is the least cosine over the probes."""
+    if worst < FAITHFUL:
+        raise ModelError(f"the ONNX export of {name} drifts from torch (cosine {worst:.6f} < {FAITHFUL}): not used")
+
+
+def load_export(export: Path, threads: int | None = None) -> OnnxClip:
+    """The export in ``export`` (see :func:`find_export`)."""
+    facts = read_facts(export)
     return OnnxClip(export, int(facts["dimension"]), int(facts["max_positions"]), threads)
 
 
@@ -191,8 +204,7 @@ def export(name: str, to: Path | None = None) -> Path:
         _write_towers(clip, target)
         optimise(target)
         worst = _check(clip, OnnxClip(target, clip.towers.dimension, clip.towers.max_positions))
-        if worst < FAITHFUL:
-            raise ModelError(f"the ONNX export of {name} drifts from torch (cosine {worst:.6f} < {FAITHFUL}): not used")
+        check_faithful(name, worst)
         facts = {"format": EXPORT_FORMAT, "kind": CLIP_KIND, "name": name, "model": str(folder.resolve()),
                  "model_digest": folder_digest,
                  "dimension": clip.towers.dimension, "max_positions": clip.towers.max_positions,
@@ -226,9 +238,7 @@ def _write_towers(clip: fastclip.FastClip, target: Path) -> None:
     side = int(clip.image_processor.crop_size["height"])
     pixels = torch.zeros(2, 3, side, side)
     batch, length = torch.export.Dim("batch", min=1, max=4096), torch.export.Dim("length", min=2, max=towers.max_positions)
-    quiet = contextlib.redirect_stdout(io.StringIO())  # the exporter prints its progress, and logs what it skips
-    with torch.inference_mode(), quiet, warnings.catch_warnings(), quiet_logger("torch.onnx"):
-        warnings.simplefilter("ignore")
+    with torch.inference_mode(), exporter_quiet():
         torch.onnx.export(Text(), (ids,), str(target / "text.onnx"), dynamo=True, external_data=False, verbose=False,
                           input_names=["input_ids"], output_names=["vectors"],
                           dynamic_shapes={"input_ids": {0: batch, 1: length}})
@@ -251,7 +261,15 @@ def optimise(target: Path, towers: tuple[str, ...] = TOWERS) -> None:
 
 
 @contextlib.contextmanager
-def quiet_logger(name: str) -> Iterator[None]:
+def exporter_quiet() -> Iterator[None]:
+    """torch's ONNX exporter without the progress it prints, its warnings, or its log of what it skips."""
+    with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings(), _quiet_logger("torch.onnx"):
+        warnings.simplefilter("ignore")
+        yield
+
+
+@contextlib.contextmanager
+def _quiet_logger(name: str) -> Iterator[None]:
     logger = logging.getLogger(name)
     level = logger.level
     logger.setLevel(logging.ERROR)

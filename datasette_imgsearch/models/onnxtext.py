@@ -11,12 +11,9 @@ sentence-transformers in fp32 (cosine ≥ ``FAITHFUL``) and copies ``tokenizer.j
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import shutil
 import threading
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -28,14 +25,15 @@ from datasette_imgsearch.models.names import looks_like_path
 from datasette_imgsearch.models.onnxclip import (
     EXPORT_FORMAT,
     EXPORTING,
-    FAITHFUL,
     TEXT_KIND,
+    check_faithful,
     default_export_folder,
     digest,
+    exporter_quiet,
     find_export,
     open_session,
     optimise,
-    quiet_logger,
+    read_facts,
     unit,
 )
 
@@ -95,10 +93,7 @@ class OnnxText:
 
 def load_text_export(export: Path, threads: int | None = None) -> OnnxText:
     """The text model's export in ``export`` (see :func:`find_text_export`)."""
-    facts = json.loads((export / "export.json").read_text())
-    size = facts.get("sizes", {}).get(GRAPH)
-    if not (export / GRAPH).is_file() or (export / GRAPH).stat().st_size != size:
-        raise ModelError(f"{export / GRAPH} is not the file that was exported (missing, or another size)")
+    facts = read_facts(export)
     return OnnxText(export, int(facts["dimension"]), int(facts["max_length"]), threads)
 
 
@@ -123,8 +118,7 @@ def export_text(name: str, to: Path | None = None) -> Path:
         dimension = int(model.encode(["x"]).shape[1])
         exported = OnnxText(target, dimension, int(model.max_seq_length))
         worst = float(np.sum(unit(model.encode(PROBE_TEXTS)) * unit(exported.encode_texts(PROBE_TEXTS)), axis=1).min())
-        if worst < FAITHFUL:
-            raise ModelError(f"the ONNX export of {name} drifts from torch (cosine {worst:.6f} < {FAITHFUL}): not used")
+        check_faithful(name, worst)
         facts = {"format": EXPORT_FORMAT, "kind": TEXT_KIND, "name": name, "model": str(folder.resolve()),
                  "model_digest": folder_digest, "dimension": dimension, "max_length": int(model.max_seq_length),
                  "worst_cosine": round(worst, 7), "sizes": {GRAPH: (target / GRAPH).stat().st_size}}
@@ -147,9 +141,7 @@ def _write_graph(model: Any, path: Path) -> None:
     probe = model.tokenizer(PROBE_TEXTS[:2], padding=True, return_tensors="pt")
     batch = torch.export.Dim("batch", min=1, max=4096)
     length = torch.export.Dim("length", min=2, max=int(model.max_seq_length))
-    quiet = contextlib.redirect_stdout(io.StringIO())  # the exporter prints its progress, and logs what it skips
-    with torch.inference_mode(), quiet, warnings.catch_warnings(), quiet_logger("torch.onnx"):
-        warnings.simplefilter("ignore")
+    with torch.inference_mode(), exporter_quiet():
         torch.onnx.export(Text().eval(), (probe["input_ids"], probe["attention_mask"]), str(path), dynamo=True,
                           external_data=False, verbose=False, input_names=["input_ids", "attention_mask"],
                           output_names=["vectors"],
