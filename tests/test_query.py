@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -222,3 +224,46 @@ def test_a_query_never_mixes_two_models_when_the_catalog_switches_under_it(share
         searcher.query_vector("row:3 + a red circle", switched)
     with pytest.raises(ModelError, match="gives 32-dimensional vectors"):
         searcher.text_vector("a brand new caption", switched)
+
+
+@pytest.mark.parametrize("queries", [1, 3, 8])
+def test_onnx_runtime_scores_as_numpy_does(queries: int) -> None:
+    pytest.importorskip("onnxruntime", reason="the onnx extra is not installed")
+    from datasette_imgsearch.vectors.onnxproduct import onnx_scores
+
+    rng = np.random.default_rng(queries)
+    matrix = rng.normal(size=(3_000, 64)).astype(np.float32)
+    vectors = [rng.normal(size=64).astype(np.float32) for _ in range(queries)]
+    scores = onnx_scores(matrix, vectors)
+    assert scores is not None and scores.shape == (queries, 3_000)
+    assert np.allclose(scores, np.stack(vectors) @ matrix.T, atol=1e-4)
+
+
+def test_the_shipped_product_graph_is_the_one_onnx_makes() -> None:
+    pytest.importorskip("onnx", reason="the onnx extra is not installed")
+    from datasette_imgsearch.vectors.onnxproduct import GRAPH, product_graph
+
+    assert GRAPH.read_bytes() == product_graph()
+
+
+SCORES_WITHOUT_TORCH = """
+import sys
+import numpy as np
+{hide}
+from datasette_imgsearch.vectors.onnxproduct import product_session
+from datasette_imgsearch.vectors.ranking import exact_scores
+matrix = np.random.default_rng(0).normal(size=(500, 32)).astype(np.float32)
+scores = exact_scores(matrix, [matrix[3], matrix[7]])
+assert np.allclose(scores, matrix[[3, 7]] @ matrix.T, atol=1e-4) and "torch" not in sys.modules
+print("onnx" if product_session() is not None else "numpy")
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("onnxruntime_there, scored_by", [(True, "onnx"), (False, "numpy")])
+def test_a_process_without_torch_scores_on_onnx_runtime_or_else_numpy(onnxruntime_there: bool, scored_by: str) -> None:
+    pytest.importorskip("onnxruntime", reason="the onnx extra is not installed")
+    hide = "" if onnxruntime_there else "sys.modules['onnxruntime'] = None  # as if not installed"
+    found = subprocess.run([sys.executable, "-c", SCORES_WITHOUT_TORCH.format(hide=hide)], capture_output=True, text=True)
+    assert found.returncode == 0, found.stderr
+    assert found.stdout.strip() == scored_by

@@ -10,6 +10,8 @@ from typing import Any
 
 import numpy as np
 
+from datasette_imgsearch.vectors.onnxproduct import onnx_scores
+
 # Rounding two unit vectors to bfloat16 moves their dot product by at most 2**-8 (about 0.004); the
 # margin a bfloat16 first pass keeps is 2.5 times that.
 FIRST_PASS_MARGIN = 0.01
@@ -69,6 +71,9 @@ def exact_scores(matrix: Any, vectors: list[np.ndarray]) -> np.ndarray:
     scores with numpy rather than import it for this."""
     torch = sys.modules.get("torch")
     if torch is None:
+        scores = onnx_scores(matrix, vectors)
+        if scores is not None:
+            return scores
         queries = np.ascontiguousarray(np.stack(vectors), dtype=np.float32)
         return np.asarray(queries @ np.asarray(matrix, dtype=np.float32).T, dtype=np.float32)
 
