@@ -1,6 +1,7 @@
 """ONNX Runtime against torch, side by side on one machine: the image tower, the text tower and whole builds.
 
     python benchmarks/runtimes.py              # about 5 minutes on two cores
+    python benchmarks/runtimes.py --without-bf16   # fp32 only: where bf16 is emulated its builds take minutes
 
 Uses a full-size ViT-B/32 with random weights (the real model's cost), exported once into a cache of its
 own. Rounds are interleaved and each way keeps its best round, since shared cores drift. Prints Markdown
@@ -27,12 +28,13 @@ os.environ.setdefault("IMGSEARCH_CACHE", str(CACHE / "runtimes-cache"))
 from datasette_imgsearch.models.embedder import Embedder  # noqa: E402
 from datasette_imgsearch.models.onnxclip import export, find_export  # noqa: E402
 
+WAYS = {"ONNX Runtime fp32": ("fp32", "onnx"), "torch fp32": ("fp32", "torch"), "torch bf16": ("bf16", "torch")}
 
-def towers(model: str, rounds: int) -> dict[str, dict[str, float]]:
+
+def towers(model: str, rounds: int, chosen: tuple[str, ...] = tuple(WAYS)) -> dict[str, dict[str, float]]:
     """Images and texts a second through each way, best of ``rounds``."""
-    ways = {"ONNX Runtime fp32": Embedder(model, "cpu", "fp32", runtime="onnx"),
-            "torch fp32": Embedder(model, "cpu", "fp32", runtime="torch"),
-            "torch bf16": Embedder(model, "cpu", "bf16", runtime="torch")}
+    ways = {name: Embedder(model, "cpu", precision, runtime=runtime)
+            for name, (precision, runtime) in WAYS.items() if name in chosen}
     rng = np.random.default_rng(0)
     pixels = rng.standard_normal((32, 3, 224, 224)).astype(np.float32)
     texts = [f"a photo of a {word} on a beach at night" for word in ("dog", "cat", "bicycle", "red car")] * 8
@@ -50,13 +52,12 @@ def towers(model: str, rounds: int) -> dict[str, dict[str, float]]:
     return best
 
 
-def builds(model: str, folder: Path, rounds: int) -> dict[str, float]:
+def builds(model: str, folder: Path, rounds: int, chosen: tuple[str, ...] = tuple(WAYS)) -> dict[str, float]:
     """Seconds for a whole `datasette-imgsearch build` of ``folder`` with each runtime in fp32 (and torch bf16),
     best of ``rounds``: each a fresh process, as a person runs it, so starting up counts (a build on ONNX
     Runtime never imports torch where no GPU can be)."""
-    ways = {"ONNX Runtime fp32": ["--runtime", "onnx"],
-            "torch fp32": ["--runtime", "torch", "--precision", "fp32"],
-            "torch bf16": ["--runtime", "torch", "--precision", "bf16"]}
+    ways = {name: ["--runtime", runtime, "--precision", precision]
+            for name, (precision, runtime) in WAYS.items() if name in chosen}
     best = {name: float("inf") for name in ways}
     for _ in range(rounds):
         for name, options in ways.items():
@@ -73,18 +74,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--photos", type=int, default=160)
+    parser.add_argument("--without-bf16", action="store_true", help="leave torch bf16 out (slow where the CPU emulates it)")
     args = parser.parse_args()
+    chosen = tuple(name for name in WAYS if not (args.without_bf16 and "bf16" in name))
     model = str(vit_b32())
     if find_export(model) is None:
         export(model)
     facts = json.loads((find_export(model) / "export.json").read_text())
     cpu = cpu_name()
-    speeds = towers(model, args.rounds)
+    speeds = towers(model, args.rounds, chosen)
     table(f"Towers of a ViT-B/32 (random weights), batch of 32 images and one text at a time ({cpu})",
           ["way", "images/s", "texts/s", "images vs torch fp32"],
           [[name, f"{s['images']:.1f}", f"{s['texts']:.1f}", f"{s['images'] / speeds['torch fp32']['images']:.2f}x"]
            for name, s in speeds.items()])
-    seconds = builds(model, photo_folder(args.photos, 640, 480), args.rounds)
+    seconds = builds(model, photo_folder(args.photos, 640, 480), args.rounds, chosen)
     table(f"A build of {args.photos} photos at 640x480 ({cpu})", ["way", "seconds", "photos/s", "vs torch fp32"],
           [[name, f"{s:.1f}", f"{args.photos / s:.1f}", f"{seconds['torch fp32'] / s:.2f}x"] for name, s in seconds.items()])
     print(f"\nexport: worst cosine against torch fp32 {facts['worst_cosine']}")
