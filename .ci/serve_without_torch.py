@@ -5,7 +5,10 @@
 
 import asyncio
 import importlib.util
+import json
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 from datasette.app import Datasette
@@ -36,7 +39,27 @@ async def main() -> None:
     page = await ds.client.get(f"/{name}/images/-/imgsearch", params={"q": "something green"})
     assert page.status_code == 200 and 'class="thumb"' in page.text
     assert "torch" not in sys.modules
-    print(f"served without torch on Datasette {__version__}: text (English and Chinese), upload, SQL and the page answered")
+    damaged_export_is_named()
+    print(f"served without torch on Datasette {__version__}: text (English and Chinese), upload, SQL and the page answered;"
+          " an export copied without its weights is named, not taken for a missing one")
+
+
+def damaged_export_is_named() -> None:
+    """An export copied without a weights file: with no torch to fall back on, the error names the file."""
+    from datasette_imgsearch.errors import ModelError
+    from datasette_imgsearch.models.embedder import Embedder
+
+    with tempfile.TemporaryDirectory() as folder:
+        damaged = Path(folder) / "export"
+        shutil.copytree(export, damaged)
+        (damaged / "text.onnx.data").unlink()
+        model = json.loads((export / "export.json").read_text())["model"]
+        try:
+            Embedder(model, "cpu", "fp32", runtime="auto", onnx=str(damaged))
+        except ModelError as error:
+            assert "text.onnx.data" in str(error) and "export-onnx" in str(error), error
+        else:
+            raise AssertionError("an export without its weights was used")
 
 
 asyncio.run(main())

@@ -10,6 +10,7 @@ Image embedding is split in two so a build can keep the model busy: :meth:`Embed
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import os
 import threading
 from pathlib import Path
@@ -246,8 +247,8 @@ def _on_onnx_runtime(name: str, device: str, precision: str, runtime: str, folde
         return None
     try:
         return onnxclip.load_export(export) if clip_export else onnxtext.load_text_export(export)
-    except Exception as error:  # a damaged export: torch answers, and says nothing is lost
-        if runtime == "onnx":
+    except Exception as error:  # a damaged export: torch answers where it is installed, and says nothing is lost
+        if runtime == "onnx" or importlib.util.find_spec("torch") is None:
             raise ModelError(f"the ONNX export in {export} cannot be read ({error}): make it again with export-onnx") from None
         return None
 
