@@ -13,10 +13,8 @@ from typing import Any, Callable, Iterator, TypeVar
 
 import click
 
-from datasette_imgsearch.build.builder import Interrupted, build
 from datasette_imgsearch.build.engines import ENGINES
-from datasette_imgsearch.build.options import BuildOptions, RayOptions, Summary
-from datasette_imgsearch.build.watch import watch as watch_folder
+from datasette_imgsearch.build.options import BuildOptions, Interrupted, RayOptions, Summary
 from datasette_imgsearch.catalog.catalog import Catalog
 from datasette_imgsearch.duplicates.collapse import Collapsed, collapsed, group_facts, has_groups, uncollapsed
 from datasette_imgsearch.duplicates.listing import MEMBER_COLUMNS, duplicate_groups
@@ -124,6 +122,10 @@ def build_command(
         datasette-imgsearch build photos.db /shared/photos --engine ray --ray-address auto --device cuda
         datasette-imgsearch build photos.db ~/Pictures --watch
     """
+    # The builder is imported here, not with this module: every other command starts 50 ms sooner without it.
+    from datasette_imgsearch.build.builder import build
+    from datasette_imgsearch.build.watch import watch as watch_folder
+
     if engine == "local" and (ray_address or ray_encoders != 1):
         raise click.UsageError("--ray-address and --ray-encoders go with --engine ray")
     options = BuildOptions(

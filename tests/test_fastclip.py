@@ -122,9 +122,10 @@ def test_other_models_and_the_switch_go_through_sentence_transformers(
 
 
 def modules_after(code: str) -> set[str]:
-    """Which heavy modules a fresh interpreter has imported after running ``code``."""
+    """Which heavy modules a fresh interpreter has imported after running ``code`` (the builder too: only
+    ``build`` needs it)."""
     probe = code + "\nimport sys, json; print(json.dumps(sorted(m for m in ('torch', 'sentence_transformers', " \
-                   "'transformers', 'datasette') if m in sys.modules)))"
+                   "'transformers', 'datasette', 'datasette_imgsearch.build.builder') if m in sys.modules)))"
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300,
                             env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert result.returncode == 0, result.stderr
@@ -132,7 +133,7 @@ def modules_after(code: str) -> set[str]:
 
 
 @pytest.mark.slow
-def test_a_cold_search_imports_neither_sentence_transformers_nor_datasette(shared_catalog: Path) -> None:
+def test_a_cold_search_imports_neither_sentence_transformers_nor_datasette_nor_the_builder(shared_catalog: Path) -> None:
     search = ("from click.testing import CliRunner\nfrom datasette_imgsearch.cli import cli\n"
               f"result = CliRunner().invoke(cli, ['search', {str(shared_catalog)!r}, 'a red circle', '--json', "
               "'--runtime', 'torch'])\n"

@@ -18,8 +18,8 @@ from datasette.app import Datasette
 from PIL import Image
 from sqlite_utils.utils import sqlite3 as sqlite_utils_sqlite3  # pysqlite3 where installed
 
-from datasette_imgsearch.build.builder import Interrupted, build
-from datasette_imgsearch.build.options import BuildOptions
+from datasette_imgsearch.build.builder import build
+from datasette_imgsearch.build.options import BuildOptions, Interrupted
 from datasette_imgsearch.catalog.catalog import Catalog
 from datasette_imgsearch.catalog.changes import Upsert
 from datasette_imgsearch.catalog.schema import catalog_files, to_blob

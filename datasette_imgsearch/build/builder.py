@@ -16,7 +16,7 @@ from datasette_imgsearch.build.engines import ENGINES
 from datasette_imgsearch.build.engines.base import Engine, EngineJob
 from datasette_imgsearch.build.inspect import Inspected
 from datasette_imgsearch.build.model import BuildModel
-from datasette_imgsearch.build.options import BuildOptions, Summary
+from datasette_imgsearch.build.options import BuildOptions, Interrupted, Summary
 from datasette_imgsearch.build.plan import plan_reembed, plan_update
 from datasette_imgsearch.build.rows import RowChanges
 from datasette_imgsearch.catalog.catalog import Catalog
@@ -235,10 +235,3 @@ def build(db_path: str | Path, folder: str | Path | None, options: BuildOptions 
     finally:
         builder.close()
 
-
-class Interrupted(KeyboardInterrupt):
-    """Ctrl-C during a build, with how many batches it had committed: those are kept."""
-
-    def __init__(self, batches: int) -> None:
-        super().__init__(batches)
-        self.batches = batches

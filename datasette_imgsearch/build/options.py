@@ -64,3 +64,11 @@ class Summary:
             f"{self.total} images: {self.added} added, {self.moved} moved, {self.updated} updated, "
             f"{self.removed} removed, {self.failed} failed, {self.unchanged} unchanged"
         )
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C during a build, with how many batches it had committed: those are kept."""
+
+    def __init__(self, batches: int) -> None:
+        super().__init__(batches)
+        self.batches = batches
