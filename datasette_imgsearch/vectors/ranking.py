@@ -68,7 +68,8 @@ def exact_scores(matrix: Any, vectors: list[np.ndarray]) -> np.ndarray:
     numpy's BLAS threads would spin against the model's threads on the same cores and slow the text
     encoder down by half. Scoring several queries at once costs little more than one, since reading
     the matrix from memory is the work. A process that never loaded torch (queries on ONNX Runtime)
-    scores with numpy rather than import it for this."""
+    scores on ONNX Runtime (:mod:`onnxproduct`), or with numpy where it is missing, rather than import
+    torch for this."""
     torch = sys.modules.get("torch")
     if torch is None:
         scores = onnx_scores(matrix, vectors)
