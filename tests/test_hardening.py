@@ -23,7 +23,7 @@ from datasette_imgsearch.build.options import BuildOptions, Interrupted
 from datasette_imgsearch.catalog.catalog import Catalog
 from datasette_imgsearch.catalog.changes import Upsert
 from datasette_imgsearch.catalog.schema import catalog_files, to_blob
-from datasette_imgsearch.catalog.writing import exclusive
+from datasette_imgsearch.catalog.writing import exclusive, lock_path
 from datasette_imgsearch.cli import interrupted_message
 from datasette_imgsearch.errors import CatalogError
 from datasette_imgsearch.models.choice import ModelChoice
@@ -169,6 +169,20 @@ def test_a_second_build_on_the_same_catalog_is_told_another_is_writing(catalog: 
     with Catalog(catalog, write=True) as held, exclusive(held):
         output = run_cli("build", catalog, images, "--model", toy_model, "--silent", expect=1)
     assert "another build is writing" in output and "Traceback" not in output
+
+
+def test_a_build_holds_its_lock_file_only_while_it_writes(catalog: Path, images: Path, toy_model: str) -> None:
+    run_cli("build", catalog, images, "--model", toy_model, "--silent")
+    with Catalog(catalog, write=True) as held:
+        path = lock_path(held)
+        assert not path.exists()  # none left behind by the build
+        with exclusive(held):
+            assert path.exists()
+            with pytest.raises(CatalogError, match="another build is writing"), exclusive(held):
+                pass
+        assert not path.exists()
+        with exclusive(held):  # and the next writer takes it again
+            assert path.exists()
 
 
 def test_an_interrupted_first_build_remembers_its_model_dimension_and_folder(
