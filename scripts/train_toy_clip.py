@@ -1,7 +1,7 @@
 """Train the tiny toy-world CLIP that the tests and the README's quick start use.
 
     python scripts/train_toy_clip.py            # writes tests/fixtures/toy-clip/ in about 13 minutes
-    python scripts/train_toy_clip.py --resume tests/fixtures/toy-clip    # the second stage only, one minute
+    python scripts/train_toy_clip.py --resume FIRST_STAGE_MODEL --stages noise   # the second stage only, one minute
 
 Real CLIP weights cannot be downloaded everywhere, and a randomly initialised CLIP only proves
 plumbing. This script trains a small transformers ``CLIPModel`` with its own small tokenizer on the
