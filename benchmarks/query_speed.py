@@ -134,15 +134,22 @@ def scale(rows: int, kinds: list[str], queries: int = 100) -> list[list[object]]
 
     import torch
 
-    from datasette_imgsearch.vectors.ranking import rescored_top_k
+    from datasette_imgsearch.vectors.int8pass import Int8Table
+    from datasette_imgsearch.vectors.ranking import FIRST_PASS_MARGIN, rescored_top_k
 
     first_pass = torch.from_numpy(matrix).bfloat16()
+    codes = Int8Table(matrix)
 
     def plain(q: np.ndarray) -> list[int]:
         return [h.id for h in top_k(ids, exact_scores(matrix, [q])[0], 10, set(), None)]
 
     def two_pass(q: np.ndarray) -> list[int]:
-        return [h.id for h in rescored_top_k(ids, matrix, q, exact_scores(first_pass, [q])[0], 10, set(), None)]
+        rough = exact_scores(first_pass, [q])[0]
+        return [h.id for h in rescored_top_k(ids, matrix, q, rough, FIRST_PASS_MARGIN, 10, set(), None)]
+
+    def int8_pass(q: np.ndarray) -> list[int]:
+        rough, margins = codes.scores([q])
+        return [h.id for h in rescored_top_k(ids, matrix, q, rough[0], float(margins[0]), 10, set(), None)]
 
     def measure(search) -> tuple[float, float, float]:
         samples, recall = [], []
@@ -159,6 +166,8 @@ def scale(rows: int, kinds: list[str], queries: int = 100) -> list[list[object]]
         ("exact, float32 matrix-vector product", plain, matrix.nbytes),
         ("exact, bfloat16 first pass + float32 re-scoring (what `flat` does from 250k rows; 50k with native bfloat16)", two_pass,
          matrix.nbytes + first_pass.numel() * 2),
+        ("exact, 8-bit first pass on ONNX Runtime + float32 re-scoring (what `flat` does from 20k rows without torch)",
+         int8_pass, matrix.nbytes + codes.nbytes),
     ):
         p50, p95, recall = measure(search)
         results.append([label, "-", f"{p50:.1f}", f"{p95:.1f}", f"{recall:.3f}", f"{memory / 1e9:.2f}"])

@@ -55,7 +55,7 @@ def test_a_filtered_ranking_is_the_exact_ranking_of_the_rows_that_passed(
         exact = [float(from_blob(conn.execute("select embedding from images where id = ?", [h.id]).fetchone()[0]) @ vector)
                  for h in hits]
     assert [h.score for h in hits] == pytest.approx(exact, abs=1e-5)
-    assert (searcher.store.current().base.bfloat16 is not None) == (first_pass and not gathered)
+    assert (searcher.store.current().base.rough is not None) == (first_pass and not gathered)
 
 
 @pytest.mark.parametrize("lookup", ["id table", "binary search"])

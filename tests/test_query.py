@@ -168,7 +168,7 @@ def test_the_bfloat16_first_pass_never_changes_the_exact_top_k() -> None:
         exact = scores_of(matrix, vector)
         assert float(np.abs(rough - exact).max()) < FIRST_PASS_MARGIN
         for k, exclude in ((1, set()), (10, set()), (50, {int(ids[seed * 7])})):
-            found = rescored_top_k(ids, matrix, vector, rough, k, exclude, None)
+            found = rescored_top_k(ids, matrix, vector, rough, FIRST_PASS_MARGIN, k, exclude, None)
             assert [h.id for h in found] == [h.id for h in top_k(ids, exact, k, exclude, None)]
 
 
@@ -186,10 +186,11 @@ def test_a_shared_pass_reads_the_first_pass_unless_several_queries_would_run_emu
     matrix /= np.linalg.norm(matrix, axis=1, keepdims=True)
     vectors = [matrix[i * 11] for i in range(queries)]
     rows = score_batch([(vector, matrix, torch.from_numpy(matrix).bfloat16()) for vector in vectors], bfloat16_batches)
-    errors = [float(np.abs(row - matrix @ vector).max()) for row, vector in zip(rows, vectors)]
+    errors = [float(np.abs(scores - matrix @ vector).max()) for (scores, _), vector in zip(rows, vectors)]
     assert max(errors) < FIRST_PASS_MARGIN
     in_float32 = queries > 1 and not bfloat16_batches
     assert all((error < 1e-5) == in_float32 for error in errors), errors
+    assert [margin for _, margin in rows] == [0.0 if in_float32 else FIRST_PASS_MARGIN] * queries
 
 
 def test_a_large_catalog_searches_through_the_first_pass_and_ranks_exactly(shared_catalog: Path) -> None:
@@ -198,7 +199,7 @@ def test_a_large_catalog_searches_through_the_first_pass_and_ranks_exactly(share
     searcher.store.first_pass_rows = 1  # as if it held millions of rows
     vector, _ = searcher.query_vector("a red circle")
     hits = searcher.store.search(vector, 10, set(), None)
-    assert searcher.store.current().base.bfloat16 is not None
+    assert searcher.store.current().base.rough is not None
     expected = top_k(ids, matrix @ vector, 10, set(), None)
     assert [h.id for h in hits] == [h.id for h in expected]
     assert [h.score for h in hits] == pytest.approx([h.score for h in expected], abs=1e-5)
@@ -267,3 +268,102 @@ def test_a_process_without_torch_scores_on_onnx_runtime_or_else_numpy(onnxruntim
     found = subprocess.run([sys.executable, "-c", SCORES_WITHOUT_TORCH.format(hide=hide)], capture_output=True, text=True)
     assert found.returncode == 0, found.stderr
     assert found.stdout.strip() == scored_by
+
+
+def unit_rows(
+    rows: int, width: int, seed: int, outliers: bool = False, clustered: bool = False, dead: bool = False
+) -> np.ndarray:
+    """Unit vectors: plain random ones; with a few dimensions much larger than the rest (as CLIP's have);
+    in tight clusters, where many rows score close to the k-th best; or with a dimension always zero."""
+    rng = np.random.default_rng(seed)
+    if clustered:
+        centres = rng.normal(size=(20, width))
+        matrix = centres[rng.integers(0, 20, rows)] + 0.05 * rng.normal(size=(rows, width))
+    else:
+        matrix = rng.normal(size=(rows, width))
+    if outliers:
+        matrix[:, :3] *= 12
+    if dead:
+        matrix[:, 5] = 0
+    return (matrix / np.linalg.norm(matrix, axis=1, keepdims=True)).astype(np.float32)
+
+
+INT8_CASES = {"random": {}, "outlier dimensions": {"outliers": True}, "clustered": {"clustered": True},
+              "a dimension always zero": {"dead": True}}
+
+
+@pytest.mark.parametrize("case", INT8_CASES)
+@pytest.mark.parametrize("queries", [1, 5])
+def test_an_8_bit_pass_stays_within_the_bound_it_gives(case: str, queries: int) -> None:
+    pytest.importorskip("onnxruntime", reason="the onnx extra is not installed")
+    from datasette_imgsearch.vectors.int8pass import Int8Table
+
+    matrix = unit_rows(5_000, 128, 1, **INT8_CASES[case])
+    vectors = [matrix[i * 97] for i in range(queries)]
+    rough, margins = Int8Table(matrix).scores(vectors)
+    errors = np.abs(rough - np.stack(vectors) @ matrix.T).max(axis=1)
+    assert (errors < margins).all(), (errors, margins)
+    assert (margins < 0.02).all()  # as tight as a bfloat16 pass's: few rows are left to re-score
+
+
+@pytest.mark.parametrize("case", INT8_CASES)
+def test_an_8_bit_first_pass_never_changes_the_exact_top_k(case: str) -> None:
+    pytest.importorskip("onnxruntime", reason="the onnx extra is not installed")
+    from datasette_imgsearch.vectors.int8pass import Int8Table
+    from datasette_imgsearch.vectors.ranking import rescored_top_k, score_batch, scores_of
+
+    matrix = unit_rows(20_000, 64, 3, **INT8_CASES[case])
+    ids = np.arange(100, 20_100)
+    table = Int8Table(matrix)
+    hidden = np.arange(0, 20_000, 7)  # rows a later change hides: -inf in the pass
+    for seed in range(10):
+        vector = matrix[seed * 7 + 1] + 0.05 * np.random.default_rng(seed).normal(size=64).astype(np.float32)
+        vector /= np.linalg.norm(vector)
+        [(rough, margin)] = score_batch([(vector, matrix, table)])
+        exact = scores_of(matrix, vector)
+        rough[hidden], exact[hidden] = -np.inf, -np.inf
+        for k, exclude in ((1, set()), (10, set()), (50, {int(ids[seed * 7 + 1])})):
+            found = rescored_top_k(ids, matrix, vector, rough, margin, k, exclude, None)
+            assert [h.id for h in found] == [h.id for h in top_k(ids, exact, k, exclude, None)]
+
+
+def test_the_shipped_8_bit_product_graph_is_the_one_onnx_makes() -> None:
+    pytest.importorskip("onnx", reason="the onnx extra is not installed")
+    from datasette_imgsearch.vectors.int8pass import GRAPH, int8_product_graph
+
+    assert GRAPH.read_bytes() == int8_product_graph()
+
+
+STORE_WITHOUT_TORCH = """
+import sys
+import numpy as np
+{hide}
+from datasette_imgsearch.catalog.schema import from_blob
+from datasette_imgsearch.vectors.ranking import top_k
+from datasette_imgsearch.vectors.store import VectorStore
+import sqlite3
+store = VectorStore(sys.argv[1])
+store.int8_pass_rows = 1  # as if it held millions of rows
+rows = sqlite3.connect(sys.argv[1]).execute("select id, embedding from images order by id").fetchall()
+ids = np.array([r[0] for r in rows]); matrix = np.stack([from_blob(r[1]) for r in rows])
+for i in range(0, len(ids), 7):
+    found = store.search(matrix[i], 10, {{int(ids[i])}}, None)
+    assert [h.id for h in found] == [h.id for h in top_k(ids, matrix @ matrix[i], 10, {{int(ids[i])}}, None)]
+    among = store.search(matrix[i], 5, set(), None, candidates=ids[1::2])  # a filter that passed half the rows
+    assert [h.id for h in among] == [h.id for h in top_k(ids[1::2], matrix[1::2] @ matrix[i], 5, set(), None)]
+assert "torch" not in sys.modules
+print(type(store.current().base.rough).__name__)
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("onnxruntime_there, first_pass", [(True, "Int8Table"), (False, "NoneType")])
+def test_a_process_without_torch_reads_8_bit_codes_first_and_ranks_exactly(
+    shared_catalog: Path, onnxruntime_there: bool, first_pass: str
+) -> None:
+    pytest.importorskip("onnxruntime", reason="the onnx extra is not installed")
+    hide = "" if onnxruntime_there else "sys.modules['onnxruntime'] = None  # as if not installed"
+    found = subprocess.run([sys.executable, "-c", STORE_WITHOUT_TORCH.format(hide=hide), str(shared_catalog)],
+                           capture_output=True, text=True)
+    assert found.returncode == 0, found.stderr
+    assert found.stdout.strip() == first_pass

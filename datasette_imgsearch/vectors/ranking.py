@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from datasette_imgsearch.vectors.int8pass import Int8Table
 from datasette_imgsearch.vectors.onnxproduct import onnx_scores
 
 # Rounding two unit vectors to bfloat16 moves their dot product by at most 2**-8 (about 0.004); the
@@ -105,33 +106,49 @@ def scores_of(matrix: np.ndarray, vector: np.ndarray) -> np.ndarray:
 
 
 def rescored_top_k(
-    ids: np.ndarray, matrix: np.ndarray, vector: np.ndarray, rough: np.ndarray, k: int, exclude: set[int],
-    min_score: float | None, positions: np.ndarray | None = None,
+    ids: np.ndarray, matrix: np.ndarray, vector: np.ndarray, rough: np.ndarray, margin: float, k: int,
+    exclude: set[int], min_score: float | None, positions: np.ndarray | None = None,
 ) -> list[Hit]:
-    """The exact top k, given rough scores (a bfloat16 first pass) within ``FIRST_PASS_MARGIN`` of the exact
-    ones: of every row, or of the rows at ``positions`` (a filter's), which ``rough`` then scores in order."""
+    """The exact top k, given rough scores (a first pass) within ``margin`` of the exact ones: of every
+    row, or of the rows at ``positions`` (a filter's), which ``rough`` then scores in order.
+
+    The rows that rank best roughly are scored exactly first: the worst of them is a floor that the
+    true k-th best reaches, so only rows scoring at least the floor less ``margin`` roughly can be in
+    the top k, and they are scored exactly."""
     want = min(len(rough), k + len(exclude))
     if want == 0:
         return []
-    cutoff = np.partition(rough, len(rough) - want)[len(rough) - want] - 2 * FIRST_PASS_MARGIN
-    candidates = np.flatnonzero((rough >= cutoff) & (rough > -np.inf))  # -inf: a hidden row
+    best = np.argpartition(rough, len(rough) - want)[len(rough) - want:]
+    best = best[rough[best] > -np.inf]  # -inf: a hidden row
+    if len(best) == 0:
+        return []
+    floor = float(scores_of(matrix[best if positions is None else positions[best]], vector).min())
+    if len(best) < want:  # fewer rows left than wanted: every one of them is a candidate
+        floor = -np.inf
+    candidates = np.flatnonzero((rough >= floor - margin) & (rough > -np.inf))
     if positions is not None:
         candidates = positions[candidates]
     return top_k(ids[candidates], scores_of(matrix[candidates], vector), k, exclude, min_score)
 
 
-def score_batch(items: list[tuple[np.ndarray, np.ndarray, Any]], bfloat16_batches: bool = True) -> list[np.ndarray]:
-    """Score queued (vector, matrix, its bfloat16 first pass or None) triples, one product per distinct
-    matrix, through its first pass where it has one: scores within ``FIRST_PASS_MARGIN`` for
-    :func:`rescored_top_k`, which exact float32 ones are too.
+def score_batch(items: list[tuple[np.ndarray, np.ndarray, Any]], bfloat16_batches: bool = True) -> list[tuple[np.ndarray, float]]:
+    """Score queued (vector, matrix, its first pass or None) triples, one product per distinct matrix,
+    through its first pass where it has one: each query's scores, and how far from the exact ones they
+    can be (0 for float32's, ``FIRST_PASS_MARGIN`` for bfloat16's, an 8-bit pass's own bound), for
+    :func:`rescored_top_k`.
 
     Where bfloat16 is emulated (``bfloat16_batches`` False), several queries at once go through the
     float32 matrix: one query reads half the bytes in bfloat16 and is no slower, but an emulated product
     for several queries is slower than float32's (docs/performance.md)."""
-    results: list[tuple[int, np.ndarray]] = []
+    results: list[tuple[int, tuple[np.ndarray, float]]] = []
     for matrix, first_pass in {id(m): (m, f) for _, m, f in items}.values():
         mine = [i for i, (_, m, _) in enumerate(items) if m is matrix]
-        table = matrix if first_pass is None or (len(mine) > 1 and not bfloat16_batches) else first_pass
-        scores = exact_scores(table, [items[i][0] for i in mine])
-        results.extend(zip(mine, scores))
-    return [row for _, row in sorted(results, key=lambda pair: pair[0])]
+        vectors = [items[i][0] for i in mine]
+        if isinstance(first_pass, Int8Table):
+            rough, margins = first_pass.scores(vectors)
+            results.extend(zip(mine, zip(rough, margins.tolist())))
+            continue
+        exact = first_pass is None or (len(mine) > 1 and not bfloat16_batches)
+        scores = exact_scores(matrix if exact else first_pass, vectors)
+        results.extend(zip(mine, ((row, 0.0 if exact else FIRST_PASS_MARGIN) for row in scores)))
+    return [scored for _, scored in sorted(results, key=lambda pair: pair[0])]

@@ -25,6 +25,7 @@ from datasette_imgsearch.catalog.catalog import Catalog
 from datasette_imgsearch.catalog.schema import index_path
 from datasette_imgsearch.errors import CatalogError
 from datasette_imgsearch.lru import LRU
+from datasette_imgsearch.vectors import int8pass
 from datasette_imgsearch.vectors.index import flat_vectors, index_state, read_index
 from datasette_imgsearch.vectors.ranking import unique_ids
 
@@ -51,7 +52,7 @@ class Base:
     index_type: str = "flat"
     largest_id: int | None = None  # no row with a larger id is in the base (None: not known)
     best: LRU[np.ndarray] = field(default_factory=lambda: LRU(4))  # best scores over the base, per probe set
-    bfloat16: Any = None  # a bfloat16 torch copy of ``matrix``, made by :meth:`first_pass` when a search wants it
+    rough: Any = None  # the copy of ``matrix`` a first pass reads, made by :meth:`first_pass` when a search wants it
     row_of_id: np.ndarray | None = None  # id -> position in ``ids`` (-1: none), for ids dense enough to index
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -59,16 +60,18 @@ class Base:
     def size(self) -> int:
         return int(self.faiss.ntotal) if self.faiss is not None else len(self.ids)
 
-    def first_pass(self, from_rows: int) -> Any:
-        """The bfloat16 copy of the matrix when it holds ``from_rows`` rows or more, else None; None too in a
-        process that has not loaded torch (queries on ONNX Runtime), which a first pass would import."""
+    def first_pass(self, bfloat16_from_rows: int, int8_from_rows: int) -> Any:
+        """The copy of the matrix that a search reads first, or None to read the matrix itself: in a process
+        that has loaded torch, a bfloat16 tensor from ``bfloat16_from_rows`` rows; in one on ONNX Runtime,
+        which a bfloat16 pass would make import torch, 8-bit codes from ``int8_from_rows`` rows."""
         torch = sys.modules.get("torch")
-        if self.matrix is None or len(self.matrix) < from_rows or torch is None:
+        from_rows = int8_from_rows if torch is None else bfloat16_from_rows
+        if self.matrix is None or len(self.matrix) < from_rows or (torch is None and not int8pass.available()):
             return None
         with self._lock:
-            if self.bfloat16 is None:
-                self.bfloat16 = torch.from_numpy(self.matrix).bfloat16()
-            return self.bfloat16
+            if self.rough is None:
+                self.rough = int8pass.Int8Table(self.matrix) if torch is None else torch.from_numpy(self.matrix).bfloat16()
+            return self.rough
 
     def positions(self, wanted: np.ndarray, hidden_positions: np.ndarray | None = None) -> np.ndarray:
         """Where the wanted row ids (any order, repeats allowed) sit in ``ids``, ascending and unique; ids

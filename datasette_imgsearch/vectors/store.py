@@ -32,9 +32,11 @@ from datasette_imgsearch.vectors.snapshot import Base, Delta, Snapshot, Snapshot
 # From this many rows, exact search reads a bfloat16 copy of the matrix first (half the memory
 # traffic) and re-scores in float32 every row that could still be in the top k (see
 # ranking.rescored_top_k); on a CPU that computes bfloat16 natively, from fewer, since there a pass
-# for several concurrent queries costs what one does (docs/performance.md).
+# for several concurrent queries costs what one does (docs/performance.md). A process on ONNX Runtime
+# reads 8-bit codes first instead (vectors/int8pass.py), from INT8_FIRST_PASS_ROWS (docs/onnx.md).
 FIRST_PASS_ROWS = 250_000
 NATIVE_FIRST_PASS_ROWS = 50_000
+INT8_FIRST_PASS_ROWS = 20_000
 # Filtered search gathers the candidates' vectors when they are under 1/GATHER_FRACTION of the rows,
 # and otherwise scores every row and picks theirs (``benchmarks/filtered_search.py --gather``).
 GATHER_FRACTION = 12
@@ -56,6 +58,7 @@ class VectorStore:
         self.snapshots = Snapshots(db_path, immutable)
         native = cpu_computes_bf16()
         self.first_pass_rows = NATIVE_FIRST_PASS_ROWS if native else FIRST_PASS_ROWS
+        self.int8_pass_rows = INT8_FIRST_PASS_ROWS
         # Concurrent exact searches share one pass over the matrix.
         self._exact_batcher = Batcher(functools.partial(score_batch, bfloat16_batches=native))
         self._delta_best: LRU[tuple[int, int, np.ndarray]] = LRU(4)  # probe set -> (delta serial, rows, best)
@@ -114,15 +117,15 @@ class VectorStore:
         hidden_positions: np.ndarray, positions: np.ndarray | None = None,
     ) -> list[Hit]:
         """The top k of the matrix, or of its rows at ``positions``, from a pass over every row that
-        concurrent queries share: a bfloat16 first pass re-scored exactly where the store keeps one, else
-        float32."""
+        concurrent queries share: a first pass (bfloat16, or 8-bit codes) re-scored exactly where the store
+        keeps one, else float32."""
         assert base.matrix is not None  # a base searched without an index holds its matrix
-        first_pass = base.first_pass(self.first_pass_rows)
-        scores = self._exact_batcher((vector, base.matrix, first_pass))
+        first_pass = base.first_pass(self.first_pass_rows, self.int8_pass_rows)
+        scores, margin = self._exact_batcher((vector, base.matrix, first_pass))
         scores[hidden_positions] = -np.inf
         picked = scores if positions is None else scores[positions]
-        if first_pass is not None:
-            return rescored_top_k(base.ids, base.matrix, vector, picked, k, exclude, min_score, positions)
+        if margin > 0:
+            return rescored_top_k(base.ids, base.matrix, vector, picked, margin, k, exclude, min_score, positions)
         return top_k(base.ids if positions is None else base.ids[positions], picked, k, exclude, min_score)
 
     def _from_index(
