@@ -46,14 +46,21 @@ def available() -> bool:
     return int8_session() is not None
 
 
-class Int8Table:
-    """A matrix of unit vectors as 8-bit codes with a scale per dimension, and the bounds its scores need."""
+def table_for(matrix: np.ndarray) -> "Int8Table | None":
+    """The 8-bit codes of ``matrix``, or None for a matrix with a value that is not finite (a damaged row),
+    which the float32 pass ranks as it always did: no scale or bound could be worked out for it."""
+    largest = np.zeros(matrix.shape[1], dtype=np.float32)
+    for start in range(0, len(matrix), ROWS_AT_A_TIME):
+        largest = np.maximum(largest, np.abs(matrix[start:start + ROWS_AT_A_TIME]).max(axis=0))
+    return Int8Table(matrix, largest) if np.isfinite(largest).all() else None
 
-    def __init__(self, matrix: np.ndarray) -> None:
+
+class Int8Table:
+    """A matrix of unit vectors as 8-bit codes with a scale per dimension, and the bounds its scores need;
+    made by :func:`table_for` from the matrix and each dimension's largest magnitude."""
+
+    def __init__(self, matrix: np.ndarray, largest: np.ndarray) -> None:
         rows, width = matrix.shape
-        largest = np.zeros(width, dtype=np.float32)
-        for start in range(0, rows, ROWS_AT_A_TIME):
-            largest = np.maximum(largest, np.abs(matrix[start:start + ROWS_AT_A_TIME]).max(axis=0))
         self.scale = np.where(largest > 0, largest / 127, 1).astype(np.float32)
         self.codes = np.empty((width, rows), dtype=np.int8)  # transposed: see the module's docstring
         squared_scale = self.scale.astype(np.float64) ** 2

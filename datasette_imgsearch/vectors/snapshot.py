@@ -53,6 +53,7 @@ class Base:
     largest_id: int | None = None  # no row with a larger id is in the base (None: not known)
     best: LRU[np.ndarray] = field(default_factory=lambda: LRU(4))  # best scores over the base, per probe set
     rough: Any = None  # the copy of ``matrix`` a first pass reads, made by :meth:`first_pass` when a search wants it
+    rough_made: bool = False  # whether :meth:`first_pass` tried to (8-bit codes cannot be made of every matrix)
     row_of_id: np.ndarray | None = None  # id -> position in ``ids`` (-1: none), for ids dense enough to index
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -69,8 +70,9 @@ class Base:
         if self.matrix is None or len(self.matrix) < from_rows or (torch is None and not int8pass.available()):
             return None
         with self._lock:
-            if self.rough is None:
-                self.rough = int8pass.Int8Table(self.matrix) if torch is None else torch.from_numpy(self.matrix).bfloat16()
+            if not self.rough_made:
+                self.rough = int8pass.table_for(self.matrix) if torch is None else torch.from_numpy(self.matrix).bfloat16()
+                self.rough_made = True
             return self.rough
 
     def positions(self, wanted: np.ndarray, hidden_positions: np.ndarray | None = None) -> np.ndarray:
