@@ -16,11 +16,12 @@ each of the two rounding errors), plus a little for float32's own rounding."""
 
 from __future__ import annotations
 
-import functools
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from datasette_imgsearch.vectors.onnxproduct import shipped_graph, shipped_session
 
 GRAPH = Path(__file__).with_name("int8product.onnx")  # made by int8_product_graph(), which a test checks it is
 ROWS_AT_A_TIME = 2_048  # rows quantised at once: a block transposes within the cache (seven times faster)
@@ -28,17 +29,9 @@ FLOAT_SLACK = 1e-4  # float32 rounding: the exact scores sum 512 products in flo
 ZERO_POINT = 128  # a query's codes go in as unsigned bytes (ONNX Runtime is fast with u8 x s8, not s8 x s8)
 
 
-@functools.cache
 def int8_session() -> Any:
-    """The one session, opened at the first 8-bit pass (None where ONNX Runtime is not installed)."""
-    try:
-        import onnxruntime
-    except ImportError:
-        return None
-
-    options = onnxruntime.SessionOptions()
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return onnxruntime.InferenceSession(GRAPH.read_bytes(), options, providers=["CPUExecutionProvider"])
+    """The integer product's session (None where ONNX Runtime is not installed)."""
+    return shipped_session(GRAPH)
 
 
 def available() -> bool:
@@ -111,16 +104,9 @@ def _codes(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def int8_product_graph() -> bytes:
     """The graph :data:`GRAPH` holds: ``products = (queries - zero) @ table`` in integers, for any batch,
-    width and row count (made with the ``onnx`` package, which a serving install lacks; hence the file)."""
-    from onnx import TensorProto, helper
-
-    graph = helper.make_graph(
-        [helper.make_node("MatMulInteger", ["queries", "table", "zero"], ["products"])], "int8_products",
-        [helper.make_tensor_value_info("queries", TensorProto.UINT8, ["batch", "width"]),
-         helper.make_tensor_value_info("table", TensorProto.INT8, ["width", "rows"]),
-         helper.make_tensor_value_info("zero", TensorProto.UINT8, [])],
-        [helper.make_tensor_value_info("products", TensorProto.INT32, ["batch", "rows"])],
+    width and row count."""
+    return shipped_graph(
+        "MatMulInteger", "int8_products",
+        [("queries", "UINT8", ["batch", "width"]), ("table", "INT8", ["width", "rows"]), ("zero", "UINT8", [])],
+        ("products", "INT32", ["batch", "rows"]),
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], producer_name="datasette-imgsearch")
-    model.ir_version = 8  # readable by every ONNX Runtime this package accepts
-    return model.SerializeToString()

@@ -19,16 +19,22 @@ GRAPH = Path(__file__).with_name("product.onnx")  # made by product_graph(), whi
 
 
 @functools.cache
-def product_session() -> Any:
-    """The one session, opened at the first pass (None where ONNX Runtime is not installed)."""
+def shipped_session(graph: Path) -> Any:
+    """A session on one of the small graphs shipped in this folder (this product, int8pass's), opened once
+    per process at its first use; None where ONNX Runtime is not installed."""
     try:
         import onnxruntime
-    except ImportError:  # numpy scores instead
+    except ImportError:
         return None
 
     options = onnxruntime.SessionOptions()
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return onnxruntime.InferenceSession(GRAPH.read_bytes(), options, providers=["CPUExecutionProvider"])
+    return onnxruntime.InferenceSession(graph.read_bytes(), options, providers=["CPUExecutionProvider"])
+
+
+def product_session() -> Any:
+    """The float32 product's session (None where ONNX Runtime is not installed: numpy scores instead)."""
+    return shipped_session(GRAPH)
 
 
 def onnx_scores(matrix: np.ndarray, vectors: list[np.ndarray]) -> np.ndarray | None:
@@ -42,16 +48,24 @@ def onnx_scores(matrix: np.ndarray, vectors: list[np.ndarray]) -> np.ndarray | N
 
 
 def product_graph() -> bytes:
-    """The graph :data:`GRAPH` holds: ``scores = matrix @ queries`` for any row count, width and batch
-    (made with the ``onnx`` package, which a serving install lacks; hence the file)."""
+    """The graph :data:`GRAPH` holds: ``scores = matrix @ queries`` for any row count, width and batch."""
+    return shipped_graph("MatMul", "scores", [("matrix", "FLOAT", ["rows", "width"]), ("queries", "FLOAT", ["width", "batch"])],
+                         ("scores", "FLOAT", ["rows", "batch"]))
+
+
+Tensor = tuple[str, str, list[Any]]  # a graph's input or output: name, ONNX element type, shape
+
+
+def shipped_graph(operator: str, name: str, inputs: list[Tensor], output: Tensor) -> bytes:
+    """A graph of one ``operator`` node, as shipped in this folder: made with the ``onnx`` package, which a
+    serving install lacks (hence the files, which a test checks are what this makes)."""
     from onnx import TensorProto, helper
 
-    graph = helper.make_graph(
-        [helper.make_node("MatMul", ["matrix", "queries"], ["scores"])], "scores",
-        [helper.make_tensor_value_info("matrix", TensorProto.FLOAT, ["rows", "width"]),
-         helper.make_tensor_value_info("queries", TensorProto.FLOAT, ["width", "batch"])],
-        [helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["rows", "batch"])],
-    )
+    def value(name: str, element: str, shape: list[Any]) -> Any:
+        return helper.make_tensor_value_info(name, getattr(TensorProto, element), shape)
+
+    graph = helper.make_graph([helper.make_node(operator, [spec[0] for spec in inputs], [output[0]])], name,
+                              [value(*spec) for spec in inputs], [value(*output)])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], producer_name="datasette-imgsearch")
     model.ir_version = 8  # readable by every ONNX Runtime this package accepts
     return model.SerializeToString()
