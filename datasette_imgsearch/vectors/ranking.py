@@ -122,9 +122,9 @@ def rescored_top_k(
     best = best[rough[best] > -np.inf]  # -inf: a hidden row
     if len(best) == 0:
         return []
-    floor = float(scores_of(matrix[best if positions is None else positions[best]], vector).min())
-    if len(best) < want:  # fewer rows left than wanted: every one of them is a candidate
-        floor = -np.inf
+    floor = -np.inf  # fewer rows left than wanted: every one of them is a candidate
+    if len(best) == want:
+        floor = float(scores_of(matrix[best if positions is None else positions[best]], vector).min())
     candidates = np.flatnonzero((rough >= floor - margin) & (rough > -np.inf))
     if positions is not None:
         candidates = positions[candidates]
