@@ -40,7 +40,9 @@ async def main() -> None:
     assert page.status_code == 200 and 'class="thumb"' in page.text
     assert "torch" not in sys.modules
     damaged_export_is_named()
-    print(f"served without torch on Datasette {__version__}: text (English and Chinese), upload, SQL and the page answered;"
+    graphs = "8-bit text graphs" if "int8_text" in json.loads((export / "export.json").read_text()) else "float32 graphs"
+    print(f"served without torch on Datasette {__version__} from an export with {graphs}: text (English and Chinese), "
+          "upload, SQL and the page answered;"
           " an export copied without its weights is named, not taken for a missing one")
 
 

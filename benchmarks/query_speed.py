@@ -198,16 +198,18 @@ def main() -> None:
     parser.add_argument("--scale-rows", type=int, default=1_000_000)
     parser.add_argument("--types", default="flat,hnsw,ivf,sq8")
     parser.add_argument("--parts", default="queries,scale", help="queries (100k rows), scale (a million), or both")
-    parser.add_argument("--runtime", choices=("torch", "onnx"), default="torch",
-                        help="what encodes the queries: onnx exports the model into a cache of its own first")
+    parser.add_argument("--runtime", choices=("torch", "onnx", "onnx-int8"), default="torch",
+                        help="what encodes the queries: onnx exports the model into a cache of its own first, "
+                             "onnx-int8 with an 8-bit text graph (export-onnx --int8-text)")
     args = parser.parse_args()
     saved = load_results("query" if args.runtime == "torch" else f"query-{args.runtime}")
-    if args.runtime == "onnx":
-        os.environ["IMGSEARCH_CACHE"] = str(CACHE / "runtimes-cache")  # the export, found by every search here
+    if args.runtime != "torch":
+        # the export, found by every search here
+        os.environ["IMGSEARCH_CACHE"] = str(CACHE / ("runtimes-cache" if args.runtime == "onnx" else "int8-text-cache"))
         from datasette_imgsearch.models.onnxclip import export, find_export
 
         if find_export(str(vit_b32())) is None:
-            export(str(vit_b32()))
+            export(str(vit_b32()), int8_text=args.runtime == "onnx-int8")
 
     if "queries" in args.parts:
         saved.update(queries(args), rows=args.rows)

@@ -23,6 +23,7 @@ from datasette_imgsearch.catalog.catalog import Catalog
 from datasette_imgsearch.catalog.schema import from_blob
 from datasette_imgsearch.cli import cli
 from datasette_imgsearch.errors import ModelError
+from datasette_imgsearch.models import int8text
 from datasette_imgsearch.models.choice import ModelChoice
 from datasette_imgsearch.models.embedder import Embedder
 from datasette_imgsearch.models.onnxclip import FAITHFUL, TEXT_SUBFOLDER, digest, export, find_export
@@ -299,3 +300,103 @@ def test_a_build_on_onnx_runtime_exports_the_model_and_gives_torchs_vectors(
             assert catalog.meta("runtime") == name.split(".")[0]
     for path, blob in vectors[0].items():
         assert float(np.dot(from_blob(blob), from_blob(vectors[1][path]))) >= FAITHFUL
+
+
+# An 8-bit text graph, asked for with export-onnx --int8-text ----------------------------------------
+@pytest.fixture(scope="module")
+def int8_exported(tmp_path_factory: pytest.TempPathFactory, toy_model: str) -> Path:
+    return export(toy_model, tmp_path_factory.mktemp("onnx-int8") / "toy-clip", int8_text=True)
+
+
+def test_an_8bit_text_graph_is_checked_recorded_and_what_text_queries_run_on(int8_exported: Path, toy_model: str) -> None:
+    facts = json.loads((int8_exported / "export.json").read_text())
+    assert facts[int8text.FACT]["worst_cosine"] >= int8text.AGREEMENT
+    assert {int8text.INT8_GRAPH, f"{int8text.INT8_GRAPH}.data"} <= set(facts["sizes"])  # a cut-off copy is found
+    on_int8 = Embedder(toy_model, "cpu", "fp32", runtime="onnx", onnx=str(int8_exported))
+    on_torch = Embedder(toy_model, "cpu", "fp32", runtime="torch")
+    assert on_int8.onnx is not None and on_int8.onnx.text_graph == int8text.INT8_GRAPH
+    texts = ["a red circle", "something yellow", "a purple star on a hill", "a" * 300]
+    assert np.min(np.sum(on_int8.encode_texts(texts) * on_torch.encode_texts(texts), axis=1)) >= int8text.AGREEMENT
+    on_float = Embedder(toy_model, "cpu", "fp32", runtime="onnx", onnx=str(exported_again(int8_exported)))
+    assert np.abs(on_int8.encode_texts(texts) - on_float.encode_texts(texts)).max() > 1e-5  # close, but not the same
+    picture = [Image.new("RGB", (64, 64), "red")]  # pictures stay on the float32 image tower
+    assert np.array_equal(on_int8.encode_images(picture), on_float.encode_images(picture))
+    assert on_int8.identity != on_float.identity  # a cache of the float32 graph's vectors is never read for the 8-bit one
+
+
+def exported_again(export_folder: Path) -> Path:
+    """A copy of ``export_folder`` as an export without an 8-bit text graph would be."""
+    plain = export_folder.parent / "plain"
+    if not plain.exists():
+        shutil.copytree(export_folder, plain)
+        facts = json.loads((plain / "export.json").read_text())
+        (plain / "export.json").write_text(json.dumps({key: value for key, value in facts.items() if key != int8text.FACT}))
+    return plain
+
+
+@pytest.mark.parametrize("query", ["a red circle", "something blue - blue + green", "a yellow square"])
+def test_a_search_on_the_8bit_text_graph_finds_what_torch_finds(
+    int8_exported: Path, shared_catalog: Path, toy_model: str, query: str
+) -> None:
+    on_int8 = Searcher(shared_catalog, ModelChoice(model=toy_model, runtime="onnx", onnx=str(int8_exported), precision="fp32"))
+    on_torch = Searcher(shared_catalog, ModelChoice(model=toy_model, runtime="torch", precision="fp32"))
+    assert {hit.id for hit in on_int8.search(query, 5)} == {hit.id for hit in on_torch.search(query, 5)}
+
+
+def test_exporting_again_without_int8_text_takes_the_8bit_graph_away(int8_exported: Path, toy_model: str, tmp_path: Path) -> None:
+    folder = tmp_path / "again"
+    shutil.copytree(int8_exported, folder)
+    export(toy_model, folder)
+    assert not any((folder / name).exists() for name in int8text.graph_files())
+    assert int8text.FACT not in json.loads((folder / "export.json").read_text())
+    assert Embedder(toy_model, "cpu", "fp32", runtime="onnx", onnx=str(folder)).onnx.text_graph == int8text.FLOAT_GRAPH
+
+
+@pytest.mark.parametrize("file_name, damage", [("text.int8.onnx", "cut short"), ("text.int8.onnx.data", "missing")])
+def test_a_damaged_8bit_text_graph_falls_back_to_torch_or_says_so(
+    int8_exported: Path, toy_model: str, tmp_path: Path, file_name: str, damage: str
+) -> None:
+    damaged = tmp_path / "damaged"
+    shutil.copytree(int8_exported, damaged)
+    if damage == "missing":
+        (damaged / file_name).unlink()
+    else:
+        (damaged / file_name).write_bytes((damaged / file_name).read_bytes()[:1000])
+    assert Embedder(toy_model, "cpu", "fp32", runtime="auto", onnx=str(damaged)).onnx is None
+    with pytest.raises(ModelError, match="cannot be read"):
+        Embedder(toy_model, "cpu", "fp32", runtime="onnx", onnx=str(damaged))
+
+
+def test_an_8bit_text_graph_that_drifts_too_far_is_refused_and_the_float32_export_kept(
+    toy_model: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(int8text, "AGREEMENT", 1.0 + 1e-6)  # no 8-bit graph reaches it
+    with pytest.raises(ModelError, match="8-bit text graph drifts .* the float32 export is in place"):
+        export(toy_model, tmp_path / "out", int8_text=True)
+    assert not any((tmp_path / "out" / name).exists() for name in int8text.graph_files())
+    assert find_export(toy_model, tmp_path / "out") == tmp_path / "out"
+    assert Embedder(toy_model, "cpu", "fp32", runtime="onnx", onnx=str(tmp_path / "out")).onnx.text_graph == int8text.FLOAT_GRAPH
+
+
+def test_a_text_models_8bit_graph_gives_vectors_close_to_sentence_transformers(toy_multilingual: str, tmp_path: Path) -> None:
+    folder = export_text(toy_multilingual, tmp_path / "toy-multilingual", int8_text=True)
+    assert json.loads((folder / "export.json").read_text())[int8text.FACT]["worst_cosine"] >= int8text.AGREEMENT
+    on_int8 = Embedder(toy_multilingual, "cpu", "fp32", runtime="onnx", onnx=str(folder))
+    on_torch = Embedder(toy_multilingual, "cpu", "fp32", runtime="torch")
+    assert isinstance(on_int8.onnx, OnnxText) and on_int8.onnx.text_graph == int8text.INT8_GRAPH
+    texts = ["一个红色的圆", "синий квадрат", "a red circle"]
+    assert np.min(np.sum(on_int8.encode_texts(texts) * on_torch.encode_texts(texts), axis=1)) >= int8text.AGREEMENT
+
+
+@pytest.mark.slow
+def test_the_command_makes_8bit_text_graphs_that_a_cold_search_runs_without_torch(ml_catalog: Path, tmp_path: Path) -> None:
+    output = run_cli("export-onnx", ml_catalog, "--to", tmp_path / "clip-onnx", "--int8-text")
+    assert output.count("with an 8-bit text graph that text queries run on") == 2
+    for folder in (tmp_path / "clip-onnx", tmp_path / "clip-onnx" / TEXT_SUBFOLDER):
+        assert (folder / int8text.INT8_GRAPH).exists()
+    args = ["search", str(ml_catalog), "a red circle + 红色的圆", "--onnx", str(tmp_path / "clip-onnx"), "--json", "-k", "5"]
+    found = run_search(args, tmp_path / "empty-cache")
+    assert found.returncode == 0, found.stderr
+    assert found.stderr.strip().splitlines()[-1] == "False"  # torch never imported
+    on_torch = run_search([*args[:-3], "--runtime", "torch", "--json", "-k", "5"], tmp_path / "empty-cache")
+    assert {hit["id"] for hit in json.loads(found.stdout)} == {hit["id"] for hit in json.loads(on_torch.stdout)}

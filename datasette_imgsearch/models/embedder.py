@@ -93,7 +93,8 @@ class Embedder:
                 if file.is_file():
                     info = file.stat()
                     files.append((str(file.relative_to(folder)), info.st_size, info.st_mtime_ns))
-        runs_on = "onnx" if self.onnx is not None else "fastclip" if self.clip is not None else "sentence-transformers"
+        runs_on = (f"onnx ({self.onnx.text_graph})" if self.onnx is not None else "fastclip" if self.clip is not None
+                   else "sentence-transformers")
         return (model_key(self.name), self.device, self.precision, runs_on, tuple(files))
 
     @property

@@ -21,7 +21,6 @@ import importlib.util
 import io
 import json
 import logging
-import os
 import re
 import shutil
 import threading
@@ -34,8 +33,9 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from datasette_imgsearch.errors import ModelError
-from datasette_imgsearch.models import fastclip
+from datasette_imgsearch.models import fastclip, int8text
 from datasette_imgsearch.models.names import cache_folder, looks_like_path
+from datasette_imgsearch.models.onnxgraph import WEIGHTS_SUFFIX, open_session, optimise_graph
 
 EXPORT_FORMAT = 1
 CLIP_KIND, TEXT_KIND = "clip", "text"  # export.json's kind: two towers (older exports say none), or a text model's one graph
@@ -96,25 +96,6 @@ def _model_folder_if_here(name: str, folder_of: Callable[[str], Path | None]) ->
         return None
 
 
-def open_session(path: Path, threads: int | None = None) -> Any:
-    """An ONNX Runtime session on an exported graph. The graphs were optimised when they were exported,
-    so opening one does no optimisation again."""
-    import onnxruntime
-
-    options = onnxruntime.SessionOptions()
-    options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_DISABLE_ALL
-    # ONNX Runtime's threads spin for a while after each run by default, taking the cores from the
-    # pass over the vectors (and from concurrent queries) that follows every encoding.
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    if threads:
-        options.intra_op_num_threads = threads
-    try:
-        return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    except Exception as error:  # ONNX Runtime's own exception types, for a damaged or foreign file
-        raise ModelError(f"the ONNX export in {path.parent} cannot be read ({error}): make it again "
-                         "with export-onnx") from None
-
-
 def runtime_available() -> bool:
     """Whether ONNX Runtime is installed (what queries on an export need)."""
     return importlib.util.find_spec("onnxruntime") is not None
@@ -157,10 +138,12 @@ class OnnxClip:
     session opens at its first use, and the tokenizer at the first text: a text query never loads the
     image tower (a third of a second and 350 MB for ViT-B/32), nor an upload the text tower."""
 
-    def __init__(self, export: Path, dimension: int, max_positions: int, threads: int | None = None) -> None:
+    def __init__(self, export: Path, dimension: int, max_positions: int, threads: int | None = None,
+                 text_graph: str = int8text.FLOAT_GRAPH) -> None:
         self.folder = export
         self.dimension = dimension
         self.max_positions = max_positions
+        self.text_graph = text_graph  # text.onnx, or the 8-bit text.int8.onnx where the export has one
         processor = fastclip.image_processor(export)
         if not fastclip.has_text_tokenizer(export) or processor is None:
             raise ModelError(f"{export} holds no CLIP tokenizer or image processor beside its towers")
@@ -184,7 +167,7 @@ class OnnxClip:
             return self._tokenizer
 
     def encode_texts(self, texts: list[str]) -> np.ndarray:
-        session = self.sessions.opening("text.onnx")
+        session = self.sessions.opening(self.text_graph)
         ids = np.array([encoding.ids for encoding in self.tokenizer().encode_batch(texts)], dtype=np.int64)
         return session.result().run(None, {"input_ids": ids})[0]
 
@@ -212,15 +195,16 @@ def check_faithful(name: str, worst: float) -> None:
 def load_export(export: Path, threads: int | None = None) -> OnnxClip:
     """The export in ``export`` (see :func:`find_export`)."""
     facts = read_facts(export)
-    return OnnxClip(export, int(facts["dimension"]), int(facts["max_positions"]), threads)
+    return OnnxClip(export, int(facts["dimension"]), int(facts["max_positions"]), threads, int8text.text_graph(facts))
 
 
 EXPORTING = threading.Lock()
 
 
-def export(name: str, to: Path | None = None) -> Path:
+def export(name: str, to: Path | None = None, int8_text: bool = False) -> Path:
     """Export model ``name``'s towers to ONNX (``to``, else the cache), check them against torch, and
-    return the folder. Needs torch, onnx and onnxscript: it runs where ``build`` runs."""
+    return the folder; with ``int8_text``, an 8-bit text graph beside them too (int8text.py), which the
+    queries then use. Needs torch, onnx and onnxscript: it runs where ``build`` runs."""
     folder = model_folder(name)
     clip = fastclip.load(name, "cpu", looks_like_path(name)) if folder is not None else None
     if folder is None or clip is None:
@@ -231,24 +215,38 @@ def export(name: str, to: Path | None = None) -> Path:
     with EXPORTING:
         target.mkdir(parents=True, exist_ok=True)
         (target / "export.json").unlink(missing_ok=True)  # until it is checked, this folder holds no export
+        int8text.remove(target)
         for file in COPIED_FILES:  # the tokenizer and the image processor: the export needs nothing else
             if (folder / file).is_file():
                 shutil.copyfile(folder / file, target / file)
         _write_towers(clip, target)
         optimise(target)
-        worst = _check(clip, OnnxClip(target, clip.towers.dimension, clip.towers.max_positions))
+        dimension, max_positions = clip.towers.dimension, clip.towers.max_positions
+        worst = _check(clip, OnnxClip(target, dimension, max_positions))
         check_faithful(name, worst)
         facts = {"format": EXPORT_FORMAT, "kind": CLIP_KIND, "name": name, "model": str(folder.resolve()),
-                 "model_digest": folder_digest,
-                 "dimension": clip.towers.dimension, "max_positions": clip.towers.max_positions,
-                 "worst_cosine": round(worst, 7),
-                 "sizes": file_sizes(target, tuple(f"{tower}.onnx" for tower in TOWERS), COPIED_FILES)}
-        (target / "export.json").write_text(json.dumps(facts, indent=2))
+                 "model_digest": folder_digest, "dimension": dimension, "max_positions": max_positions,
+                 "worst_cosine": round(worst, 7)}
+        graphs = tuple(f"{tower}.onnx" for tower in TOWERS)
+        write_facts(target, facts, graphs, COPIED_FILES)
+        if int8_text:
+            def encode(graph: str, texts: list[str]) -> np.ndarray:
+                return OnnxClip(target, dimension, max_positions, text_graph=graph).encode_texts(texts)
+
+            facts[int8text.FACT] = int8text.make(target, encode, PROBE_TEXTS)
+            write_facts(target, facts, (*graphs, int8text.INT8_GRAPH), COPIED_FILES)
     return target
 
 
+def write_facts(target: Path, facts: dict[str, Any], graphs: tuple[str, ...], copied: tuple[str, ...]) -> None:
+    """``export.json``, with the size of every graph, its weights and each copied file: :func:`read_facts`
+    finds a cut-off or missing one when the export is opened, so a query never meets it."""
+    names = [*(name for graph in graphs for name in (graph, graph + WEIGHTS_SUFFIX)), *copied]
+    sizes = {name: (target / name).stat().st_size for name in names if (target / name).is_file()}
+    (target / "export.json").write_text(json.dumps({**facts, "sizes": sizes}, indent=2))
+
+
 TOWERS = ("text", "image")
-WEIGHTS_SUFFIX = ".data"  # text.onnx's weights are in text.onnx.data
 COPIED_FILES = ("tokenizer.json", "vocab.json", "merges.txt", "tokenizer_config.json", "special_tokens_map.json",
                 "preprocessor_config.json", "processor_config.json")
 PROBE_TEXTS = ["a photo of a dog", "a red circle", "红色的圆", "x", "a very long description of a street at night " * 6]
@@ -281,32 +279,9 @@ def _write_towers(clip: fastclip.FastClip, target: Path) -> None:
 
 
 def optimise(target: Path, towers: tuple[str, ...] = TOWERS) -> None:
-    """Each tower's graph optimised once, here, as ONNX Runtime would at every load (the fusions of its
-    extended level, which hold on any CPU; not the layouts of the level above, which are tied to one), so
-    a query process opens it without that work: about half a second less for ViT-B/32's two towers.
-
-    The weights go in a file of their own beside the graph (``text.onnx.data``), which ONNX Runtime maps
-    instead of parsing: ViT-B/32's text tower opens in a quarter of a second instead of 0.8, and a query
-    process holds about 190 MB less."""
-    import onnxruntime
-
+    """Each tower's graph in ``target`` optimised in place (onnxgraph.optimise_graph)."""
     for tower in towers:
-        graph, weights = target / f"{tower}.onnx", target / f"{tower}.onnx{WEIGHTS_SUFFIX}"
-        weights.unlink(missing_ok=True)
-        options = onnxruntime.SessionOptions()
-        options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
-        options.optimized_model_filepath = str(target / f"{tower}.optimised.onnx")
-        options.add_session_config_entry("session.optimized_model_external_initializers_file_name", weights.name)
-        options.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "1024")
-        onnxruntime.InferenceSession(str(graph), options, providers=["CPUExecutionProvider"])
-        os.replace(target / f"{tower}.optimised.onnx", graph)
-
-
-def file_sizes(target: Path, graphs: tuple[str, ...], copied: tuple[str, ...]) -> dict[str, int]:
-    """The size of each graph, its weights and each copied file, for ``export.json``: :func:`read_facts`
-    finds a cut-off or missing one when the export is opened, so a query never meets it."""
-    names = [*(name for graph in graphs for name in (graph, graph + WEIGHTS_SUFFIX)), *copied]
-    return {name: (target / name).stat().st_size for name in names if (target / name).is_file()}
+        optimise_graph(target / f"{tower}.onnx", target / f"{tower}.onnx")
 
 
 @contextlib.contextmanager

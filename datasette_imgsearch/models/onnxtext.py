@@ -11,7 +11,6 @@ sentence-transformers in fp32 (cosine ≥ ``FAITHFUL``) and copies ``tokenizer.j
 
 from __future__ import annotations
 
-import json
 import shutil
 import threading
 from pathlib import Path
@@ -20,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from datasette_imgsearch.errors import ModelError
-from datasette_imgsearch.models import fastclip
+from datasette_imgsearch.models import fastclip, int8text
 from datasette_imgsearch.models.names import looks_like_path
 from datasette_imgsearch.models.onnxclip import (
     EXPORT_FORMAT,
@@ -31,14 +30,13 @@ from datasette_imgsearch.models.onnxclip import (
     default_export_folder,
     digest,
     exporter_quiet,
-    file_sizes,
     find_export,
     optimise,
     read_facts,
     unit,
+    write_facts,
 )
 
-GRAPH = "text.onnx"
 TOKENIZER = "tokenizer.json"
 PROBE_TEXTS = ["一只红色的圆", "синий квадрат", "a red circle", "x", "ein sehr langer Satz über eine Straße bei Nacht " * 40]
 
@@ -62,14 +60,16 @@ class OnnxText:
 
     image_processor = None
 
-    def __init__(self, export: Path, dimension: int, max_length: int, threads: int | None = None) -> None:
+    def __init__(self, export: Path, dimension: int, max_length: int, threads: int | None = None,
+                 text_graph: str = int8text.FLOAT_GRAPH) -> None:
         self.folder = export
         self.dimension = dimension
         self.max_length = max_length
+        self.text_graph = text_graph  # text.onnx, or the 8-bit text.int8.onnx where the export has one
         self.sessions = Sessions(export, threads)
         self._tokenizer: Any = None
         self._lock = threading.Lock()
-        for name in (GRAPH, TOKENIZER):
+        for name in (text_graph, TOKENIZER):
             if not (export / name).is_file():
                 raise ModelError(f"{export} has no {name}")
 
@@ -89,7 +89,7 @@ class OnnxText:
             return self._tokenizer
 
     def encode_texts(self, texts: list[str]) -> np.ndarray:
-        session = self.sessions.opening(GRAPH)
+        session = self.sessions.opening(self.text_graph)
         encodings = self.tokenizer().encode_batch(texts)
         length = max(len(encoding.ids) for encoding in encodings)
         ids = np.zeros((len(texts), length), dtype=np.int64)
@@ -103,12 +103,13 @@ class OnnxText:
 def load_text_export(export: Path, threads: int | None = None) -> OnnxText:
     """The text model's export in ``export`` (see :func:`find_text_export`)."""
     facts = read_facts(export)
-    return OnnxText(export, int(facts["dimension"]), int(facts["max_length"]), threads)
+    return OnnxText(export, int(facts["dimension"]), int(facts["max_length"]), threads, int8text.text_graph(facts))
 
 
-def export_text(name: str, to: Path | None = None) -> Path:
+def export_text(name: str, to: Path | None = None, int8_text: bool = False) -> Path:
     """Export text model ``name`` to ONNX (``to``, else the cache), check it against sentence-transformers,
-    and return the folder. Needs torch, sentence-transformers, onnx and onnxscript, as a build has."""
+    and return the folder; with ``int8_text``, an 8-bit copy of the graph beside it too (int8text.py),
+    which the queries then use. Needs torch, sentence-transformers, onnx and onnxscript, as a build has."""
     from datasette_imgsearch.models.hub import load_sentence_transformer
 
     folder = text_model_folder(name)
@@ -121,17 +122,24 @@ def export_text(name: str, to: Path | None = None) -> Path:
     with EXPORTING:
         target.mkdir(parents=True, exist_ok=True)
         (target / "export.json").unlink(missing_ok=True)  # until it is checked, this folder holds no export
+        int8text.remove(target)
         shutil.copyfile(folder / TOKENIZER, target / TOKENIZER)
-        _write_graph(model, target / GRAPH)
+        _write_graph(model, target / int8text.FLOAT_GRAPH)
         optimise(target, ("text",))
-        dimension = int(model.encode(["x"]).shape[1])
-        exported = OnnxText(target, dimension, int(model.max_seq_length))
+        dimension, max_length = int(model.encode(["x"]).shape[1]), int(model.max_seq_length)
+        exported = OnnxText(target, dimension, max_length)
         worst = float(np.sum(unit(model.encode(PROBE_TEXTS)) * unit(exported.encode_texts(PROBE_TEXTS)), axis=1).min())
         check_faithful(name, worst)
         facts = {"format": EXPORT_FORMAT, "kind": TEXT_KIND, "name": name, "model": str(folder.resolve()),
-                 "model_digest": folder_digest, "dimension": dimension, "max_length": int(model.max_seq_length),
-                 "worst_cosine": round(worst, 7), "sizes": file_sizes(target, (GRAPH,), (TOKENIZER,))}
-        (target / "export.json").write_text(json.dumps(facts, indent=2))
+                 "model_digest": folder_digest, "dimension": dimension, "max_length": max_length,
+                 "worst_cosine": round(worst, 7)}
+        write_facts(target, facts, (int8text.FLOAT_GRAPH,), (TOKENIZER,))
+        if int8_text:
+            def encode(graph: str, texts: list[str]) -> np.ndarray:
+                return OnnxText(target, dimension, max_length, text_graph=graph).encode_texts(texts)
+
+            facts[int8text.FACT] = int8text.make(target, encode, PROBE_TEXTS)
+            write_facts(target, facts, (int8text.FLOAT_GRAPH, int8text.INT8_GRAPH), (TOKENIZER,))
     return target
 
 
