@@ -41,6 +41,12 @@ def is_catalog(conn: Any) -> bool:
     return names == {META_TABLE, TABLE}
 
 
+def catalog_columns(conn: Any) -> set[str] | None:
+    """The columns of the ``images`` table of a catalog, or None for a database that holds no catalog: what
+    a request to the plugin checks first, in one visit to the database."""
+    return image_columns(conn) if is_catalog(conn) else None
+
+
 def image_columns(conn: Any) -> set[str]:
     """The columns the ``images`` table of the catalog open on ``conn`` has: a catalog of an earlier schema
     is read as it is, so a reader asks before it uses a column a later migration added."""

@@ -17,8 +17,6 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from datasette.utils.asgi import Response
 
-from datasette_imgsearch.catalog.catalog import read_only_uri
-from datasette_imgsearch.catalog.database import sqlite3
 from datasette_imgsearch.catalog.schema import TABLE
 from datasette_imgsearch.duplicates.collapse import Collapsed, collapsed, group_facts, uncollapsed
 from datasette_imgsearch.errors import ImgsearchError, QueryError, RequestError, web_message
@@ -115,11 +113,8 @@ def run_ranking(
     if not (search.collapse and "duplicate_group" in target.row_columns):
         hits = ranking(min(search.k + offset + 1, most))[offset:]  # one more than asked: is there a next page?
         return uncollapsed(hits[:search.k], {}), len(hits) > search.k, readings, strong_score
-    conn = sqlite3.connect(read_only_uri(target.path, target.immutable), uri=True, check_same_thread=False)
-    try:
-        kept, more = collapsed(ranking, lambda ids: group_facts(conn, ids), offset + search.k, most)
-    finally:
-        conn.close()
+    conn = target.searcher().store.catalog().db.conn  # this search thread's own, kept open: no connection per search
+    kept, more = collapsed(ranking, lambda ids: group_facts(conn, ids), offset + search.k, most)
     return kept[offset:], more, readings, strong_score
 
 

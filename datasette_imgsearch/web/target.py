@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, Awaitable, Callable
 from datasette.utils import tilde_decode
 from datasette.utils.asgi import Response
 
-from datasette_imgsearch.catalog.catalog import is_catalog
+from datasette_imgsearch.catalog.catalog import catalog_columns
 from datasette_imgsearch.catalog.schema import ROW_COLUMNS, TABLE
 from datasette_imgsearch.errors import ImgsearchError, RequestError, web_message
 from datasette_imgsearch.search.registry import searcher_for
@@ -63,10 +63,9 @@ async def resolve(datasette: "Datasette", request: "Request") -> Target:
         raise RequestError(404, f"{database}/{table} is not an image catalog")
     if not await can_view_table(datasette, request.actor, database, table):
         raise RequestError(403, "you do not have permission to view this table")
-    db = datasette.databases[database]
-    if not await db.execute_fn(is_catalog):
+    present = await datasette.databases[database].execute_fn(catalog_columns)
+    if present is None:
         raise RequestError(404, f"{database} holds no imgsearch catalog")
-    present = set(await db.table_columns(TABLE))
     columns = tuple(column for column in ROW_COLUMNS if column in present)
     return Target(database, table, *found, Settings.for_database(datasette, database), columns)
 
