@@ -139,7 +139,7 @@ def scale(rows: int, kinds: list[str], queries: int = 100) -> list[list[object]]
 
     first_pass = torch.from_numpy(matrix).bfloat16()
     codes = table_for(matrix)
-    assert codes is not None  # unit vectors: every value finite
+    assert codes is not None and codes.pack()  # unit vectors: every value finite; packed, as from a server's second pass
 
     def plain(q: np.ndarray) -> list[int]:
         return [h.id for h in top_k(ids, exact_scores(matrix, [q])[0], 10, set(), None)]

@@ -309,6 +309,40 @@ def test_an_8_bit_pass_stays_within_the_bound_it_gives(case: str, queries: int) 
 
 
 @pytest.mark.parametrize("case", INT8_CASES)
+def test_codes_packed_in_a_session_of_their_own_score_exactly_as_the_shipped_product(case: str) -> None:
+    """Packed (the onnx package there) or not (a serving install without it), the integer products are
+    the same whole numbers, so the rough scores and their bounds are the same to the bit."""
+    pytest.importorskip("onnx", reason="the onnx extra is not installed")
+    from datasette_imgsearch.vectors.int8pass import table_for
+
+    matrix = unit_rows(3_000, 96, 5, **INT8_CASES[case])
+    table = table_for(matrix)
+    assert table is not None and not table.packed
+    vectors = [matrix[i * 31] for i in range(4)]
+    shipped = table.scores(vectors)
+    assert table.pack()
+    for found, expected in zip(table.scores(vectors), shipped):
+        assert np.array_equal(found, expected)
+
+
+def test_codes_are_packed_in_the_background_from_a_tables_second_pass() -> None:
+    """A one-off search makes one pass and never pays for packing (importing onnx takes 0.6 s); a server
+    makes many."""
+    pytest.importorskip("onnx", reason="the onnx extra is not installed")
+    from datasette_imgsearch.vectors.int8pass import table_for
+
+    matrix = unit_rows(2_000, 32, 6)
+    table = table_for(matrix)
+    assert table is not None
+    table.scores([matrix[0]])
+    assert table.packer is None and not table.packed
+    rough, margins = table.scores([matrix[1]])
+    assert table.packer is not None
+    table.packer.join(30)
+    assert table.packed and all(np.array_equal(a, b) for a, b in zip(table.scores([matrix[1]]), (rough, margins)))
+
+
+@pytest.mark.parametrize("case", INT8_CASES)
 def test_an_8_bit_first_pass_never_changes_the_exact_top_k(case: str) -> None:
     pytest.importorskip("onnxruntime", reason="the onnx extra is not installed")
     from datasette_imgsearch.vectors.int8pass import table_for
@@ -364,17 +398,24 @@ for i in range(0, len(ids), 7):
     among = store.search(matrix[i], 5, set(), None, candidates=ids[1::2])  # a filter that passed half the rows
     assert [h.id for h in among] == [h.id for h in top_k(ids[1::2], matrix[1::2] @ matrix[i], 5, set(), None)]
 assert "torch" not in sys.modules
-print(type(store.current().base.rough).__name__)
+rough = store.current().base.rough
+if getattr(rough, "packer", None) is not None:
+    rough.packer.join(30)
+print(type(rough).__name__, getattr(rough, "packed", None))
 """
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("onnxruntime_there, first_pass", [(True, "Int8Table"), (False, "NoneType")])
+@pytest.mark.parametrize("hidden, first_pass", [
+    (None, "Int8Table True"),  # codes packed in a session of their own
+    ("onnx", "Int8Table False"),  # a serving install without the onnx package: the shipped product
+    ("onnxruntime", "NoneType None"),  # no ONNX Runtime: the float32 pass, in numpy
+])
 def test_a_process_without_torch_reads_8_bit_codes_first_and_ranks_exactly(
-    shared_catalog: Path, onnxruntime_there: bool, first_pass: str
+    shared_catalog: Path, hidden: str | None, first_pass: str
 ) -> None:
-    pytest.importorskip("onnxruntime", reason="the onnx extra is not installed")
-    hide = "" if onnxruntime_there else "sys.modules['onnxruntime'] = None  # as if not installed"
+    pytest.importorskip("onnx", reason="the onnx extra is not installed")
+    hide = f"sys.modules[{hidden!r}] = None  # as if not installed" if hidden else ""
     found = subprocess.run([sys.executable, "-c", STORE_WITHOUT_TORCH.format(hide=hide), str(shared_catalog)],
                            capture_output=True, text=True)
     assert found.returncode == 0, found.stderr

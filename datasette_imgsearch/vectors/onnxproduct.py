@@ -27,9 +27,17 @@ def shipped_session(graph: Path) -> Any:
     except ImportError:
         return None
 
+    return onnxruntime.InferenceSession(graph.read_bytes(), resting_options(), providers=["CPUExecutionProvider"])
+
+
+def resting_options() -> Any:
+    """Session options whose threads sleep once a product is done, instead of spinning against the text
+    tower's (ONNX Runtime's default)."""
+    import onnxruntime
+
     options = onnxruntime.SessionOptions()
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return onnxruntime.InferenceSession(graph.read_bytes(), options, providers=["CPUExecutionProvider"])
+    return options
 
 
 def product_session() -> Any:
@@ -49,23 +57,33 @@ def onnx_scores(matrix: np.ndarray, vectors: list[np.ndarray]) -> np.ndarray | N
 
 def product_graph() -> bytes:
     """The graph :data:`GRAPH` holds: ``scores = matrix @ queries`` for any row count, width and batch."""
-    return shipped_graph("MatMul", "scores", [("matrix", "FLOAT", ["rows", "width"]), ("queries", "FLOAT", ["width", "batch"])],
+    return one_node_graph("MatMul", "scores", [("matrix", "FLOAT", ["rows", "width"]), ("queries", "FLOAT", ["width", "batch"])],
                          ("scores", "FLOAT", ["rows", "batch"]))
 
 
 Tensor = tuple[str, str, list[Any]]  # a graph's input or output: name, ONNX element type, shape
 
 
-def shipped_graph(operator: str, name: str, inputs: list[Tensor], output: Tensor) -> bytes:
-    """A graph of one ``operator`` node, as shipped in this folder: made with the ``onnx`` package, which a
-    serving install lacks (hence the files, which a test checks are what this makes)."""
+def one_node_graph(operator: str, name: str, inputs: list[Tensor], output: Tensor, constants: tuple[str, ...] = ()) -> bytes:
+    """A graph of one ``operator`` node, made with the ``onnx`` package: those shipped in this folder (a
+    serving install may lack onnx: a test checks the files are what this makes), and int8pass's graph of
+    one catalog's codes. The inputs named in ``constants`` are the graph's own values, given when a
+    session opens (``SessionOptions.add_external_initializers``): their shape is fixed here, and ONNX
+    Runtime prepares such a value for its kernel once, not at every call."""
     from onnx import TensorProto, helper
 
     def value(name: str, element: str, shape: list[Any]) -> Any:
         return helper.make_tensor_value_info(name, getattr(TensorProto, element), shape)
 
+    def given_at_opening(name: str, element: str, shape: list[Any]) -> Any:
+        tensor = TensorProto(name=name, data_type=getattr(TensorProto, element), dims=shape,
+                             data_location=TensorProto.EXTERNAL)
+        tensor.external_data.add(key="location", value=name)
+        return tensor
+
     graph = helper.make_graph([helper.make_node(operator, [spec[0] for spec in inputs], [output[0]])], name,
-                              [value(*spec) for spec in inputs], [value(*output)])
+                              [value(*spec) for spec in inputs if spec[0] not in constants], [value(*output)],
+                              [given_at_opening(*spec) for spec in inputs if spec[0] in constants])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], producer_name="datasette-imgsearch")
     model.ir_version = 8  # readable by every ONNX Runtime this package accepts
     return model.SerializeToString()
