@@ -18,14 +18,13 @@ from __future__ import annotations
 
 import contextlib
 import io
-import logging
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import numpy as np
 
 from datasette_imgsearch.errors import ModelError
-from datasette_imgsearch.models.onnxgraph import optimise_graph, weights_of
+from datasette_imgsearch.models.onnxgraph import optimise_graph, quiet_logger, unit, weights_of
 
 FLOAT_GRAPH = "text.onnx"
 INT8_GRAPH = "text.int8.onnx"
@@ -62,7 +61,7 @@ def make(folder: Path, encode: Encode, probe_texts: list[str]) -> dict[str, floa
     ``AGREEMENT`` is removed again, and refused with a ModelError that says so."""
     staged = folder / "text.int8.quantised.onnx"
     try:
-        with _quantiser_quiet():
+        with contextlib.redirect_stdout(io.StringIO()), quiet_logger(""):  # its log line for every node it passes
             from onnxruntime.quantization import QuantType, quantize_dynamic
 
             quantize_dynamic(folder / FLOAT_GRAPH, staged, weight_type=QuantType.QUInt8, per_channel=True,
@@ -72,26 +71,10 @@ def make(folder: Path, encode: Encode, probe_texts: list[str]) -> dict[str, floa
         staged.unlink(missing_ok=True)
         weights_of(staged).unlink(missing_ok=True)
     texts = [*PROBE_TEXTS, *probe_texts]
-    worst = float(np.sum(_unit(encode(FLOAT_GRAPH, texts)) * _unit(encode(INT8_GRAPH, texts)), axis=1).min())
+    worst = float(np.sum(unit(encode(FLOAT_GRAPH, texts)) * unit(encode(INT8_GRAPH, texts)), axis=1).min())
     if worst < AGREEMENT:
         remove(folder)
         raise ModelError(f"the 8-bit text graph drifts from the float32 one (cosine {worst:.5f} < {AGREEMENT}): not "
                          "kept; the float32 export is in place and queries use it")
     return {"worst_cosine": round(worst, 6)}
 
-
-def _unit(vectors: np.ndarray) -> np.ndarray:
-    return vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
-
-
-@contextlib.contextmanager
-def _quantiser_quiet() -> Iterator[None]:
-    """ONNX Runtime's quantiser without the log lines it writes for every node it passes over."""
-    logger = logging.getLogger()
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
-        with contextlib.redirect_stdout(io.StringIO()):
-            yield
-    finally:
-        logger.setLevel(level)

@@ -20,7 +20,6 @@ import hashlib
 import importlib.util
 import io
 import json
-import logging
 import re
 import shutil
 import threading
@@ -35,7 +34,7 @@ import numpy as np
 from datasette_imgsearch.errors import ModelError
 from datasette_imgsearch.models import fastclip, int8text
 from datasette_imgsearch.models.names import cache_folder, looks_like_path
-from datasette_imgsearch.models.onnxgraph import WEIGHTS_SUFFIX, open_session, optimise_graph
+from datasette_imgsearch.models.onnxgraph import WEIGHTS_SUFFIX, open_session, optimise_graph, quiet_logger, unit
 
 EXPORT_FORMAT = 1
 CLIP_KIND, TEXT_KIND = "clip", "text"  # export.json's kind: two towers (older exports say none), or a text model's one graph
@@ -227,15 +226,23 @@ def export(name: str, to: Path | None = None, int8_text: bool = False) -> Path:
         facts = {"format": EXPORT_FORMAT, "kind": CLIP_KIND, "name": name, "model": str(folder.resolve()),
                  "model_digest": folder_digest, "dimension": dimension, "max_positions": max_positions,
                  "worst_cosine": round(worst, 7)}
-        graphs = tuple(f"{tower}.onnx" for tower in TOWERS)
-        write_facts(target, facts, graphs, COPIED_FILES)
-        if int8_text:
-            def encode(graph: str, texts: list[str]) -> np.ndarray:
-                return OnnxClip(target, dimension, max_positions, text_graph=graph).encode_texts(texts)
 
-            facts[int8text.FACT] = int8text.make(target, encode, PROBE_TEXTS)
-            write_facts(target, facts, (*graphs, int8text.INT8_GRAPH), COPIED_FILES)
+        def encode(graph: str, texts: list[str]) -> np.ndarray:
+            return OnnxClip(target, dimension, max_positions, text_graph=graph).encode_texts(texts)
+
+        write_export(target, facts, tuple(f"{tower}.onnx" for tower in TOWERS), COPIED_FILES,
+                     encode if int8_text else None, PROBE_TEXTS)
     return target
+
+
+def write_export(target: Path, facts: dict[str, Any], graphs: tuple[str, ...], copied: tuple[str, ...],
+                 int8_encode: int8text.Encode | None, probe_texts: list[str]) -> None:
+    """A checked export's ``export.json`` (:func:`write_facts`); then, where ``int8_encode`` is given (it
+    encodes texts on a text graph of the export), its 8-bit text graph, recorded in it too."""
+    write_facts(target, facts, graphs, copied)
+    if int8_encode is not None:
+        facts = {**facts, int8text.FACT: int8text.make(target, int8_encode, probe_texts)}
+        write_facts(target, facts, (*graphs, int8text.INT8_GRAPH), copied)
 
 
 def write_facts(target: Path, facts: dict[str, Any], graphs: tuple[str, ...], copied: tuple[str, ...]) -> None:
@@ -287,20 +294,9 @@ def optimise(target: Path, towers: tuple[str, ...] = TOWERS) -> None:
 @contextlib.contextmanager
 def exporter_quiet() -> Iterator[None]:
     """torch's ONNX exporter without the progress it prints, its warnings, or its log of what it skips."""
-    with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings(), _quiet_logger("torch.onnx"):
+    with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings(), quiet_logger("torch.onnx"):
         warnings.simplefilter("ignore")
         yield
-
-
-@contextlib.contextmanager
-def _quiet_logger(name: str) -> Iterator[None]:
-    logger = logging.getLogger(name)
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        logger.setLevel(level)
 
 
 def _check(clip: fastclip.FastClip, exported: OnnxClip) -> float:
@@ -316,6 +312,3 @@ def _check(clip: fastclip.FastClip, exported: OnnxClip) -> float:
     cosines = [np.sum(unit(a) * unit(b), axis=1) for a, b in zip(expected, found)]
     return float(np.concatenate(cosines).min())
 
-
-def unit(vectors: np.ndarray) -> np.ndarray:
-    return vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)

@@ -1,12 +1,17 @@
 """An exported graph's files on ONNX Runtime: opening a session on one, and optimising one once, at
-export time, with its weights in a file beside it. Used by every export (onnxclip.py's two towers,
-onnxtext.py's text model, int8text.py's 8-bit text graphs)."""
+export time, with its weights in a file beside it; and what every export's checks share (unit vectors,
+a quieted logger). Used by every export (onnxclip.py's two towers, onnxtext.py's text model,
+int8text.py's 8-bit text graphs)."""
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
+
+import numpy as np
 
 from datasette_imgsearch.errors import ModelError
 
@@ -58,3 +63,20 @@ def optimise_graph(source: Path, graph: Path) -> None:
     options.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "1024")
     onnxruntime.InferenceSession(str(source), options, providers=["CPUExecutionProvider"])
     os.replace(optimised, graph)
+
+
+def unit(vectors: np.ndarray) -> np.ndarray:
+    """Each row scaled to length one, for the cosines an export is checked by."""
+    return vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+
+
+@contextlib.contextmanager
+def quiet_logger(name: str) -> Iterator[None]:
+    """The logger ``name`` (the root logger for "") at errors only, while an exporter or quantiser runs."""
+    logger = logging.getLogger(name)
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)

@@ -33,9 +33,9 @@ from datasette_imgsearch.models.onnxclip import (
     find_export,
     optimise,
     read_facts,
-    unit,
-    write_facts,
+    write_export,
 )
+from datasette_imgsearch.models.onnxgraph import unit
 
 TOKENIZER = "tokenizer.json"
 PROBE_TEXTS = ["一只红色的圆", "синий квадрат", "a red circle", "x", "ein sehr langer Satz über eine Straße bei Nacht " * 40]
@@ -133,13 +133,11 @@ def export_text(name: str, to: Path | None = None, int8_text: bool = False) -> P
         facts = {"format": EXPORT_FORMAT, "kind": TEXT_KIND, "name": name, "model": str(folder.resolve()),
                  "model_digest": folder_digest, "dimension": dimension, "max_length": max_length,
                  "worst_cosine": round(worst, 7)}
-        write_facts(target, facts, (int8text.FLOAT_GRAPH,), (TOKENIZER,))
-        if int8_text:
-            def encode(graph: str, texts: list[str]) -> np.ndarray:
-                return OnnxText(target, dimension, max_length, text_graph=graph).encode_texts(texts)
 
-            facts[int8text.FACT] = int8text.make(target, encode, PROBE_TEXTS)
-            write_facts(target, facts, (int8text.FLOAT_GRAPH, int8text.INT8_GRAPH), (TOKENIZER,))
+        def encode(graph: str, texts: list[str]) -> np.ndarray:
+            return OnnxText(target, dimension, max_length, text_graph=graph).encode_texts(texts)
+
+        write_export(target, facts, (int8text.FLOAT_GRAPH,), (TOKENIZER,), encode if int8_text else None, PROBE_TEXTS)
     return target
 
 

@@ -68,6 +68,8 @@ if TYPE_CHECKING:
     from datasette.app import Datasette
     from datasette.utils.asgi import Request
 
+    from datasette_imgsearch.search.searcher import Searcher
+
 
 # Searching -------------------------------------------------------------------------------------
 @dataclass
@@ -108,23 +110,24 @@ def run_ranking(
     """``search.k`` results from ``offset`` on, one per near-duplicate group unless ``search.collapse`` is
     off or the catalog has no groups, and whether more exist; for a text query also which model read each
     term, and the score from which its hits are strong."""
-    ranking, readings, strong_score = ranking_for(target, search, candidates)
+    searcher = target.searcher()
+    ranking, readings, strong_score = ranking_for(target, searcher, search, candidates)
     most = target.settings.max_k
     if not (search.collapse and "duplicate_group" in target.row_columns):
         hits = ranking(min(search.k + offset + 1, most))[offset:]  # one more than asked: is there a next page?
         return uncollapsed(hits[:search.k], {}), len(hits) > search.k, readings, strong_score
-    conn = target.searcher().store.catalog().db.conn  # this search thread's own, kept open: no connection per search
+    conn = searcher.store.catalog().db.conn  # this search thread's own, kept open: no connection per search
     kept, more = collapsed(ranking, lambda ids: group_facts(conn, ids), offset + search.k, most)
     return kept[offset:], more, readings, strong_score
 
 
 def ranking_for(
-    target: Target, search: SearchRequest, candidates: Candidates | None
+    target: Target, searcher: "Searcher", search: SearchRequest, candidates: Candidates | None
 ) -> tuple[Callable[[int], list[Hit]], list[Reading], float | None]:
-    """How to rank the catalog for this search, for any number of hits, and what a text query's terms
-    say. An uploaded picture is decoded and embedded here, once, however many hits are asked for."""
+    """How to rank the catalog (``searcher``'s, the target's) for this search, for any number of hits, and
+    what a text query's terms say. An uploaded picture is decoded and embedded here, once, however many
+    hits are asked for."""
     settings = target.settings
-    searcher = target.searcher()
     searcher.wait_until_loaded(PAGE_LOAD_TIMEOUT)
     if search.image is None:
         readings = searcher.readings(search.query)
