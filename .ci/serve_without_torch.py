@@ -40,7 +40,8 @@ async def main() -> None:
     assert page.status_code == 200 and 'class="thumb"' in page.text
     assert "torch" not in sys.modules
     damaged_export_is_named()
-    graphs = "8-bit text graphs" if "int8_text" in json.loads((export / "export.json").read_text()) else "float32 graphs"
+    made = json.loads((export / "export.json").read_text()).get("int8_text")
+    graphs = f"8-bit text graphs ({made['weights']} weights)" if made else "float32 graphs"
     print(f"served without torch on Datasette {__version__} from an export with {graphs}: text (English and Chinese), "
           "upload, SQL and the page answered;"
           " an export copied without its weights is named, not taken for a missing one")

@@ -421,8 +421,9 @@ def fetch_model_command(name: str, save_to: str | None) -> None:
               help="the folder to write (a catalog's multilingual model goes in its 'multilingual' folder)  "
                    "[default: the cache's]")
 @click.option("--int8-text", is_flag=True,
-              help="also write each text graph with 8-bit weights, which text queries then run on: about 1.5x as "
-                   "fast, vectors within cosine 0.999 of fp32 (checked; recorded in export.json)")
+              help="also write each text graph with 8-bit weights, which text queries then run on: 1.5-2.7x as "
+                   "fast, vectors within cosine 0.999 of fp32 (checked; recorded in export.json). Weights are "
+                   "signed where this CPU has VNNI or AMX, and such a graph runs only on CPUs that have them")
 def export_onnx_command(database: str | None, model: str | None, to: str | None, int8_text: bool) -> None:
     """Export a catalog's models to ONNX, so that searches run on ONNX Runtime without importing torch.
 
@@ -445,19 +446,31 @@ def export_onnx_command(database: str | None, model: str | None, to: str | None,
         names = [(model, False)] if model else catalog_models(database)
         for name, optional in names:
             if model_folder(name) is not None:
-                click.echo(f"{name}: exported to {export(name, Path(to) if to else None, int8_text)}{_int8_said(int8_text)}")
+                folder = export(name, Path(to) if to else None, int8_text)
+                click.echo(f"{name}: exported to {folder}{_int8_said(folder)}")
                 continue
             target = None if not to else Path(to) if model else Path(to) / TEXT_SUBFOLDER
             try:
-                click.echo(f"{name}: exported to {export_text(name, target, int8_text)}{_int8_said(int8_text)}")
+                folder = export_text(name, target, int8_text)
+                click.echo(f"{name}: exported to {folder}{_int8_said(folder)}")
             except ImgsearchError as error:
                 if not optional:
                     raise
                 click.echo(f"{name}: not exported ({error}); terms it reads need torch", err=True)
 
 
-def _int8_said(int8_text: bool) -> str:
-    return ", with an 8-bit text graph that text queries run on" if int8_text else ""
+def _int8_said(folder: Path) -> str:
+    """What an export's 8-bit text graph is, if it has one: signed weights run only where the CPU's products
+    of them are exact."""
+    from datasette_imgsearch.models import int8text
+
+    made = json.loads((folder / "export.json").read_text()).get(int8text.FACT)
+    if made is None:
+        return ""
+    if made.get("weights") == "signed":
+        return (", with an 8-bit text graph of signed weights that text queries run on where the CPU has VNNI or "
+                "AMX (x86) or is not x86; elsewhere on the float32 graph")
+    return ", with an 8-bit text graph that text queries run on"
 
 
 def catalog_models(database: str | None) -> list[tuple[str, bool]]:

@@ -203,6 +203,21 @@ def test_bf16_counts_as_native_only_with_the_cpu_feature(cpuinfo: str, native: b
     assert native_bf16(cpuinfo) is native
 
 
+@pytest.mark.parametrize("cpuinfo,machine,exact", [
+    ("flags\t\t: fpu sse2 avx2 avx512f avx512_vnni amx_int8", "x86_64", True),  # Sapphire Rapids
+    ("flags\t\t: fpu sse2 avx2 avx_vnni", "x86_64", True),  # Alder Lake: VNNI without AVX-512
+    ("flags\t\t: fpu sse2 avx2 avx512f avx512bw", "x86_64", False),  # Skylake-SP: no VNNI, products saturate
+    ("flags\t\t: fpu sse2 avx2", "AMD64", False),
+    (None, "x86_64", False),  # no /proc/cpuinfo to tell (macOS on Intel): not assumed
+    ("Features\t: fp asimd evtstrm", "aarch64", True),  # Arm widens every product
+    (None, "arm64", True),  # Apple silicon
+])
+def test_signed_byte_products_count_as_exact_only_with_the_cpu_feature(cpuinfo: str | None, machine: str, exact: bool) -> None:
+    from datasette_imgsearch.models.hardware import exact_signed_bytes
+
+    assert exact_signed_bytes(cpuinfo, machine) is exact
+
+
 def test_auto_precision_is_recorded_as_what_it_resolved_to(tmp_path: Path, images: Path, toy_model: str) -> None:
     from datasette_imgsearch.catalog.catalog import Catalog
     from datasette_imgsearch.models.hardware import best_precision

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import platform
 import sys
 from pathlib import Path
 
@@ -17,6 +18,31 @@ def native_bf16(cpuinfo: str) -> bool:
     on x86, the BF16 feature on Arm. Without it, bf16 autocast is emulated, and slower than fp32."""
     words = set(cpuinfo.replace(":", " ").split())
     return bool(words & {"avx512_bf16", "amx_bf16", "bf16"})
+
+
+# The x86 flags with which ONNX Runtime multiplies unsigned bytes by signed ones in 32 bits: VNNI (AVX-512's
+# or AVX's) and AMX. Without them its AVX2 kernels add pairs of such products in 16 bits, which can saturate.
+EXACT_SIGNED_BYTES = {"avx512_vnni", "avx_vnni", "amx_int8"}
+X86 = ("x86_64", "amd64", "i386", "i686", "x86")
+
+
+def exact_signed_bytes(cpuinfo: str | None, machine: str) -> bool:
+    """Whether ONNX Runtime's 8-bit products with signed weights are exact on a CPU, from its
+    ``/proc/cpuinfo`` (None where there is none) and ``platform.machine()``: always off x86 (Arm's kernels
+    widen every product), on x86 only with one of ``EXACT_SIGNED_BYTES``."""
+    if machine.lower() not in X86:
+        return True
+    return cpuinfo is not None and bool(set(cpuinfo.replace(":", " ").split()) & EXACT_SIGNED_BYTES)
+
+
+@functools.cache
+def cpu_multiplies_signed_bytes() -> bool:
+    """:func:`exact_signed_bytes` for this machine."""
+    try:
+        cpuinfo: str | None = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        cpuinfo = None
+    return exact_signed_bytes(cpuinfo, platform.machine())
 
 
 def best_precision(device: str) -> str:
