@@ -346,6 +346,23 @@ async def test_originals_outside_the_folder_are_never_served(catalog: Path, imag
 
 
 @pytest.mark.asyncio
+async def test_a_database_that_becomes_a_catalog_while_served_is_found_at_the_next_request(
+    tmp_path: Path, images: Path, toy_model: str
+) -> None:
+    """What a request learns of a catalog's columns is kept only while its files stay as they were."""
+    import sqlite3
+
+    db = tmp_path / "photos.db"
+    sqlite3.connect(db).close()
+    ds = Datasette([str(db)])
+    before = await ds.client.get(SEARCH + "/thumbnail/1")
+    assert before.status_code == 404 and "holds no imgsearch catalog" in before.text
+    assert (await ds.client.get(SEARCH + "/thumbnail/1")).status_code == 404  # answered from what it learnt
+    run_cli("build", db, images, "--model", toy_model, "--silent")
+    assert (await ds.client.get(SEARCH + "/thumbnail/1")).status_code == 200
+
+
+@pytest.mark.asyncio
 async def test_thumbnails_are_made_on_the_fly_when_the_catalog_has_none(tmp_path: Path, images: Path, toy_model: str) -> None:
     db = tmp_path / "photos.db"
     run_cli("build", db, images, "--model", toy_model, "--no-thumbnails", "--silent")

@@ -53,6 +53,25 @@ def image_columns(conn: Any) -> set[str]:
     return {row[1] for row in conn.execute(f"pragma table_info([{TABLE}])")}
 
 
+def file_stamp(path: Path) -> str:
+    """Size, modification time and inode: what changes whenever another file takes this one's place."""
+    info = path.stat()
+    return f"{info.st_size}:{info.st_mtime_ns}:{info.st_ino}"
+
+
+def catalog_stamp(path: str | Path) -> tuple[str | None, str | None]:
+    """Stamps of a database file and of its write-ahead log (None for one that is not there): every write
+    to the database, a schema change included, changes one of them, so what was read of the database
+    under the same stamps still holds."""
+    stamps: list[str | None] = []
+    for file in (Path(path), Path(f"{path}-wal")):
+        try:
+            stamps.append(file_stamp(file))
+        except OSError:
+            stamps.append(None)
+    return stamps[0], stamps[1]
+
+
 def read_only_uri(path: str | Path, immutable: bool = False) -> str:
     """A URI that opens ``path`` without ever creating or writing a file beside it."""
     return Path(path).resolve().as_uri() + ("?immutable=1" if immutable else "?mode=ro")

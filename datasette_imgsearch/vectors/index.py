@@ -15,7 +15,7 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 
-from datasette_imgsearch.catalog.catalog import Catalog
+from datasette_imgsearch.catalog.catalog import Catalog, file_stamp
 from datasette_imgsearch.catalog.schema import index_path
 from datasette_imgsearch.lru import LRU
 from datasette_imgsearch.vectors.kinds import DEFAULT_KIND, IndexKind, kind_of
@@ -94,12 +94,6 @@ def sha256_of(path: Path) -> str:
         for chunk in iter(lambda: handle.read(1 << 22), b""):
             digest.update(chunk)
     return digest.hexdigest()
-
-
-def file_stamp(path: Path) -> str:
-    """Size, modification time and inode: what changes whenever another file takes this one's place."""
-    info = path.stat()
-    return f"{info.st_size}:{info.st_mtime_ns}:{info.st_ino}"
 
 
 HASHED = LRU[str](64)  # (path, stamp) -> sha256: this process hashes each index file once

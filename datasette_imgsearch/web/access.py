@@ -2,7 +2,9 @@
 
 Datasette does not protect plugin routes, so every imgsearch page, JSON endpoint and image route
 asks here first. 1.0a20+ has ``datasette.allowed()`` with resource objects; 0.65 has
-``check_visibility()``, which walks instance → database → table the way Datasette's own pages do.
+``ensure_permissions()``, which walks table → database → instance the way Datasette's own pages do
+(its ``check_visibility()`` runs that walk a second time, for the anonymous actor, to tell a private
+table, which nothing here shows; each walk costs a query for the table's name).
 """
 
 from __future__ import annotations
@@ -20,10 +22,15 @@ async def can_view_table(datasette: "Datasette", actor: dict[str, Any] | None, d
         return bool(
             await datasette.allowed(action="view-table", resource=TableResource(database=database, table=table), actor=actor)
         )
-    visible, _ = await datasette.check_visibility(
-        actor, permissions=[("view-table", (database, table)), ("view-database", database), "view-instance"]
-    )
-    return bool(visible)
+    from datasette import Forbidden
+
+    try:
+        await datasette.ensure_permissions(
+            actor, [("view-table", (database, table)), ("view-database", database), "view-instance"]
+        )
+    except Forbidden:
+        return False
+    return True
 
 
 async def can_view_instance(datasette: "Datasette", actor: dict[str, Any] | None) -> bool:

@@ -106,19 +106,35 @@ async def read_search_request(datasette: "Datasette", request: "Request", settin
 
 def run_ranking(
     target: Target, search: SearchRequest, candidates: Candidates | None, offset: int
-) -> tuple[list[Collapsed], bool, list[Reading], float | None]:
+) -> tuple[list[Collapsed], dict[int, dict[str, Any]], bool, list[Reading], float | None]:
     """``search.k`` results from ``offset`` on, one per near-duplicate group unless ``search.collapse`` is
-    off or the catalog has no groups, and whether more exist; for a text query also which model read each
-    term, and the score from which its hits are strong."""
+    off or the catalog has no groups, their rows by id, and whether more exist; for a text query also which
+    model read each term, and the score from which its hits are strong. Everything is read on this search
+    thread's own connection, kept open: no connection per search, and no second trip to another thread
+    for the rows."""
     searcher = target.searcher()
     ranking, readings, strong_score = ranking_for(target, searcher, search, candidates)
     most = target.settings.max_k
+    conn = searcher.store.catalog().db.conn
     if not (search.collapse and "duplicate_group" in target.row_columns):
         hits = ranking(min(search.k + offset + 1, most))[offset:]  # one more than asked: is there a next page?
-        return uncollapsed(hits[:search.k], {}), len(hits) > search.k, readings, strong_score
-    conn = searcher.store.catalog().db.conn  # this search thread's own, kept open: no connection per search
-    kept, more = collapsed(ranking, lambda ids: group_facts(conn, ids), offset + search.k, most)
-    return kept[offset:], more, readings, strong_score
+        kept, more = uncollapsed(hits[:search.k], {}), len(hits) > search.k
+    else:
+        kept, more = collapsed(ranking, lambda ids: group_facts(conn, ids), offset + search.k, most)
+        kept = kept[offset:]
+    return kept, result_rows(conn, target, [result.hit.id for result in kept]), more, readings, strong_score
+
+
+def result_rows(conn: Any, target: Target, ids: list[int]) -> dict[int, dict[str, Any]]:
+    """The rows of ``ids`` (no BLOBs) by id, with a picture's lines of text where the catalog has them."""
+    columns = target.row_columns + (("text_lines",) if "text" in target.row_columns else ())
+    rows: dict[int, dict[str, Any]] = {}
+    for start in range(0, len(ids), 10_000):  # SQLite caps the number of parameters
+        chunk = ids[start:start + 10_000]
+        found = conn.execute(f"select {', '.join(f'[{c}]' for c in columns)} from [{TABLE}] "
+                             f"where id in ({', '.join('?' for _ in chunk)})", chunk)
+        rows.update((row["id"], row) for row in (dict(zip(columns, values)) for values in found))
+    return rows
 
 
 def ranking_for(
@@ -171,8 +187,9 @@ async def search(datasette: "Datasette", request: "Request", target: Target, bro
     candidates = await candidates_for(datasette, target, narrowing)
     offset = 0 if narrowing.sort else narrowing.offset
     asked = replace(wanted, k=target.settings.max_k - 1) if narrowing.sort else wanted
-    kept, more, readings, strong_score = await in_thread(run_ranking, target, asked, candidates, offset, pool=search_threads())
-    results = await rows_for(datasette, target, kept, wanted.k, wanted.query if wanted.image is None else "")
+    kept, rows, more, readings, strong_score = await in_thread(run_ranking, target, asked, candidates, offset,
+                                                               pool=search_threads())
+    results = results_for(datasette, target, kept, rows, wanted.k, wanted.query if wanted.image is None else "")
     if narrowing.sort:  # every strong hit, in the column's order, a page of them
         results = sorted_by(results, *narrowing.sort)[narrowing.offset:]
         more = len(results) > wanted.k
@@ -185,26 +202,18 @@ def sorted_by(results: list[dict[str, Any]], column: str, descending: bool) -> l
     return valued + [row for row in results if row[column] is None]
 
 
-async def rows_for(
-    datasette: "Datasette", target: Target, kept: list[Collapsed], k: int, query: str = ""
+def results_for(
+    datasette: "Datasette", target: Target, kept: list[Collapsed], rows: dict[int, dict[str, Any]], k: int, query: str = ""
 ) -> list[dict[str, Any]]:
-    """The results joined to their rows (no BLOBs), in rank order, with links, and for a match by the
-    picture's text, why it matched."""
-    if not kept:
-        return []
-    db = datasette.databases[target.database]
-    ids = [result.hit.id for result in kept]
-    columns = target.row_columns + (("text_lines",) if "text" in target.row_columns else ())
-    result = await db.execute(
-        f"select {', '.join(f'[{c}]' for c in columns)} from [{TABLE}] where id in ({', '.join('?' for _ in ids)})", ids,
-    )
-    rows = {row["id"]: dict(zip(columns, row)) for row in result.rows}
+    """The results joined to their ``rows``, in rank order, with links, and for a match by the picture's
+    text, why it matched."""
     text_query = text_query_of(query) if query and any(result.hit.text_match for result in kept) else None
     found = []
     for each in kept:
         row = rows.get(each.hit.id)
         if row is None:
             continue  # a row removed since: gone
+        row = dict(row)
         lines = row.pop("text_lines", None)
         why = explanation(row.get("text"), lines, text_query) if text_query and each.hit.text_match else {}
         moments = [{"id": hit.id, "frame_time": each.times.get(hit.id), "score": round(hit.score, 6)} for hit in each.moments]
@@ -274,7 +283,7 @@ async def search_json(datasette: "Datasette", request: "Request") -> Response:
     outcome = await search(datasette, request, target)
     wanted, narrowing = outcome.wanted, outcome.narrowing
     base = search_url(datasette, target.database, target.table) + ".json"
-    facets = await in_thread(facets_of, narrowing, outcome.results, request, base)
+    facets = await in_thread(facets_of, narrowing, outcome.results, request, base) if narrowing.facets else {}
     next_offset = narrowing.offset + wanted.k if outcome.has_more else None
     return Response.json({
         "ok": True,

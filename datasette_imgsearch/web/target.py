@@ -12,9 +12,10 @@ from typing import TYPE_CHECKING, Any, Awaitable, Callable
 from datasette.utils import tilde_decode
 from datasette.utils.asgi import Response
 
-from datasette_imgsearch.catalog.catalog import catalog_columns
+from datasette_imgsearch.catalog.catalog import catalog_columns, catalog_stamp
 from datasette_imgsearch.catalog.schema import ROW_COLUMNS, TABLE
 from datasette_imgsearch.errors import ImgsearchError, RequestError, web_message
+from datasette_imgsearch.lru import LRU
 from datasette_imgsearch.search.registry import searcher_for
 from datasette_imgsearch.settings import Settings
 from datasette_imgsearch.web.access import can_view_table
@@ -63,11 +64,26 @@ async def resolve(datasette: "Datasette", request: "Request") -> Target:
         raise RequestError(404, f"{database}/{table} is not an image catalog")
     if not await can_view_table(datasette, request.actor, database, table):
         raise RequestError(403, "you do not have permission to view this table")
-    present = await datasette.databases[database].execute_fn(catalog_columns)
+    present = await columns_of(datasette, database, found[0])
     if present is None:
         raise RequestError(404, f"{database} holds no imgsearch catalog")
     columns = tuple(column for column in ROW_COLUMNS if column in present)
     return Target(database, table, *found, Settings.for_database(datasette, database), columns)
+
+
+# (path, catalog_stamp) -> (the columns of its catalog, or None for a database that holds none,)
+KNOWN_COLUMNS = LRU[tuple[set[str] | None]](256)
+
+
+async def columns_of(datasette: "Datasette", database: str, path: str) -> set[str] | None:
+    """:func:`catalog_columns` of the database at ``path``, read once for each state of its file: a request
+    to a catalog that has not changed since does not wait for one of Datasette's SQL threads to ask it."""
+    key = (path, catalog_stamp(path))
+    known = KNOWN_COLUMNS.get(key)
+    if known is None:
+        known = (await datasette.databases[database].execute_fn(catalog_columns),)
+        KNOWN_COLUMNS.put(key, known)
+    return known[0]
 
 
 async def in_thread(function: Callable[..., Any], *args: Any, pool: concurrent.futures.Executor | None = None) -> Any:
