@@ -16,6 +16,7 @@ under ``onnx/`` in a folder named after the model and a digest of its files, or 
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import importlib.util
 import io
@@ -148,26 +149,22 @@ class OnnxClip:
             raise ModelError(f"{export} holds no CLIP tokenizer or image processor beside its towers")
         self.image_processor: SimpleNamespace = processor
         self.sessions = Sessions(export, threads)
-        self._tokenizer: Any = None
-        self._lock = threading.Lock()
         for tower in TOWERS:
             if not (export / f"{tower}.onnx").is_file():
                 raise ModelError(f"{export} has no {tower}.onnx")
 
+    @functools.cached_property
     def tokenizer(self) -> Any:
-        """CLIP's tokenizer, read once."""
-        with self._lock:
-            if self._tokenizer is None:
-                try:
-                    self._tokenizer = fastclip.text_tokenizer(self.folder, self.max_positions)
-                except Exception as error:  # tokenizers' own exception, for a damaged file
-                    raise ModelError(f"the tokenizer in {self.folder} cannot be read ({error}): make the export "
-                                     "again with export-onnx") from None
-            return self._tokenizer
+        """CLIP's tokenizer, read at the first text (while the graph opens): an upload never reads it."""
+        try:
+            return fastclip.text_tokenizer(self.folder, self.max_positions)
+        except Exception as error:  # tokenizers' own exception, for a damaged file
+            raise ModelError(f"the tokenizer in {self.folder} cannot be read ({error}): make the export "
+                             "again with export-onnx") from None
 
     def encode_texts(self, texts: list[str]) -> np.ndarray:
         session = self.sessions.opening(self.text_graph)
-        ids = np.array([encoding.ids for encoding in self.tokenizer().encode_batch(texts)], dtype=np.int64)
+        ids = np.array([encoding.ids for encoding in self.tokenizer.encode_batch(texts)], dtype=np.int64)
         return session.result().run(None, {"input_ids": ids})[0]
 
     def encode_pixels(self, pixel_values: np.ndarray) -> np.ndarray:

@@ -11,8 +11,8 @@ sentence-transformers in fp32 (cosine ≥ ``FAITHFUL``) and copies ``tokenizer.j
 
 from __future__ import annotations
 
+import functools
 import shutil
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -67,30 +67,26 @@ class OnnxText:
         self.max_length = max_length
         self.text_graph = text_graph  # text.onnx, or the 8-bit text.int8.onnx where the export has one
         self.sessions = Sessions(export, threads)
-        self._tokenizer: Any = None
-        self._lock = threading.Lock()
         for name in (text_graph, TOKENIZER):
             if not (export / name).is_file():
                 raise ModelError(f"{export} has no {name}")
 
+    @functools.cached_property
     def tokenizer(self) -> Any:
-        """The model's tokenizer, read once (while the graph opens, at the first text)."""
+        """The model's tokenizer, read at the first text (while the graph opens)."""
         from tokenizers import Tokenizer
 
-        with self._lock:
-            if self._tokenizer is None:
-                try:
-                    tokenizer = Tokenizer.from_file(str(self.folder / TOKENIZER))
-                except Exception as error:  # tokenizers' own exception, for a damaged or foreign file
-                    raise ModelError(f"{self.folder / TOKENIZER} cannot be read ({error}): make the export again") from None
-                tokenizer.no_padding()  # padded below, with an attention mask, to the longest text of a batch
-                tokenizer.enable_truncation(self.max_length)
-                self._tokenizer = tokenizer
-            return self._tokenizer
+        try:
+            tokenizer = Tokenizer.from_file(str(self.folder / TOKENIZER))
+        except Exception as error:  # tokenizers' own exception, for a damaged or foreign file
+            raise ModelError(f"{self.folder / TOKENIZER} cannot be read ({error}): make the export again") from None
+        tokenizer.no_padding()  # padded below, with an attention mask, to the longest text of a batch
+        tokenizer.enable_truncation(self.max_length)
+        return tokenizer
 
     def encode_texts(self, texts: list[str]) -> np.ndarray:
         session = self.sessions.opening(self.text_graph)
-        encodings = self.tokenizer().encode_batch(texts)
+        encodings = self.tokenizer.encode_batch(texts)
         length = max(len(encoding.ids) for encoding in encodings)
         ids = np.zeros((len(texts), length), dtype=np.int64)
         mask = np.zeros((len(texts), length), dtype=np.int64)
