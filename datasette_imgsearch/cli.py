@@ -463,11 +463,12 @@ def _int8_said(folder: Path) -> str:
     """What an export's 8-bit text graph is, if it has one: signed weights run only where the CPU's products
     of them are exact."""
     from datasette_imgsearch.models import int8text
+    from datasette_imgsearch.models.onnxclip import read_facts
 
-    made = json.loads((folder / "export.json").read_text()).get(int8text.FACT)
-    if made is None:
+    facts = read_facts(folder)
+    if int8text.FACT not in facts:
         return ""
-    if made.get("weights") == "signed":
+    if int8text.signed_weights(facts):
         return (", with an 8-bit text graph of signed weights that text queries run on where the CPU has VNNI or "
                 "AMX (x86) or is not x86; elsewhere on the float32 graph")
     return ", with an 8-bit text graph that text queries run on"

@@ -16,7 +16,7 @@ from datasette_imgsearch.build.builder import build
 from datasette_imgsearch.build.options import BuildOptions
 from datasette_imgsearch.build.plan import plan_reembed, plan_update
 from datasette_imgsearch.catalog import migrations, schema
-from datasette_imgsearch.catalog.catalog import Catalog, StoredFile
+from datasette_imgsearch.catalog.catalog import IDS_AT_A_TIME, Catalog, StoredFile, rows_with_ids
 from datasette_imgsearch.catalog.migrations import migrate, run_script, schema_version
 from datasette_imgsearch.catalog.schema import COLUMNS, REMOVED_TABLE, TABLE
 from datasette_imgsearch.images.scan import FoundFile, ScanResult
@@ -245,3 +245,15 @@ def test_sqlite_utils_is_imported_without_pandas_unless_either_came_first(first:
                             env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == [str(pandas_in_sqlite_utils), str(pandas_in_sqlite_utils), "True"]
+
+
+@pytest.mark.parametrize("count", [0, 1, IDS_AT_A_TIME, IDS_AT_A_TIME + 1, 2 * IDS_AT_A_TIME + 5])
+def test_rows_are_found_by_id_past_sqlites_cap_on_parameters(count: int) -> None:
+    conn = sqlite3.connect(":memory:")
+    conn.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, IDS_AT_A_TIME)  # builds differ (32,766 by default): the cap, pinned
+    conn.execute("create table images (id integer primary key, name text)")
+    conn.executemany("insert into images values (?, ?)", ((i, f"{i}.jpg") for i in range(1, 3 * IDS_AT_A_TIME)))
+    wanted = list(range(count, 0, -1))  # newest first, as a ranking asks
+    found = list(rows_with_ids(conn, "select id, name from images", wanted, "order by id"))
+    assert sorted(found) == [(i, f"{i}.jpg") for i in range(1, count + 1)]
+    assert list(rows_with_ids(conn, "select id from images", [0, -5, 10 ** 9])) == []  # no such rows: none

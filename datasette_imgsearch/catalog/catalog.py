@@ -14,7 +14,7 @@ import contextlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -51,6 +51,17 @@ def image_columns(conn: Any) -> set[str]:
     """The columns the ``images`` table of the catalog open on ``conn`` has: a catalog of an earlier schema
     is read as it is, so a reader asks before it uses a column a later migration added."""
     return {row[1] for row in conn.execute(f"pragma table_info([{TABLE}])")}
+
+
+IDS_AT_A_TIME = 10_000  # SQLite caps the number of parameters of one statement
+
+
+def rows_with_ids(conn: Any, select: str, ids: Sequence[int] | np.ndarray, then: str = "") -> Iterator[Any]:
+    """The rows of ``select`` (a SELECT without its WHERE) whose ``id`` is one of ``ids``, asked
+    ``IDS_AT_A_TIME`` ids at a time, ``then`` (an ORDER BY) applying within each such chunk."""
+    for start in range(0, len(ids), IDS_AT_A_TIME):
+        chunk = [int(id_) for id_ in ids[start:start + IDS_AT_A_TIME]]
+        yield from conn.execute(f"{select} where id in ({', '.join('?' for _ in chunk)}) {then}", chunk)
 
 
 def file_stamp(path: Path) -> str:
@@ -312,12 +323,7 @@ class Catalog:
 
     def embeddings_of(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(ids, matrix) of the given rows that exist, in id order."""
-        rows: list[tuple[int, bytes]] = []
-        for start in range(0, len(ids), 10_000):  # SQLite caps the number of parameters
-            chunk = [int(i) for i in ids[start:start + 10_000]]
-            placeholders = ", ".join("?" for _ in chunk)
-            rows += self.db.execute(f"select id, embedding from [{TABLE}] where id in ({placeholders}) order by id", chunk)
-        return self._decoded(rows)
+        return self._decoded(list(rows_with_ids(self.db.conn, f"select id, embedding from [{TABLE}]", ids, "order by id")))
 
     def write(self, changes: Iterable["Change"]) -> None:
         """Apply a batch of changes in one transaction: a crash leaves all of it or none of it."""

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from datasette_imgsearch.catalog.catalog import image_columns
+from datasette_imgsearch.catalog.catalog import image_columns, rows_with_ids
 from datasette_imgsearch.catalog.schema import TABLE
 from datasette_imgsearch.vectors.ranking import Hit
 
@@ -49,18 +49,9 @@ def group_facts(conn: Any, ids: list[int]) -> dict[int, GroupFact]:
     :func:`has_groups` (one of an earlier schema has no videos)."""
     video = "case when media = 'video' then id else video_id end, frame_time" if "video_id" in image_columns(conn) \
         else "null, null"
-    facts: dict[int, GroupFact] = {}
-    for start in range(0, len(ids), 10_000):  # SQLite caps the number of parameters
-        chunk = ids[start:start + 10_000]
-        rows = conn.execute(
-            f"select id, duplicate_group, (select count(*) from [{TABLE}] as member where "
-            f"member.duplicate_group = row.duplicate_group), {video} from [{TABLE}] as row "
-            f"where id in ({', '.join('?' for _ in chunk)})",
-            chunk,
-        ).fetchall()
-        facts.update({id_: GroupFact(group, size if group is not None else 1, video, time)
-                      for id_, group, size, video, time in rows})
-    return facts
+    rows = rows_with_ids(conn, f"select id, duplicate_group, (select count(*) from [{TABLE}] as member where "
+                               f"member.duplicate_group = row.duplicate_group), {video} from [{TABLE}] as row", ids)
+    return {id_: GroupFact(group, size if group is not None else 1, video, time) for id_, group, size, video, time in rows}
 
 
 def uncollapsed(hits: list[Hit], facts: dict[int, GroupFact]) -> list[Collapsed]:

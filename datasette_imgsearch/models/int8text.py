@@ -48,10 +48,14 @@ def text_graph(facts: dict[str, Any]) -> str:
     """The text graph an export's queries run on: its 8-bit one where it was made with one, unless its
     weights are signed and this CPU's products of them are not exact (exports made before weights were
     recorded have unsigned ones)."""
-    made = facts.get(FACT)
-    if made is None or (made.get("weights") == "signed" and not cpu_multiplies_signed_bytes()):
+    if FACT not in facts or (signed_weights(facts) and not cpu_multiplies_signed_bytes()):
         return FLOAT_GRAPH
     return INT8_GRAPH
+
+
+def signed_weights(facts: dict[str, Any]) -> bool:
+    """Whether an export's 8-bit text graph (``facts`` are its ``export.json``) has signed weights."""
+    return bool(facts.get(FACT, {}).get("weights") == "signed")
 
 
 def graph_files() -> tuple[str, ...]:

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from datasette.utils.asgi import Response
 
+from datasette_imgsearch.catalog.catalog import rows_with_ids
 from datasette_imgsearch.catalog.schema import TABLE
 from datasette_imgsearch.duplicates.collapse import Collapsed, collapsed, group_facts, uncollapsed
 from datasette_imgsearch.errors import ImgsearchError, QueryError, RequestError, web_message
@@ -128,13 +129,8 @@ def run_ranking(
 def result_rows(conn: Any, target: Target, ids: list[int]) -> dict[int, dict[str, Any]]:
     """The rows of ``ids`` (no BLOBs) by id, with a picture's lines of text where the catalog has them."""
     columns = target.row_columns + (("text_lines",) if "text" in target.row_columns else ())
-    rows: dict[int, dict[str, Any]] = {}
-    for start in range(0, len(ids), 10_000):  # SQLite caps the number of parameters
-        chunk = ids[start:start + 10_000]
-        found = conn.execute(f"select {', '.join(f'[{c}]' for c in columns)} from [{TABLE}] "
-                             f"where id in ({', '.join('?' for _ in chunk)})", chunk)
-        rows.update((row["id"], row) for row in (dict(zip(columns, values)) for values in found))
-    return rows
+    found = rows_with_ids(conn, f"select {', '.join(f'[{c}]' for c in columns)} from [{TABLE}]", ids)
+    return {row["id"]: row for row in (dict(zip(columns, values)) for values in found)}
 
 
 def ranking_for(
@@ -213,7 +209,6 @@ def results_for(
         row = rows.get(each.hit.id)
         if row is None:
             continue  # a row removed since: gone
-        row = dict(row)
         lines = row.pop("text_lines", None)
         why = explanation(row.get("text"), lines, text_query) if text_query and each.hit.text_match else {}
         moments = [{"id": hit.id, "frame_time": each.times.get(hit.id), "score": round(hit.score, 6)} for hit in each.moments]
