@@ -8,16 +8,19 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from datasette_imgsearch.errors import ModelError
-from datasette_imgsearch.models.batcher import Batcher
+from datasette_imgsearch.models import batcher as batching
+from datasette_imgsearch.models.batcher import Batcher, went_elsewhere
 from datasette_imgsearch.models.cache import load_embedder
 from datasette_imgsearch.models.embedder import Embedder
 from datasette_imgsearch.models.names import same_model
+from datasette_imgsearch.search.arguments import Candidates
 from datasette_imgsearch.search.searcher import Searcher
 
 from .conftest import run_cli
@@ -63,6 +66,79 @@ def test_an_error_reaches_every_caller_of_the_batch() -> None:
         batcher("x")
     with pytest.raises(ValueError, match="model on fire"):
         batcher("y")  # and the batcher is not left stuck
+
+
+def one_batch_then(size: int, then: Callable[[int], None]) -> list[threading.Thread]:
+    """``size`` threads that are served in one batch of a ``passes_on`` batcher (queued behind a busy run),
+    each then doing ``then(its number)``; started, with the batch released."""
+    busy = threading.Event()
+    first = Batcher(lambda items: [busy.wait(10) if item == "busy" else item for item in items], passes_on=True)
+    blocker = threading.Thread(target=first, args=("busy",))
+    blocker.start()
+    threads = [threading.Thread(target=lambda n=n: then(first(n))) for n in range(size)]
+    for thread in threads:
+        thread.start()
+    deadline = time.monotonic() + 10
+    while len(first.queue) < size and time.monotonic() < deadline:
+        time.sleep(0.001)
+    busy.set()
+    return [blocker, *threads]
+
+
+def recording(sizes: list[int]) -> Batcher:
+    return Batcher(lambda items: (sizes.append(len(items)), items)[1])
+
+
+def test_callers_released_together_share_the_next_batchers_run() -> None:
+    sizes: list[int] = []
+    second = recording(sizes)
+
+    def arrive_one_by_one(n: int) -> None:
+        time.sleep(0.002 * n)  # as each gets the GIL, after its own work
+        second(n)
+
+    for thread in one_batch_then(4, arrive_one_by_one):
+        thread.join(10)
+    assert sizes == [4]
+
+
+@pytest.mark.parametrize("elsewhere", ["says so", "says nothing"])
+def test_a_caller_that_goes_elsewhere_holds_the_others_back_no_longer_than_the_bound(
+    monkeypatch: pytest.MonkeyPatch, elsewhere: str
+) -> None:
+    monkeypatch.setattr(batching, "GATHER_SECONDS", 60.0 if elsewhere == "says so" else 0.3)
+    sizes: list[int] = []
+    second = recording(sizes)
+
+    def half_go_on(n: int) -> None:
+        if n % 2 == 0:
+            second(n)
+        else:
+            time.sleep(0.05)
+            if elsewhere == "says so":
+                went_elsewhere()
+
+    threads = one_batch_then(4, half_go_on)
+    for thread in threads:
+        thread.join(20)
+    assert not any(thread.is_alive() for thread in threads) and sizes == [2]
+
+
+@pytest.mark.parametrize("search", ["a full pass", "a few candidates", "a query vector for SQL"])
+def test_a_search_counts_as_arrived_at_the_next_batcher_whether_or_not_it_makes_a_pass(
+    shared_catalog: Path, search: str
+) -> None:
+    searcher = Searcher(shared_catalog)
+    searcher.search("a red circle", 2)  # its text vector is kept: the searches below call no text batcher
+    batch = batching.Cohort(2)
+    batching._last_batch.cohort = batch
+    if search == "a full pass":
+        searcher.search("a red circle", 3)
+    elif search == "a few candidates":
+        searcher.search("a red circle", 3, None, Candidates("[1, 2, 3]"))
+    else:
+        searcher.query_vector("a red circle")
+    assert batch.coming == 1
 
 
 def test_batched_and_single_text_vectors_agree(toy_model: str) -> None:

@@ -158,13 +158,20 @@ async def test_the_json_api_returns_rows_without_blobs(ds: Datasette) -> None:
 
 
 @pytest.mark.asyncio
-async def test_concurrent_json_searches_all_join_one_model_run(ds: Datasette, shared_catalog: Path) -> None:
+async def test_concurrent_json_searches_all_join_one_model_run_then_one_pass(
+    ds: Datasette, shared_catalog: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Searches wait for the model in threads of their own, so as many as arrive together share its next
-    run, whatever the number of cores (the event loop's default pool holds CPU count + 4 threads)."""
+    run, whatever the number of cores (the event loop's default pool holds CPU count + 4 threads), and
+    then the same pass over the vectors."""
     searches = 12
     searcher = searcher_for(shared_catalog)
     embedder = searcher.models.text_embedder(searcher.store.current())
     queries = [f"a red ball {uuid.uuid4().hex[:6]} {n}" for n in range(searches)]  # new: no cached vectors
+    passes: list[int] = []
+    pass_batcher = searcher.store._exact_batcher
+    score = pass_batcher.function
+    monkeypatch.setattr(pass_batcher, "function", lambda items: (passes.append(len(items)), score(items))[1])
     with embedder._lock:  # the model is busy: the first search takes the next turn, the others queue behind it
         requests = asyncio.ensure_future(asyncio.gather(*(ds.client.get(SEARCH + ".json", params={"q": q}) for q in queries)))
         deadline = time.monotonic() + 20
@@ -172,7 +179,7 @@ async def test_concurrent_json_searches_all_join_one_model_run(ds: Datasette, sh
             await asyncio.sleep(0.05)
         queued = len(embedder._text_batcher.queue)
     responses = await requests
-    assert queued == searches - 1
+    assert queued == searches - 1 and searches - 1 in passes
     assert [response.json()["query"] for response in responses] == queries
 
 

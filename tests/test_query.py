@@ -17,7 +17,7 @@ from datasette_imgsearch.search.arguments import check_k
 from datasette_imgsearch.search.parse import Term, parse
 from datasette_imgsearch.search.searcher import Searcher
 from datasette_imgsearch.vectors import store
-from datasette_imgsearch.vectors.ranking import top_k
+from datasette_imgsearch.vectors.ranking import BLOCK, best_positions, top_k
 
 from .conftest import run_cli
 
@@ -82,6 +82,36 @@ def test_top_k_orders_by_score_then_id_and_honours_exclusions_and_min_score() ->
     assert [h.id for h in top_k(ids, scores, 3, {11}, None)] == [14, 10, 12]
     assert [h.id for h in top_k(ids, scores, 10, set(), 0.6)] == [11, 14]
     assert top_k(ids[:0], scores[:0], 3, set(), None) == []
+
+
+def scores_shaped(shape: str, size: int) -> np.ndarray:
+    rng = np.random.default_rng(size)
+    values = rng.normal(size=size).astype(np.float32)
+    if shape == "ties":
+        values = np.round(values * 2) / 2
+    elif shape == "hidden blocks":
+        values[: size // 2] = -np.inf
+    elif shape == "NaN blocks":
+        values[: size // 2] = np.nan
+        values[size // 2 :: 3] = np.nan
+    elif shape == "all NaN but a few":
+        values[:] = np.nan
+        values[::97] = rng.normal(size=len(values[::97]))
+    elif shape == "ascending":
+        values = np.sort(values)
+    return values
+
+
+@pytest.mark.parametrize("shape", ["random", "ties", "hidden blocks", "NaN blocks", "all NaN but a few", "ascending"])
+@pytest.mark.parametrize("size", [1, BLOCK - 1, 20 * BLOCK, 20 * BLOCK + 77, 100_000])
+@pytest.mark.parametrize("count", [1, 10, 11 * BLOCK])
+def test_best_positions_are_the_largest_values_a_nan_counting_as_the_smallest(shape: str, size: int, count: int) -> None:
+    values = scores_shaped(shape, size)
+    count = min(count, size)
+    found = best_positions(values, count)
+    assert len(set(found.tolist())) == count
+    expected = -np.sort(-values)[:count]  # numpy sorts NaN last
+    assert np.array_equal(np.sort(values[found]), np.sort(expected), equal_nan=True)
 
 
 def stored(db: Path) -> tuple[np.ndarray, np.ndarray, dict[int, str]]:

@@ -48,7 +48,7 @@ class Embedder:
             raise ModelError(f"unknown precision {precision!r}: use one of {', '.join(PRECISIONS)}")
         self._lock = threading.Lock()
         self._template: dict[str, Any] = {}
-        self._text_batcher = Batcher(self.encode_texts)
+        self._text_batcher = Batcher(self.encode_texts, passes_on=True)
         self.model: Any = None  # sentence-transformers' model, where neither of the plain ways runs it
         self.clip: FastClip | None = None
         self.modalities: list[str] = ["text", "image"]

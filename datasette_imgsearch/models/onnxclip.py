@@ -35,7 +35,7 @@ import numpy as np
 from datasette_imgsearch.errors import ModelError
 from datasette_imgsearch.models import fastclip, int8text
 from datasette_imgsearch.models.names import cache_folder, looks_like_path
-from datasette_imgsearch.models.onnxgraph import WEIGHTS_SUFFIX, open_session, optimise_graph, quiet_logger, unit
+from datasette_imgsearch.models.onnxgraph import TEXT_THREADS, WEIGHTS_SUFFIX, open_session, optimise_graph, quiet_logger, unit
 
 EXPORT_FORMAT = 1
 CLIP_KIND, TEXT_KIND = "clip", "text"  # export.json's kind: two towers (older exports say none), or a text model's one graph
@@ -111,24 +111,24 @@ class Sessions:
     ONNX Runtime lets go of the GIL while it reads a graph, so the tokenizer loads meanwhile (a cold
     text search about 0.1 s sooner)."""
 
-    def __init__(self, folder: Path, threads: int | None) -> None:
+    def __init__(self, folder: Path) -> None:
         self.folder = folder
-        self.threads = threads
         self._opening: dict[str, Future[Any]] = {}
         self._lock = threading.Lock()
 
-    def opening(self, graph: str) -> Future[Any]:
-        """The graph's session, opening (or open): its ``result()`` is the session, or the error."""
+    def opening(self, graph: str, threads: int | None = None) -> Future[Any]:
+        """The graph's session, opening (or open) on ``threads`` (None: ONNX Runtime's default, a thread
+        per core): its ``result()`` is the session, or the error."""
         with self._lock:
             if graph not in self._opening:
                 future: Future[Any] = Future()
-                threading.Thread(target=self._open, args=(graph, future), name=f"open {graph}", daemon=True).start()
+                threading.Thread(target=self._open, args=(graph, threads, future), name=f"open {graph}", daemon=True).start()
                 self._opening[graph] = future
             return self._opening[graph]
 
-    def _open(self, graph: str, future: Future[Any]) -> None:
+    def _open(self, graph: str, threads: int | None, future: Future[Any]) -> None:
         try:
-            future.set_result(open_session(self.folder / graph, self.threads))
+            future.set_result(open_session(self.folder / graph, threads))
         except BaseException as error:  # handed to the thread that waits for the session
             future.set_exception(error)
 
@@ -138,8 +138,7 @@ class OnnxClip:
     session opens at its first use, and the tokenizer at the first text: a text query never loads the
     image tower (a third of a second and 350 MB for ViT-B/32), nor an upload the text tower."""
 
-    def __init__(self, export: Path, dimension: int, max_positions: int, threads: int | None = None,
-                 text_graph: str = int8text.FLOAT_GRAPH) -> None:
+    def __init__(self, export: Path, dimension: int, max_positions: int, text_graph: str = int8text.FLOAT_GRAPH) -> None:
         self.folder = export
         self.dimension = dimension
         self.max_positions = max_positions
@@ -148,7 +147,7 @@ class OnnxClip:
         if not fastclip.has_text_tokenizer(export) or processor is None:
             raise ModelError(f"{export} holds no CLIP tokenizer or image processor beside its towers")
         self.image_processor: SimpleNamespace = processor
-        self.sessions = Sessions(export, threads)
+        self.sessions = Sessions(export)
         for tower in TOWERS:
             if not (export / f"{tower}.onnx").is_file():
                 raise ModelError(f"{export} has no {tower}.onnx")
@@ -163,7 +162,7 @@ class OnnxClip:
                              "again with export-onnx") from None
 
     def encode_texts(self, texts: list[str]) -> np.ndarray:
-        session = self.sessions.opening(self.text_graph)
+        session = self.sessions.opening(self.text_graph, TEXT_THREADS)
         ids = np.array([encoding.ids for encoding in self.tokenizer.encode_batch(texts)], dtype=np.int64)
         return session.result().run(None, {"input_ids": ids})[0]
 
@@ -188,10 +187,10 @@ def check_faithful(name: str, worst: float) -> None:
         raise ModelError(f"the ONNX export of {name} drifts from torch (cosine {worst:.6f} < {FAITHFUL}): not used")
 
 
-def load_export(export: Path, threads: int | None = None) -> OnnxClip:
+def load_export(export: Path) -> OnnxClip:
     """The export in ``export`` (see :func:`find_export`)."""
     facts = read_facts(export)
-    return OnnxClip(export, int(facts["dimension"]), int(facts["max_positions"]), threads, int8text.text_graph(facts))
+    return OnnxClip(export, int(facts["dimension"]), int(facts["max_positions"]), int8text.text_graph(facts))
 
 
 EXPORTING = threading.Lock()

@@ -18,6 +18,13 @@ from datasette_imgsearch.errors import ModelError
 WEIGHTS_SUFFIX = ".data"  # text.onnx's weights are in text.onnx.data
 
 
+# A text query's graph runs on one thread: a query's handful of tokens makes products too small to
+# share out (ViT-B/32's 8-bit text graph, one short query, AMD EPYC: 6.0 ms on one thread, 6.7 ms and
+# 9.3 ms of CPU on two), and a server's concurrent queries keep the other cores busy. Pictures (uploads,
+# builds) run on every core.
+TEXT_THREADS = 1
+
+
 def weights_of(graph: Path) -> Path:
     """The file beside ``graph`` that holds its weights."""
     return graph.with_name(graph.name + WEIGHTS_SUFFIX)

@@ -35,7 +35,7 @@ from datasette_imgsearch.models.onnxclip import (
     read_facts,
     write_export,
 )
-from datasette_imgsearch.models.onnxgraph import unit
+from datasette_imgsearch.models.onnxgraph import TEXT_THREADS, unit
 
 TOKENIZER = "tokenizer.json"
 PROBE_TEXTS = ["一只红色的圆", "синий квадрат", "a red circle", "x", "ein sehr langer Satz über eine Straße bei Nacht " * 40]
@@ -60,13 +60,12 @@ class OnnxText:
 
     image_processor = None
 
-    def __init__(self, export: Path, dimension: int, max_length: int, threads: int | None = None,
-                 text_graph: str = int8text.FLOAT_GRAPH) -> None:
+    def __init__(self, export: Path, dimension: int, max_length: int, text_graph: str = int8text.FLOAT_GRAPH) -> None:
         self.folder = export
         self.dimension = dimension
         self.max_length = max_length
         self.text_graph = text_graph  # text.onnx, or the 8-bit text.int8.onnx where the export has one
-        self.sessions = Sessions(export, threads)
+        self.sessions = Sessions(export)
         for name in (text_graph, TOKENIZER):
             if not (export / name).is_file():
                 raise ModelError(f"{export} has no {name}")
@@ -85,7 +84,7 @@ class OnnxText:
         return tokenizer
 
     def encode_texts(self, texts: list[str]) -> np.ndarray:
-        session = self.sessions.opening(self.text_graph)
+        session = self.sessions.opening(self.text_graph, TEXT_THREADS)
         encodings = self.tokenizer.encode_batch(texts)
         length = max(len(encoding.ids) for encoding in encodings)
         ids = np.zeros((len(texts), length), dtype=np.int64)
@@ -96,10 +95,10 @@ class OnnxText:
         return session.result().run(None, {"input_ids": ids, "attention_mask": mask})[0]
 
 
-def load_text_export(export: Path, threads: int | None = None) -> OnnxText:
+def load_text_export(export: Path) -> OnnxText:
     """The text model's export in ``export`` (see :func:`find_text_export`)."""
     facts = read_facts(export)
-    return OnnxText(export, int(facts["dimension"]), int(facts["max_length"]), threads, int8text.text_graph(facts))
+    return OnnxText(export, int(facts["dimension"]), int(facts["max_length"]), int8text.text_graph(facts))
 
 
 def export_text(name: str, to: Path | None = None, int8_text: bool = False) -> Path:

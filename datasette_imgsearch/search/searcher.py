@@ -14,6 +14,7 @@ import numpy as np
 from datasette_imgsearch.errors import QueryError
 from datasette_imgsearch.images.pixels import DEFAULT_MAX_MEGAPIXELS, decode
 from datasette_imgsearch.lru import LRU
+from datasette_imgsearch.models.batcher import went_elsewhere
 from datasette_imgsearch.models.cache import MODELS, ModelCache
 from datasette_imgsearch.models.choice import ModelChoice
 from datasette_imgsearch.models.languages import CLIP, MULTILINGUAL, check_route
@@ -135,7 +136,10 @@ class Searcher:
         """The unit vector a query stands for, and the rows it names (left out of its results)."""
         snapshot = snapshot or self.store.current()
         picture_query = split_query(query)[0]
-        return self._vector_of(picture_query, self.models.readings(picture_query, snapshot), snapshot)
+        try:
+            return self._vector_of(picture_query, self.models.readings(picture_query, snapshot), snapshot)
+        finally:
+            went_elsewhere()  # the vector is scored by its caller, not in a pass shared with other queries
 
     def _vector_of(self, query: str, readings: list[Reading], snapshot: Snapshot) -> tuple[np.ndarray, set[int]]:
         total: np.ndarray | None = None
@@ -163,6 +167,12 @@ class Searcher:
         given. The query's words also rank the pictures whose text holds them, fused with the picture
         ranking (fusion.py), and ``"quoted words"`` must be in a hit's text. A query of text terms only
         gets each hit's strength; ``min_score="strong"`` keeps the strong ones, and text matches."""
+        try:
+            return self._search(query, k, min_score, candidates)
+        finally:
+            went_elsewhere()  # a search with no full pass (an index, a filter) is not waited for there
+
+    def _search(self, query: str, k: int, min_score: MinScore, candidates: Candidates | None) -> list[Hit]:
         snapshot = self.store.current()
         key = (query, k, min_score, candidates and candidates.key, snapshot.fingerprint, self._text_version())
         hits = self._results.get(key)
