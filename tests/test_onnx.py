@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +28,7 @@ from datasette_imgsearch.models import int8text
 from datasette_imgsearch.models.choice import ModelChoice
 from datasette_imgsearch.models.embedder import Embedder
 from datasette_imgsearch.models.onnxclip import FAITHFUL, TEXT_SUBFOLDER, digest, export, find_export
-from datasette_imgsearch.models.onnxgraph import TEXT_THREADS
+from datasette_imgsearch.models.onnxgraph import TEXT_THREADS, TEXTS_A_PART, side_by_side
 from datasette_imgsearch.models.onnxtext import OnnxText, export_text, find_text_export
 from datasette_imgsearch.search.searcher import Searcher
 from datasette_imgsearch.settings import Settings
@@ -64,6 +65,30 @@ def test_vectors_on_onnx_runtime_match_torch_in_fp32(exported: Path, toy_model: 
     for ours, theirs in ((on_onnx.encode_texts(texts), on_torch.encode_texts(texts)),
                          (on_onnx.encode_images(pictures), on_torch.encode_images(pictures))):
         assert np.min(np.sum(ours * theirs, axis=1)) >= FAITHFUL
+
+
+@pytest.mark.parametrize("count", [1, 2 * TEXTS_A_PART - 1, 2 * TEXTS_A_PART, 200])
+def test_a_large_batch_of_texts_is_encoded_in_parts_side_by_side_in_order(count: int) -> None:
+    calls: list[tuple[int, str]] = []
+
+    def encode(texts: list[str]) -> np.ndarray:
+        calls.append((len(texts), threading.current_thread().name))
+        return np.array([[float(text)] for text in texts])
+
+    assert side_by_side(encode, [str(n) for n in range(count)])[:, 0].tolist() == list(range(count))
+    if count < 2 * TEXTS_A_PART:
+        assert calls == [(count, threading.current_thread().name)]
+    else:
+        assert sum(size for size, _ in calls) == count and max(size for size, _ in calls) == TEXTS_A_PART
+        assert all(name.startswith("encode texts") for _, name in calls)
+
+
+def test_a_large_batch_on_onnx_runtime_gives_torchs_vectors_in_order(exported: Path, toy_model: str) -> None:
+    colours, shapes = ("red", "green", "blue", "yellow", "a very pale violet"), ("circle", "square", "star")
+    texts = [f"{colour} {shape} number {n}" for n in range(3) for colour in colours for shape in shapes]  # 45: three parts
+    on_onnx = Embedder(toy_model, "cpu", "fp32", runtime="onnx", onnx=str(exported))
+    on_torch = Embedder(toy_model, "cpu", "fp32", runtime="torch")
+    assert np.min(np.sum(on_onnx.encode_texts(texts) * on_torch.encode_texts(texts), axis=1)) >= FAITHFUL
 
 
 @pytest.mark.parametrize("query", ["a red circle", "something blue - blue + green", "row:5"])

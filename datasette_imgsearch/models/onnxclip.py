@@ -35,7 +35,15 @@ import numpy as np
 from datasette_imgsearch.errors import ModelError
 from datasette_imgsearch.models import fastclip, int8text
 from datasette_imgsearch.models.names import cache_folder, looks_like_path
-from datasette_imgsearch.models.onnxgraph import TEXT_THREADS, WEIGHTS_SUFFIX, open_session, optimise_graph, quiet_logger, unit
+from datasette_imgsearch.models.onnxgraph import (
+    TEXT_THREADS,
+    WEIGHTS_SUFFIX,
+    open_session,
+    optimise_graph,
+    quiet_logger,
+    side_by_side,
+    unit,
+)
 
 EXPORT_FORMAT = 1
 CLIP_KIND, TEXT_KIND = "clip", "text"  # export.json's kind: two towers (older exports say none), or a text model's one graph
@@ -162,6 +170,9 @@ class OnnxClip:
                              "again with export-onnx") from None
 
     def encode_texts(self, texts: list[str]) -> np.ndarray:
+        return side_by_side(self._encode_texts, texts)
+
+    def _encode_texts(self, texts: list[str]) -> np.ndarray:
         session = self.sessions.opening(self.text_graph, TEXT_THREADS)
         ids = np.array([encoding.ids for encoding in self.tokenizer.encode_batch(texts)], dtype=np.int64)
         return session.result().run(None, {"input_ids": ids})[0]

@@ -8,8 +8,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
@@ -23,6 +24,21 @@ WEIGHTS_SUFFIX = ".data"  # text.onnx's weights are in text.onnx.data
 # 9.3 ms of CPU on two), and a server's concurrent queries keep the other cores busy. Pictures (uploads,
 # builds) run on every core.
 TEXT_THREADS = 1
+# A larger batch of texts (what chance finds: 200 random texts) is cut into parts of this many, encoded
+# side by side on every core, each padded only to its own longest text.
+TEXTS_A_PART = 16
+
+
+def side_by_side(encode: Callable[[list[str]], np.ndarray], texts: list[str]) -> np.ndarray:
+    """``encode(texts)``, in parts of ``TEXTS_A_PART`` run at once on every core where there are at least
+    two: a text graph's session runs on one thread, and ONNX Runtime runs one session from several
+    threads at once. 200 random texts on ViT-B/32's 8-bit text graph, two cores: 0.7 s instead of 2.5
+    in one call on one thread (1.6 on two)."""
+    if len(texts) < 2 * TEXTS_A_PART:
+        return encode(texts)
+    parts = [texts[start:start + TEXTS_A_PART] for start in range(0, len(texts), TEXTS_A_PART)]
+    with ThreadPoolExecutor(os.cpu_count() or 1, thread_name_prefix="encode texts") as pool:
+        return np.concatenate(list(pool.map(encode, parts)))
 
 
 def weights_of(graph: Path) -> Path:

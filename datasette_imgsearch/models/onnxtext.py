@@ -35,7 +35,7 @@ from datasette_imgsearch.models.onnxclip import (
     read_facts,
     write_export,
 )
-from datasette_imgsearch.models.onnxgraph import TEXT_THREADS, unit
+from datasette_imgsearch.models.onnxgraph import TEXT_THREADS, side_by_side, unit
 
 TOKENIZER = "tokenizer.json"
 PROBE_TEXTS = ["一只红色的圆", "синий квадрат", "a red circle", "x", "ein sehr langer Satz über eine Straße bei Nacht " * 40]
@@ -84,6 +84,9 @@ class OnnxText:
         return tokenizer
 
     def encode_texts(self, texts: list[str]) -> np.ndarray:
+        return side_by_side(self._encode_texts, texts)
+
+    def _encode_texts(self, texts: list[str]) -> np.ndarray:
         session = self.sessions.opening(self.text_graph, TEXT_THREADS)
         encodings = self.tokenizer.encode_batch(texts)
         length = max(len(encoding.ids) for encoding in encodings)
