@@ -322,6 +322,25 @@ INT8_CASES = {"random": {}, "outlier dimensions": {"outliers": True}, "clustered
               "a dimension always zero": {"dead": True}}
 
 
+@pytest.mark.parametrize("query", [
+    "one dimension far above the rest", "every dimension alike", "negative", "a rounding error left", "zero",
+])
+def test_a_querys_bytes_keep_any_pair_of_products_within_16_bits(query: str) -> None:
+    """ONNX Runtime's x86 kernels without VNNI or AMX add each pair of byte products (the query's unsigned
+    bytes times the table's signed codes, at most 127 either way) in 16 bits before widening: bytes above
+    127 saturate there, and the scores leave their bound. Seven bits keep any pair within 32,767."""
+    from datasette_imgsearch.vectors.int8pass import ZERO_POINT, query_codes
+
+    values = {"one dimension far above the rest": [40.0] + [0.01] * 511, "every dimension alike": [1.0] * 512,
+              "negative": [-3.0, 2.0, -1.0] * 170 + [-3.0, 2.0], "a rounding error left": [0.49, -0.51] * 256,
+              "zero": [0.0] * 512}[query]
+    codes, step = query_codes(np.array([values]))
+    as_bytes = codes + ZERO_POINT
+    assert as_bytes.min() >= 0
+    assert 2 * as_bytes.max() * 127 <= 2 ** 15 - 1
+    assert np.abs(codes * step - values).max() <= step.max() / 2 + 1e-12  # and still the query, to half a step
+
+
 @pytest.mark.parametrize("case", INT8_CASES)
 @pytest.mark.parametrize("queries", [1, 5])
 def test_an_8_bit_pass_stays_within_the_bound_it_gives(case: str, queries: int) -> None:

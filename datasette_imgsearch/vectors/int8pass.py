@@ -29,7 +29,12 @@ from datasette_imgsearch.vectors.onnxproduct import one_node_graph, resting_opti
 GRAPH = Path(__file__).with_name("int8product.onnx")  # made by int8_product_graph(), which a test checks it is
 ROWS_AT_A_TIME = 2_048  # rows quantised at once: a block transposes within the cache (seven times faster)
 FLOAT_SLACK = 1e-4  # float32 rounding: the exact scores sum 512 products in float32 (at most 3e-5 off)
-ZERO_POINT = 128  # a query's codes go in as unsigned bytes (ONNX Runtime is fast with u8 x s8, not s8 x s8)
+# A query's codes go in as unsigned bytes (ONNX Runtime is fast with u8 x s8, not s8 x s8), and in seven
+# bits: without VNNI or AMX, ONNX Runtime's x86 kernels add each pair of byte products in 16 bits, where
+# two of 255 x 127 saturate (measured on an AVX2 CPU: scores off by up to 0.28 against a bound of 0.01).
+# Two of 127 x 127 fit, so the products are exact on every CPU; the bound grows by 1 to 25%.
+QUERY_LEVELS = 63  # codes from -63 to 63
+ZERO_POINT = 64  # so that the bytes run from 1 to 127
 
 
 def int8_session() -> Any:
@@ -133,14 +138,15 @@ class Int8Table:
         """Rough scores of each vector against every row (queries x rows), and per query how far from its
         exact scores they can be.
 
-        A query goes in as two rows of codes, the second the first's rounding error at a finer step, in
-        one product (two rows cost about what one does): with one, a query with a few large dimensions
-        lost its small ones to rounding, and its bound grew up to fourteenfold (to 0.14)."""
+        A query goes in as two rows of seven-bit codes (see ``QUERY_LEVELS``), the second the first's
+        rounding error at a finer step, in one product (two rows cost about what one does): with one, a
+        query with a few large dimensions lost its small ones to rounding, and its bound grew up to
+        fourteenfold (to 0.14)."""
         queries = np.stack(vectors).astype(np.float64)
         scaled = queries * self.scale
-        coarse, coarse_step = _codes(scaled)
+        coarse, coarse_step = query_codes(scaled)
         left = scaled - coarse * coarse_step
-        fine, fine_step = _codes(left)
+        fine, fine_step = query_codes(left)
         as_bytes = (np.concatenate([coarse, fine]) + ZERO_POINT).astype(np.uint8)
         self._pack_from_the_second_pass()
         session, codes = self._product
@@ -155,11 +161,12 @@ class Int8Table:
         return rough, margins
 
 
-def _codes(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Each row of ``values`` as whole numbers from -127 to 127 and the step (a column) they count in."""
-    step = np.abs(values).max(axis=1, keepdims=True) / 127
+def query_codes(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each row of ``values`` as whole numbers from -``QUERY_LEVELS`` to ``QUERY_LEVELS`` and the step (a
+    column) they count in."""
+    step = np.abs(values).max(axis=1, keepdims=True) / QUERY_LEVELS
     step[step == 0] = 1
-    return np.clip(np.rint(values / step), -127, 127), step
+    return np.clip(np.rint(values / step), -QUERY_LEVELS, QUERY_LEVELS), step
 
 
 def int8_product_graph() -> bytes:
