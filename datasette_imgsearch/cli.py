@@ -285,7 +285,7 @@ def search_command(
             if multilingual and not as_json:
                 click.echo(f"read by {multilingual[0].model}: {', '.join(r.text or '' for r in multilingual)}", err=True)
         with Catalog(database) as catalog:
-            facts_of = functools.partial(group_facts, catalog.db.conn)
+            facts_of = functools.partial(group_facts, catalog)
             if not has_groups(catalog.db.conn):  # a catalog of an earlier schema: no groups, no videos
                 results = uncollapsed(ranking(count), {})
             elif every_copy:

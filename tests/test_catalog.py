@@ -257,3 +257,24 @@ def test_rows_are_found_by_id_past_sqlites_cap_on_parameters(count: int) -> None
     found = list(rows_with_ids(conn, "select id, name from images", wanted, "order by id"))
     assert sorted(found) == [(i, f"{i}.jpg") for i in range(1, count + 1)]
     assert list(rows_with_ids(conn, "select id from images", [0, -5, 10 ** 9])) == []  # no such rows: none
+
+
+@pytest.mark.parametrize("change", [
+    "alter table images add column [added later] text",  # a migration's kind of change
+    "create index [a new index] on images (name)",  # not a column, but the schema moved: read again
+])
+def test_what_a_reader_keeps_by_schema_is_read_again_only_after_the_schema_changes(catalog: Path, change: str) -> None:
+    reads: list[set[str]] = []
+
+    def columns(conn: sqlite3.Connection) -> set[str]:
+        reads.append({row[1] for row in conn.execute("pragma table_info(images)")})
+        return reads[-1]
+
+    with Catalog(catalog) as reader:  # read-only, like a server's search thread
+        assert reader.by_schema("columns", columns) == reader.by_schema("columns", columns) == reader.columns()
+        assert len(reads) == 1
+        with sqlite3.connect(catalog) as writer:  # another connection, as a build's migration is
+            writer.execute(change)
+        assert reader.by_schema("columns", columns) == reader.columns()
+        assert len(reads) == 2
+        assert ("added later" in reader.columns()) == change.startswith("alter")

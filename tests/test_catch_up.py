@@ -230,3 +230,33 @@ def test_a_migrated_catalog_logs_changes_from_its_migration_on(tmp_path: Path) -
         assert int(catalog.meta("changes_from")) == migrated_at
         assert catalog.changed_since(migrated_at - 1) is None  # changes before it were never logged
         assert len(catalog.changed_since(migrated_at)) == 0
+
+
+def test_a_search_ranks_the_state_of_the_catalog_it_was_given(catalog: Path) -> None:
+    """A request reads its terms, their strength and its hits from one snapshot: a build that commits in
+    between changes the next request's answers, not half of this one's."""
+    searcher = Searcher(catalog)
+    asked = searcher.store.current()
+    best = searcher.search("a red circle", 1, snapshot=asked)[0].id
+    with sqlite3.connect(catalog) as conn:  # its picture now looks like the catalog's last row
+        conn.execute("update images set embedding = (select embedding from images order by id desc limit 1) where id = ?",
+                     [best])
+    assert searcher.search("a red circle", 1, snapshot=asked)[0].id == best
+    assert searcher.search("a red circle", 1)[0].id != best
+    assert searcher.store.current().fingerprint != asked.fingerprint
+
+
+def test_a_search_of_an_unchanged_catalog_asks_its_state_once_and_its_columns_never(catalog: Path) -> None:
+    """In a busy server each row SQLite hands back releases the GIL, which the search thread then waits to
+    take back: a request asks the catalog's version once, and its columns only when its schema changed."""
+    searcher = Searcher(catalog)
+    searcher.search("a blue square", 10)
+    statements: list[str] = []
+    searcher.store.catalog().db.conn.set_trace_callback(statements.append)  # this thread's kept connection
+    snapshot = searcher.store.current()
+    readings = searcher.readings("a green triangle", snapshot)
+    searcher.strong_score(readings, snapshot)
+    assert searcher.search("a green triangle", 10, snapshot=snapshot)
+    asked = " ".join(statements)
+    assert asked.count("'catalog_version'") == 1
+    assert "table_info" not in asked and "sqlite_master" not in asked

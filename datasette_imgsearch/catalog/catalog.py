@@ -14,7 +14,7 @@ import contextlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence, TypeVar
 
 import numpy as np
 
@@ -31,6 +31,8 @@ from datasette_imgsearch.catalog.schema import (
     from_blob,
 )
 from datasette_imgsearch.errors import CatalogError
+
+Read = TypeVar("Read")
 
 
 def is_catalog(conn: Any) -> bool:
@@ -136,6 +138,7 @@ class Catalog:
         except sqlite3.DatabaseError as error:
             raise CatalogError(f"{self.path} is not a usable SQLite database: {error}") from error
         self.db = sqlite_utils.Database(conn)
+        self._by_schema: dict[str, tuple[int, Any]] = {}
         try:
             self._check_and_migrate(create)
         except BaseException:
@@ -175,6 +178,22 @@ class Catalog:
         self.close()
 
     # Metadata -----------------------------------------------------------------------------------
+    def by_schema(self, name: str, read: Callable[[Any], Read]) -> Read:
+        """``read(conn)``, kept under ``name`` until the database's schema changes (SQLite's schema cookie,
+        which every change of a table or index moves, a migration's and another connection's included).
+        A search asks which columns a catalog has and what its full-text index is, and ``pragma
+        table_info`` answers a row per column: each row is a release of the GIL, which a thread of a busy
+        server then waits to take back. The cookie is one row."""
+        cookie = self.db.conn.execute("pragma schema_version").fetchone()[0]
+        kept = self._by_schema.get(name)
+        if kept is None or kept[0] != cookie:
+            kept = self._by_schema[name] = (cookie, read(self.db.conn))
+        return kept[1]
+
+    def columns(self) -> set[str]:
+        """:func:`image_columns` of this catalog, read again only after its schema changed."""
+        return self.by_schema("columns", image_columns)
+
     def meta(self, key: str, default: Any = None) -> Any:
         row = self.db.execute(f"select value from [{META_TABLE}] where key = ?", [key]).fetchone()
         return default if row is None else row[0]

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from datasette_imgsearch.catalog.catalog import image_columns, rows_with_ids
+from datasette_imgsearch.catalog.catalog import Catalog, image_columns, rows_with_ids
 from datasette_imgsearch.catalog.schema import TABLE
 from datasette_imgsearch.vectors.ranking import Hit
 
@@ -44,12 +44,12 @@ def has_groups(conn: Any) -> bool:
     return "duplicate_group" in image_columns(conn)
 
 
-def group_facts(conn: Any, ids: list[int]) -> dict[int, GroupFact]:
+def group_facts(catalog: Catalog, ids: list[int]) -> dict[int, GroupFact]:
     """id → its group, the group's size, its video and moment, for the rows of ``ids`` of a catalog that
     :func:`has_groups` (one of an earlier schema has no videos)."""
-    video = "case when media = 'video' then id else video_id end, frame_time" if "video_id" in image_columns(conn) \
+    video = "case when media = 'video' then id else video_id end, frame_time" if "video_id" in catalog.columns() \
         else "null, null"
-    rows = rows_with_ids(conn, f"select id, duplicate_group, (select count(*) from [{TABLE}] as member where "
+    rows = rows_with_ids(catalog.db.conn, f"select id, duplicate_group, (select count(*) from [{TABLE}] as member where "
                                f"member.duplicate_group = row.duplicate_group), {video} from [{TABLE}] as row", ids)
     return {id_: GroupFact(group, size if group is not None else 1, video, time) for id_, group, size, video, time in rows}
 

@@ -103,10 +103,10 @@ class Searcher:
             self._random_text_vectors.put(embedder.identity, vectors)
         return vectors
 
-    def strong_score(self, readings: list[Reading]) -> float | None:
+    def strong_score(self, readings: list[Reading], snapshot: Snapshot | None = None) -> float | None:
         """The cosine from which a hit of the query ``readings`` describe counts as strong here; None when it
         has row: terms."""
-        calibration = self._calibration_of(readings, self.store.current())
+        calibration = self._calibration_of(readings, snapshot or self.store.current())
         return None if calibration is None else calibration.strong_score
 
     def _calibration_of(self, readings: list[Reading], snapshot: Snapshot) -> Calibration | None:
@@ -161,19 +161,21 @@ class Searcher:
         return (total / norm).astype(np.float32), exclude
 
     def search(
-        self, query: str, k: int = 10, min_score: MinScore = None, candidates: Candidates | None = None
+        self, query: str, k: int = 10, min_score: MinScore = None, candidates: Candidates | None = None,
+        snapshot: Snapshot | None = None,
     ) -> list[Hit]:
         """Rank the catalog against a text query (see :func:`parse.parse`); only among ``candidates`` when
         given. The query's words also rank the pictures whose text holds them, fused with the picture
         ranking (fusion.py), and ``"quoted words"`` must be in a hit's text. A query of text terms only
-        gets each hit's strength; ``min_score="strong"`` keeps the strong ones, and text matches."""
+        gets each hit's strength; ``min_score="strong"`` keeps the strong ones, and text matches. A caller
+        that also asks for the query's readings or strength passes the snapshot it asked them of: one
+        state of the catalog for the whole request, read once."""
         try:
-            return self._search(query, k, min_score, candidates)
+            return self._search(query, k, min_score, candidates, snapshot or self.store.current())
         finally:
             went_elsewhere()  # a search with no full pass (an index, a filter) is not waited for there
 
-    def _search(self, query: str, k: int, min_score: MinScore, candidates: Candidates | None) -> list[Hit]:
-        snapshot = self.store.current()
+    def _search(self, query: str, k: int, min_score: MinScore, candidates: Candidates | None, snapshot: Snapshot) -> list[Hit]:
         key = (query, k, min_score, candidates and candidates.key, snapshot.fingerprint, self._text_version())
         hits = self._results.get(key)
         if hits is None:

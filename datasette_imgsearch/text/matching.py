@@ -54,10 +54,14 @@ def words_of(text: str) -> tuple[str, ...]:
 
 def text_search_columns(catalog: Catalog) -> tuple[bool, str | None]:
     """Whether a catalog has the words of its pictures (schema 6), and its full-text index's tokenizer
-    (``trigram``, ``unicode61``) or None where it has none."""
-    if "text" not in image_columns(catalog.db.conn):
+    (``trigram``, ``unicode61``) or None where it has none; read again only after its schema changed."""
+    return catalog.by_schema("text search", _text_search_columns)
+
+
+def _text_search_columns(conn: Any) -> tuple[bool, str | None]:
+    if "text" not in image_columns(conn):
         return False, None
-    row = catalog.db.execute("select sql from sqlite_master where name = ?", [FTS_TABLE]).fetchone()
+    row = conn.execute("select sql from sqlite_master where name = ?", [FTS_TABLE]).fetchone()
     if not row:
         return True, None
     return True, "trigram" if "trigram" in row[0] else "unicode61"

@@ -116,14 +116,14 @@ def run_ranking(
     searcher = target.searcher()
     ranking, readings, strong_score = ranking_for(target, searcher, search, candidates)
     most = target.settings.max_k
-    conn = searcher.store.catalog().db.conn
+    catalog = searcher.store.catalog()
     if not (search.collapse and "duplicate_group" in target.row_columns):
         hits = ranking(min(search.k + offset + 1, most))[offset:]  # one more than asked: is there a next page?
         kept, more = uncollapsed(hits[:search.k], {}), len(hits) > search.k
     else:
-        kept, more = collapsed(ranking, lambda ids: group_facts(conn, ids), offset + search.k, most)
+        kept, more = collapsed(ranking, lambda ids: group_facts(catalog, ids), offset + search.k, most)
         kept = kept[offset:]
-    return kept, result_rows(conn, target, [result.hit.id for result in kept]), more, readings, strong_score
+    return kept, result_rows(catalog.db.conn, target, [result.hit.id for result in kept]), more, readings, strong_score
 
 
 def result_rows(conn: Any, target: Target, ids: list[int]) -> dict[int, dict[str, Any]]:
@@ -142,9 +142,10 @@ def ranking_for(
     settings = target.settings
     searcher.wait_until_loaded(PAGE_LOAD_TIMEOUT)
     if search.image is None:
-        readings = searcher.readings(search.query)
-        return ((lambda count: searcher.search(search.query, count, search.min_score, candidates)),
-                readings, searcher.strong_score(readings))
+        snapshot = searcher.store.current()  # one state of the catalog for the terms, their strength and the hits
+        readings = searcher.readings(search.query, snapshot)
+        return ((lambda count: searcher.search(search.query, count, search.min_score, candidates, snapshot)),
+                readings, searcher.strong_score(readings, snapshot))
     with upload_decodes():
         try:
             rank = searcher.image_ranking(search.image, search.min_score, settings.max_megapixels,
