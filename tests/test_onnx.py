@@ -28,7 +28,7 @@ from datasette_imgsearch.models import int8text
 from datasette_imgsearch.models.choice import ModelChoice
 from datasette_imgsearch.models.embedder import Embedder
 from datasette_imgsearch.models.onnxclip import FAITHFUL, TEXT_SUBFOLDER, digest, export, find_export
-from datasette_imgsearch.models.onnxgraph import TEXT_THREADS, TEXTS_A_PART, side_by_side
+from datasette_imgsearch.models.onnxgraph import TEXTS_A_PART, side_by_side
 from datasette_imgsearch.models.onnxtext import OnnxText, export_text, find_text_export
 from datasette_imgsearch.search.searcher import Searcher
 from datasette_imgsearch.settings import Settings
@@ -228,18 +228,25 @@ def test_a_text_models_export_gives_sentence_transformers_vectors(text_exported:
         on_onnx.encode_images([Image.new("RGB", (8, 8))])
 
 
-@pytest.mark.parametrize("model", ["toy_model", "toy_multilingual"])
-def test_text_graphs_run_on_one_thread_and_pictures_on_every_core(model: str, request: pytest.FixtureRequest) -> None:
-    folder = request.getfixturevalue("exported" if model == "toy_model" else "text_exported")
+@pytest.mark.parametrize(("model", "export_fixture", "text_threads"), [
+    ("toy_model", "exported", 0),  # 0: a thread per core
+    ("toy_multilingual", "text_exported", 0),
+    ("toy_model", "int8_exported", 1),  # the 8-bit text graph: one thread
+])
+def test_8_bit_text_graphs_run_on_one_thread_float32_ones_and_pictures_on_every_core(
+    model: str, export_fixture: str, text_threads: int, request: pytest.FixtureRequest
+) -> None:
+    folder = request.getfixturevalue(export_fixture)
     embedder = Embedder(request.getfixturevalue(model), "cpu", "fp32", runtime="onnx", onnx=str(folder))
     assert embedder.onnx is not None
+    assert (embedder.onnx.text_graph == "text.int8.onnx") == (export_fixture == "int8_exported")
     embedder.encode_texts(["a red circle"])
     opened = {"text": embedder.onnx.sessions.opening(embedder.onnx.text_graph).result()}
     if model == "toy_model":
         embedder.encode_images([Image.new("RGB", (8, 8))])
         opened["image"] = embedder.onnx.sessions.opening("image.onnx").result()
     threads = {graph: session.get_session_options().intra_op_num_threads for graph, session in opened.items()}
-    assert threads == {"text": TEXT_THREADS, **({"image": 0} if model == "toy_model" else {})}  # 0: a thread per core
+    assert threads == {"text": text_threads, **({"image": 0} if model == "toy_model" else {})}
 
 
 def test_an_export_is_found_only_for_its_kind_of_model(

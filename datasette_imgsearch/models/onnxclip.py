@@ -36,7 +36,6 @@ from datasette_imgsearch.errors import ModelError
 from datasette_imgsearch.models import fastclip, int8text
 from datasette_imgsearch.models.names import cache_folder, looks_like_path
 from datasette_imgsearch.models.onnxgraph import (
-    TEXT_THREADS,
     WEIGHTS_SUFFIX,
     open_session,
     optimise_graph,
@@ -173,7 +172,7 @@ class OnnxClip:
         return side_by_side(self._encode_texts, texts)
 
     def _encode_texts(self, texts: list[str]) -> np.ndarray:
-        session = self.sessions.opening(self.text_graph, TEXT_THREADS)
+        session = self.sessions.opening(self.text_graph, int8text.text_threads(self.text_graph))
         ids = np.array([encoding.ids for encoding in self.tokenizer.encode_batch(texts)], dtype=np.int64)
         return session.result().run(None, {"input_ids": ids})[0]
 

@@ -19,11 +19,6 @@ from datasette_imgsearch.errors import ModelError
 WEIGHTS_SUFFIX = ".data"  # text.onnx's weights are in text.onnx.data
 
 
-# A text query's graph runs on one thread: a query's handful of tokens makes products too small to
-# share out (ViT-B/32's 8-bit text graph, one short query, AMD EPYC: 6.0 ms on one thread, 6.7 ms and
-# 9.3 ms of CPU on two), and a server's concurrent queries keep the other cores busy. Pictures (uploads,
-# builds) run on every core.
-TEXT_THREADS = 1
 # A larger batch of texts (what chance finds: 200 random texts) is cut into parts of this many, encoded
 # side by side on every core, each padded only to its own longest text.
 TEXTS_A_PART = 16
@@ -31,9 +26,10 @@ TEXTS_A_PART = 16
 
 def side_by_side(encode: Callable[[list[str]], np.ndarray], texts: list[str]) -> np.ndarray:
     """``encode(texts)``, in parts of ``TEXTS_A_PART`` run at once on every core where there are at least
-    two: a text graph's session runs on one thread, and ONNX Runtime runs one session from several
-    threads at once. 200 random texts on ViT-B/32's 8-bit text graph, two cores: 0.6 s instead of 2.3-2.5
-    in one call on one thread (1.6 on two)."""
+    two: ONNX Runtime runs one session from several threads at once, and each part is padded only to its
+    own longest text. 200 random texts on ViT-B/32's 8-bit text graph, two cores: 0.6 s instead of 2.3-2.5
+    in one call on its one thread (1.6 on two); on the float32 graph, on every core, 2.3 s instead of
+    3.9 (an AMD EPYC with AVX2 only)."""
     if len(texts) < 2 * TEXTS_A_PART:
         return encode(texts)
     parts = [texts[start:start + TEXTS_A_PART] for start in range(0, len(texts), TEXTS_A_PART)]

@@ -35,7 +35,7 @@ from datasette_imgsearch.models.onnxclip import (
     read_facts,
     write_export,
 )
-from datasette_imgsearch.models.onnxgraph import TEXT_THREADS, side_by_side, unit
+from datasette_imgsearch.models.onnxgraph import side_by_side, unit
 
 TOKENIZER = "tokenizer.json"
 PROBE_TEXTS = ["一只红色的圆", "синий квадрат", "a red circle", "x", "ein sehr langer Satz über eine Straße bei Nacht " * 40]
@@ -87,7 +87,7 @@ class OnnxText:
         return side_by_side(self._encode_texts, texts)
 
     def _encode_texts(self, texts: list[str]) -> np.ndarray:
-        session = self.sessions.opening(self.text_graph, TEXT_THREADS)
+        session = self.sessions.opening(self.text_graph, int8text.text_threads(self.text_graph))
         encodings = self.tokenizer.encode_batch(texts)
         length = max(len(encoding.ids) for encoding in encodings)
         ids = np.zeros((len(texts), length), dtype=np.int64)
