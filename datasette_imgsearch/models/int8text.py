@@ -53,13 +53,14 @@ def text_graph(facts: dict[str, Any]) -> str:
     return INT8_GRAPH
 
 
-def text_threads(graph: str) -> int | None:
-    """The threads a text graph's session runs on (None: a thread per core, ONNX Runtime's default).
+def threads_for(graph: str) -> int | None:
+    """The threads an export's graph's session runs on (None: a thread per core, ONNX Runtime's default).
 
-    The 8-bit graph runs on one: a query's handful of tokens makes products too small to share out, and a
+    The 8-bit text graph runs on one: a query's handful of tokens makes products too small to share out, and a
     server's concurrent queries keep the other cores busy (one short query, one thread against two: 6.0
     ms against 6.7, at 6.0 ms of CPU against 9.3, on an AMD EPYC with VNNI; 6.3 against 8.8 on one with
-    AVX2 only). The float32 graph, four times the bytes and products, runs on every core: on the AVX2
+    AVX2 only). The float32 text graph, four times the bytes and products, runs on every core, as the
+image tower does (uploads, builds): on the AVX2
     EPYC one short query took 10.8 ms on two threads against 15.7 on one, a new query at 100,000 rows
     12.3-13.7 ms against 17.2, and eight clients' distinct queries the same either way."""
     return 1 if graph == INT8_GRAPH else None

@@ -123,19 +123,19 @@ class Sessions:
         self._opening: dict[str, Future[Any]] = {}
         self._lock = threading.Lock()
 
-    def opening(self, graph: str, threads: int | None = None) -> Future[Any]:
-        """The graph's session, opening (or open) on ``threads`` (None: ONNX Runtime's default, a thread
-        per core): its ``result()`` is the session, or the error."""
+    def opening(self, graph: str) -> Future[Any]:
+        """The graph's session, opening (or open) on the threads that graph runs on
+        (:func:`int8text.threads_for`): its ``result()`` is the session, or the error."""
         with self._lock:
             if graph not in self._opening:
                 future: Future[Any] = Future()
-                threading.Thread(target=self._open, args=(graph, threads, future), name=f"open {graph}", daemon=True).start()
+                threading.Thread(target=self._open, args=(graph, future), name=f"open {graph}", daemon=True).start()
                 self._opening[graph] = future
             return self._opening[graph]
 
-    def _open(self, graph: str, threads: int | None, future: Future[Any]) -> None:
+    def _open(self, graph: str, future: Future[Any]) -> None:
         try:
-            future.set_result(open_session(self.folder / graph, threads))
+            future.set_result(open_session(self.folder / graph, int8text.threads_for(graph)))
         except BaseException as error:  # handed to the thread that waits for the session
             future.set_exception(error)
 
@@ -172,7 +172,7 @@ class OnnxClip:
         return side_by_side(self._encode_texts, texts)
 
     def _encode_texts(self, texts: list[str]) -> np.ndarray:
-        session = self.sessions.opening(self.text_graph, int8text.text_threads(self.text_graph))
+        session = self.sessions.opening(self.text_graph)
         ids = np.array([encoding.ids for encoding in self.tokenizer.encode_batch(texts)], dtype=np.int64)
         return session.result().run(None, {"input_ids": ids})[0]
 

@@ -87,7 +87,7 @@ class OnnxText:
         return side_by_side(self._encode_texts, texts)
 
     def _encode_texts(self, texts: list[str]) -> np.ndarray:
-        session = self.sessions.opening(self.text_graph, int8text.text_threads(self.text_graph))
+        session = self.sessions.opening(self.text_graph)
         encodings = self.tokenizer.encode_batch(texts)
         length = max(len(encoding.ids) for encoding in encodings)
         ids = np.zeros((len(texts), length), dtype=np.int64)
