@@ -179,7 +179,10 @@ async def test_concurrent_json_searches_all_join_one_model_run_then_one_pass(
             await asyncio.sleep(0.05)
         queued = len(embedder._text_batcher.queue)
     responses = await requests
-    assert queued == searches - 1 and searches - 1 in passes
+    assert queued == searches - 1
+    # the eleven that queued share one pass; the first, encoded alone, joins them when the scheduler lets
+    # it reach the pass after them, else it passes on its own: every search passes once either way
+    assert sum(passes) == searches and max(passes) >= searches - 1
     assert [response.json()["query"] for response in responses] == queries
 
 
